@@ -1,0 +1,3 @@
+//! Typed configuration for every Kraken component.
+
+pub mod store;

@@ -1,0 +1,1 @@
+//! kraken-store (being written).

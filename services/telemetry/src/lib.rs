@@ -1,0 +1,1 @@
+//! kraken-telemetry (being written).

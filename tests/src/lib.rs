@@ -1,0 +1,1 @@
+//! kraken-tests (being written).

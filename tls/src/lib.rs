@@ -1,0 +1,1 @@
+//! kraken-tls (being written).
