@@ -15,6 +15,7 @@ pub struct StoreConfig {
     pub dir: PathBuf,
     /// Upper bound on the bytes of committed blobs. Above it, the least recently used blobs that
     /// are not pinned (persist flag: not yet written back) are evicted. `0` means unlimited.
+    #[serde(with = "crate::units::bytes")]
     pub capacity: ByteSize,
     /// Removal of committed blobs nobody has read for `tti`. Pinned blobs are never removed.
     pub cache_cleanup: CleanupConfig,
@@ -57,5 +58,31 @@ impl Default for CleanupConfig {
             tti: Duration::from_secs(6 * 3600),
             interval: Duration::from_secs(30 * 60),
         }
+    }
+}
+
+impl crate::Validate for StoreConfig {
+    fn validate(&self) -> Result<(), crate::ValidationError> {
+        use crate::validate::{ensure, nested};
+        ensure(
+            !self.dir.as_os_str().is_empty(),
+            "dir",
+            "must be a directory path",
+        )?;
+        nested("cache_cleanup", &self.cache_cleanup)?;
+        nested("upload_cleanup", &self.upload_cleanup)?;
+        nested("download_cleanup", &self.download_cleanup)
+    }
+}
+
+impl crate::Validate for CleanupConfig {
+    fn validate(&self) -> Result<(), crate::ValidationError> {
+        use crate::validate::positive_duration;
+        // A zero TTI would delete every entry on the first sweep; a zero interval would spin.
+        if self.enable {
+            positive_duration("tti", self.tti)?;
+            positive_duration("interval", self.interval)?;
+        }
+        Ok(())
     }
 }

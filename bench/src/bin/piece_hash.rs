@@ -24,10 +24,18 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let min_time = Duration::from_secs_f64(args.seconds);
-    println!("piece hash throughput, one core, best of runs over {:.1}s", args.seconds);
-    println!("{:>10}  {:>12}  {:>12}  {:>14}", "piece", "sha256", "blake3", "blake3/sha256");
+    println!(
+        "piece hash throughput, one core, best of runs over {:.1}s",
+        args.seconds
+    );
+    println!(
+        "{:>10}  {:>12}  {:>12}  {:>14}",
+        "piece", "sha256", "blake3", "blake3/sha256"
+    );
     for piece_length in [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20] {
-        let data: Vec<u8> = (0..piece_length).map(|i: usize| (i * 31 % 251) as u8).collect();
+        let data: Vec<u8> = (0..piece_length)
+            .map(|i: usize| (i * 31 % 251) as u8)
+            .collect();
         let rate = |algorithm: PieceHashAlgorithm| {
             best_throughput(piece_length as u64, min_time, || {
                 black_box(algorithm.hash(black_box(&data)));

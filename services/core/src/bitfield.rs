@@ -15,7 +15,11 @@ pub struct Bitfield {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BitfieldError {
     #[error("a bitfield of {len} pieces takes {expected} bytes, got {actual}")]
-    WrongLength { len: u32, expected: usize, actual: usize },
+    WrongLength {
+        len: u32,
+        expected: usize,
+        actual: usize,
+    },
     #[error("bitfield of {len} pieces has bits set past its end")]
     SpareBitsSet { len: u32 },
 }
@@ -23,7 +27,11 @@ pub enum BitfieldError {
 impl Bitfield {
     /// An empty bitfield (no piece held) for `len` pieces.
     pub fn new(len: u32) -> Self {
-        Self { len, words: vec![0; (len as usize).div_ceil(64)], ones: 0 }
+        Self {
+            len,
+            words: vec![0; (len as usize).div_ceil(64)],
+            ones: 0,
+        }
     }
 
     /// A bitfield with every piece held.
@@ -41,7 +49,11 @@ impl Bitfield {
     pub fn from_bytes(len: u32, bytes: &[u8]) -> Result<Self, BitfieldError> {
         let expected = (len as usize).div_ceil(8);
         if bytes.len() != expected {
-            return Err(BitfieldError::WrongLength { len, expected, actual: bytes.len() });
+            return Err(BitfieldError::WrongLength {
+                len,
+                expected,
+                actual: bytes.len(),
+            });
         }
         let mut field = Self::new(len);
         for (index, byte) in bytes.iter().enumerate() {
@@ -127,23 +139,28 @@ impl Bitfield {
 
     /// Whether `other` holds any piece this one lacks.
     pub fn has_any_missing_from(&self, other: &Bitfield) -> bool {
-        self.words.iter().zip(&other.words).any(|(mine, theirs)| theirs & !mine != 0)
+        self.words
+            .iter()
+            .zip(&other.words)
+            .any(|(mine, theirs)| theirs & !mine != 0)
+    }
+
+    /// Indices held here but not in `other`, ascending: the pieces a peer can give us.
+    /// Bitfields of different lengths compare over the shorter one.
+    pub fn iter_difference<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = u32> + 'a {
+        let words = self
+            .words
+            .iter()
+            .zip(&other.words)
+            .map(|(mine, theirs)| mine & !theirs);
+        set_bits(words, self.len.min(other.len))
     }
 
     fn iter_where(&self, invert: bool) -> impl Iterator<Item = u32> + '_ {
-        let len = self.len;
-        self.words.iter().enumerate().flat_map(move |(index, word)| {
-            let mut bits = if invert { !word } else { *word };
-            std::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let bit = bits.trailing_zeros();
-                bits &= bits - 1;
-                Some(index as u32 * 64 + bit)
-            })
-            .take_while(move |piece| *piece < len)
-        })
+        set_bits(
+            self.words.iter().map(move |w| if invert { !w } else { *w }),
+            self.len,
+        )
     }
 
     fn clear_spare_bits(&mut self) {
@@ -154,6 +171,22 @@ impl Bitfield {
             *last &= (1u64 << used) - 1;
         }
     }
+}
+
+/// Positions of set bits across `words` (bit i of word w is index 64*w + i), below `len`.
+fn set_bits(words: impl Iterator<Item = u64>, len: u32) -> impl Iterator<Item = u32> {
+    words.enumerate().flat_map(move |(index, word)| {
+        let mut bits = word;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            Some(index as u32 * 64 + bit)
+        })
+        .take_while(move |piece| *piece < len)
+    })
 }
 
 impl fmt::Debug for Bitfield {
@@ -200,7 +233,11 @@ mod tests {
     fn rejects_bad_wire_input() {
         assert_eq!(
             Bitfield::from_bytes(10, &[0]),
-            Err(BitfieldError::WrongLength { len: 10, expected: 2, actual: 1 })
+            Err(BitfieldError::WrongLength {
+                len: 10,
+                expected: 2,
+                actual: 1
+            })
         );
         assert_eq!(
             Bitfield::from_bytes(10, &[0, 0b0010_0000]),
@@ -215,7 +252,13 @@ mod tests {
         assert!(!mine.has_any_missing_from(&theirs));
         theirs.set(3, true);
         assert!(mine.has_any_missing_from(&theirs));
+        theirs.set(1, true);
+        assert_eq!(
+            theirs.iter_difference(&mine).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
         mine.set(3, true);
+        assert_eq!(theirs.iter_difference(&mine).collect::<Vec<_>>(), vec![1]);
         assert!(!mine.has_any_missing_from(&theirs));
     }
 }

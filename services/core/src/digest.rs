@@ -26,7 +26,11 @@ pub enum DigestError {
         "digest {input:?} has {found:?} at position {position}: only lowercase hex (0-9, a-f) \
          is allowed"
     )]
-    InvalidCharacter { input: String, found: char, position: usize },
+    InvalidCharacter {
+        input: String,
+        found: char,
+        position: usize,
+    },
 }
 
 impl Digest {
@@ -64,10 +68,17 @@ fn parse_hex(hex_part: &str, whole: &str) -> Result<Digest, DigestError> {
         .char_indices()
         .find(|(_, c)| !matches!(c, '0'..='9' | 'a'..='f'))
     {
-        return Err(DigestError::InvalidCharacter { input: clip(whole), found, position });
+        return Err(DigestError::InvalidCharacter {
+            input: clip(whole),
+            found,
+            position,
+        });
     }
     if hex_part.len() != 64 {
-        return Err(DigestError::WrongLength { input: clip(whole), len: hex_part.len() });
+        return Err(DigestError::WrongLength {
+            input: clip(whole),
+            len: hex_part.len(),
+        });
     }
     let mut bytes = [0u8; 32];
     // Every character was checked above, so decoding cannot fail; map the error anyway rather
@@ -87,7 +98,9 @@ impl FromStr for Digest {
             return Err(DigestError::MissingAlgorithm { input: clip(input) });
         };
         if algorithm != Self::ALGORITHM {
-            return Err(DigestError::UnsupportedAlgorithm { algorithm: clip(algorithm) });
+            return Err(DigestError::UnsupportedAlgorithm {
+                algorithm: clip(algorithm),
+            });
         }
         parse_hex(hex_part, input)
     }
@@ -181,7 +194,14 @@ mod tests {
         ));
         let upper = format!("sha256:{}", "A".repeat(64));
         let err = upper.parse::<Digest>().unwrap_err();
-        assert!(matches!(err, DigestError::InvalidCharacter { found: 'A', position: 0, .. }));
+        assert!(matches!(
+            err,
+            DigestError::InvalidCharacter {
+                found: 'A',
+                position: 0,
+                ..
+            }
+        ));
         assert!(err.to_string().contains("lowercase hex"));
     }
 

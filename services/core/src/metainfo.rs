@@ -67,7 +67,12 @@ pub enum MetaInfoError {
         "a blob of {length} bytes in pieces of {piece_length} bytes has {expected} pieces, but \
          {actual} piece hashes were given"
     )]
-    PieceCountMismatch { length: u64, piece_length: u64, expected: u64, actual: usize },
+    PieceCountMismatch {
+        length: u64,
+        piece_length: u64,
+        expected: u64,
+        actual: usize,
+    },
     #[error("a piece hash must be {PIECE_HASH_LEN} bytes, got {len}")]
     BadPieceHashLength { len: usize },
     #[error("blob of {length} bytes has more pieces than the supported maximum of 2^32")]
@@ -80,8 +85,14 @@ pub enum PieceError {
     #[error("piece {index} is out of range: the blob has {count} pieces")]
     OutOfRange { index: u32, count: u32 },
     #[error("piece {index} must be {expected} bytes, got {actual}")]
-    WrongLength { index: u32, expected: u64, actual: u64 },
-    #[error("piece {index} failed {algorithm} verification: its content does not match the metainfo")]
+    WrongLength {
+        index: u32,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "piece {index} failed {algorithm} verification: its content does not match the metainfo"
+    )]
     HashMismatch { index: u32, algorithm: &'static str },
 }
 
@@ -109,7 +120,13 @@ impl MetaInfo {
                 actual: piece_hashes.len(),
             });
         }
-        Ok(Self { digest, length, piece_length, piece_hash_algorithm, piece_hashes })
+        Ok(Self {
+            digest,
+            length,
+            piece_length,
+            piece_hash_algorithm,
+            piece_hashes,
+        })
     }
 
     /// Like [`MetaInfo::new`], from piece hashes as received on the wire.
@@ -151,7 +168,9 @@ impl MetaInfo {
             };
             generator.update(&buf[..read]);
         }
-        generator.finish().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        generator
+            .finish()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     pub fn digest(&self) -> &Digest {
@@ -188,7 +207,10 @@ impl MetaInfo {
     /// Length of piece `index` (the last piece may be shorter), or an error if out of range.
     pub fn piece_len(&self, index: u32) -> Result<u64, PieceError> {
         if index >= self.num_pieces() {
-            return Err(PieceError::OutOfRange { index, count: self.num_pieces() });
+            return Err(PieceError::OutOfRange {
+                index,
+                count: self.num_pieces(),
+            });
         }
         let offset = self.piece_offset(index);
         Ok(self.piece_length.min(self.length - offset))
@@ -198,7 +220,11 @@ impl MetaInfo {
     pub fn verify_piece(&self, index: u32, data: &[u8]) -> Result<(), PieceError> {
         let expected = self.piece_len(index)?;
         if data.len() as u64 != expected {
-            return Err(PieceError::WrongLength { index, expected, actual: data.len() as u64 });
+            return Err(PieceError::WrongLength {
+                index,
+                expected,
+                actual: data.len() as u64,
+            });
         }
         if self.piece_hash_algorithm.hash(data) != self.piece_hashes[index as usize] {
             return Err(PieceError::HashMismatch {
@@ -306,7 +332,9 @@ pub enum PieceLengthPolicyError {
 }
 
 impl PieceLengthPolicy {
-    pub fn new(table: impl IntoIterator<Item = (u64, u64)>) -> Result<Self, PieceLengthPolicyError> {
+    pub fn new(
+        table: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Result<Self, PieceLengthPolicyError> {
         let by_min_size: BTreeMap<u64, u64> = table.into_iter().collect();
         if by_min_size.is_empty() {
             return Err(PieceLengthPolicyError::Empty);
@@ -315,7 +343,9 @@ impl PieceLengthPolicy {
             return Err(PieceLengthPolicyError::NoZeroEntry);
         }
         if let Some((threshold, _)) = by_min_size.iter().find(|(_, length)| **length == 0) {
-            return Err(PieceLengthPolicyError::ZeroPieceLength { threshold: *threshold });
+            return Err(PieceLengthPolicyError::ZeroPieceLength {
+                threshold: *threshold,
+            });
         }
         Ok(Self { by_min_size })
     }
@@ -349,14 +379,20 @@ const DEFAULT_PIECE_LENGTHS: [(u64, u64); 5] = [
 
 impl Default for PieceLengthPolicy {
     fn default() -> Self {
-        Self { by_min_size: DEFAULT_PIECE_LENGTHS.into_iter().collect() }
+        Self {
+            by_min_size: DEFAULT_PIECE_LENGTHS.into_iter().collect(),
+        }
     }
 }
 
 impl fmt::Debug for PieceLengthPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.by_min_size.iter().map(|(k, v)| (ByteSize(*k), ByteSize(*v))))
+            .entries(
+                self.by_min_size
+                    .iter()
+                    .map(|(k, v)| (ByteSize(*k), ByteSize(*v))),
+            )
             .finish()
     }
 }
@@ -426,7 +462,10 @@ mod tests {
         let info = MetaInfo::generate(&b""[..], 1024, PieceHashAlgorithm::Blake3).unwrap();
         assert_eq!(info.num_pieces(), 0);
         assert_eq!(*info.digest(), Digest::of(b""));
-        assert!(matches!(info.piece_len(0), Err(PieceError::OutOfRange { .. })));
+        assert!(matches!(
+            info.piece_len(0),
+            Err(PieceError::OutOfRange { .. })
+        ));
     }
 
     #[test]
@@ -437,11 +476,18 @@ mod tests {
         corrupt[10] ^= 1;
         assert_eq!(
             info.verify_piece(0, &corrupt),
-            Err(PieceError::HashMismatch { index: 0, algorithm: "blake3" })
+            Err(PieceError::HashMismatch {
+                index: 0,
+                algorithm: "blake3"
+            })
         );
         assert_eq!(
             info.verify_piece(0, &data[..999]),
-            Err(PieceError::WrongLength { index: 0, expected: 1000, actual: 999 })
+            Err(PieceError::WrongLength {
+                index: 0,
+                expected: 1000,
+                actual: 999
+            })
         );
         assert_eq!(
             info.verify_piece(3, &data[..1000]),
@@ -458,7 +504,11 @@ mod tests {
         );
         assert!(matches!(
             MetaInfo::new(digest, 10, 4, PieceHashAlgorithm::Blake3, vec![[0; 32]; 2]),
-            Err(MetaInfoError::PieceCountMismatch { expected: 3, actual: 2, .. })
+            Err(MetaInfoError::PieceCountMismatch {
+                expected: 3,
+                actual: 2,
+                ..
+            })
         ));
         assert_eq!(
             MetaInfo::from_wire(digest, 1, 4, PieceHashAlgorithm::Blake3, &[vec![0; 31]]),
@@ -480,8 +530,14 @@ mod tests {
         assert_eq!(policy.piece_length_for(99), 10);
         assert_eq!(policy.piece_length_for(100), 20);
         assert_eq!(policy.piece_length_for(u64::MAX), 40);
-        assert_eq!(PieceLengthPolicy::new([]), Err(PieceLengthPolicyError::Empty));
-        assert_eq!(PieceLengthPolicy::new([(5, 1)]), Err(PieceLengthPolicyError::NoZeroEntry));
+        assert_eq!(
+            PieceLengthPolicy::new([]),
+            Err(PieceLengthPolicyError::Empty)
+        );
+        assert_eq!(
+            PieceLengthPolicy::new([(5, 1)]),
+            Err(PieceLengthPolicyError::NoZeroEntry)
+        );
         assert_eq!(
             PieceLengthPolicy::new([(0, 1), (9, 0)]),
             Err(PieceLengthPolicyError::ZeroPieceLength { threshold: 9 })

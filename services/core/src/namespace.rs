@@ -27,7 +27,11 @@ pub enum NamespaceError {
         "namespace {input:?} has {found:?} at position {position}: only lowercase letters, digits \
          and the separators '.', '_', '__', '-' and '/' are allowed"
     )]
-    InvalidCharacter { input: String, found: char, position: usize },
+    InvalidCharacter {
+        input: String,
+        found: char,
+        position: usize,
+    },
     #[error(
         "namespace {input:?} has a misplaced separator at position {position}: each path \
          component must start and end with a letter or digit, and separators are '.', '_', '__' \
@@ -53,7 +57,10 @@ impl FromStr for Namespace {
             return Err(NamespaceError::Empty);
         }
         if input.len() > Self::MAX_LEN {
-            return Err(NamespaceError::TooLong { input: clip(input), len: input.len() });
+            return Err(NamespaceError::TooLong {
+                input: clip(input),
+                len: input.len(),
+            });
         }
         let mut offset = 0;
         for component in input.split('/') {
@@ -164,7 +171,11 @@ mod tests {
         assert_eq!("".parse::<Namespace>(), Err(NamespaceError::Empty));
         assert!(matches!(
             "Library/ubuntu".parse::<Namespace>(),
-            Err(NamespaceError::InvalidCharacter { found: 'L', position: 0, .. })
+            Err(NamespaceError::InvalidCharacter {
+                found: 'L',
+                position: 0,
+                ..
+            })
         ));
         assert!(matches!(
             "library//ubuntu".parse::<Namespace>(),
@@ -191,6 +202,9 @@ mod tests {
             Err(NamespaceError::InvalidCharacter { found: ':', .. })
         ));
         let long = "a".repeat(256);
-        assert!(matches!(long.parse::<Namespace>(), Err(NamespaceError::TooLong { len: 256, .. })));
+        assert!(matches!(
+            long.parse::<Namespace>(),
+            Err(NamespaceError::TooLong { len: 256, .. })
+        ));
     }
 }

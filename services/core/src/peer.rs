@@ -98,7 +98,10 @@ mod tests {
         let id = PeerId::random();
         assert_eq!(id.to_string().parse::<PeerId>().unwrap(), id);
         assert_eq!(PeerId::from_slice(id.as_bytes()).unwrap(), id);
-        assert_eq!(PeerId::from_slice(&[1, 2]), Err(PeerIdError::WrongLength { len: 2 }));
+        assert_eq!(
+            PeerId::from_slice(&[1, 2]),
+            Err(PeerIdError::WrongLength { len: 2 })
+        );
         assert!("xyz".parse::<PeerId>().is_err());
         assert_ne!(PeerId::random(), PeerId::random());
         assert_eq!(PeerId::from_name("origin-1"), PeerId::from_name("origin-1"));

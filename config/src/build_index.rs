@@ -1,0 +1,230 @@
+//! `build-index.yaml` — tags: storage, lookup, and replication to other clusters.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{AuthConfig, BackendConfig, Stored, validate_backends};
+use crate::cluster::{HostList, UpstreamConfig};
+use crate::pattern::Pattern;
+use crate::telemetry::{LogConfig, MetricsConfig, Telemetry, TracingConfig};
+use crate::tls::TlsSection;
+use crate::tree::KeyPath;
+use crate::validate::{Validate, ValidationError, ensure, is_host_port, nested, not_host_port};
+
+/// Configuration of `kraken build-index`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildIndexConfig {
+    /// Listening sockets.
+    pub listen: BuildIndexListenConfig,
+    /// Local tag storage.
+    pub tag_store: TagStoreConfig,
+    /// Storage backends for tags by namespace; the first matching rule wins.
+    pub backends: Vec<BackendConfig>,
+    /// Credentials referenced by the backends' `username`.
+    pub auth: AuthConfig,
+    /// The local origin cluster, asked whether a tag's blobs exist before it is accepted.
+    pub origin: UpstreamConfig,
+    /// The other build-index hosts of this cluster, which receive a copy of every tag write.
+    /// Empty for a single build-index.
+    pub cluster: HostList,
+    /// Replication rules: remote build-index `host:port` → regexes of tags to copy there.
+    pub remotes: BTreeMap<String, Vec<Pattern>>,
+    /// The durable queue of replication tasks.
+    pub replication: ReplicationConfig,
+    /// How each tag's dependencies are found, by namespace regex; the first match wins.
+    pub tag_types: Vec<TagTypeRule>,
+    /// Certificates for mutual TLS (also used towards remote clusters).
+    pub tls: TlsSection,
+    /// Logging.
+    pub log: LogConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Trace export.
+    pub tracing: TracingConfig,
+}
+
+impl Default for BuildIndexConfig {
+    fn default() -> Self {
+        Self {
+            listen: BuildIndexListenConfig::default(),
+            tag_store: TagStoreConfig::default(),
+            backends: Vec::new(),
+            auth: AuthConfig::default(),
+            origin: UpstreamConfig::default(),
+            cluster: HostList::default(),
+            remotes: BTreeMap::new(),
+            replication: ReplicationConfig::default(),
+            tag_types: vec![TagTypeRule {
+                namespace: Pattern::any(),
+                tag_type: TagType::Docker,
+            }],
+            tls: TlsSection::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            tracing: TracingConfig::default(),
+        }
+    }
+}
+
+impl BuildIndexConfig {
+    pub fn telemetry(&self) -> Telemetry<'_> {
+        Telemetry {
+            log: &self.log,
+            metrics: &self.metrics,
+            tracing: &self.tracing,
+        }
+    }
+
+    /// The remotes a tag must be replicated to.
+    pub fn remotes_for<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.remotes
+            .iter()
+            .filter(move |(_, rules)| rules.iter().any(|rule| rule.is_match(tag)))
+            .map(|(address, _)| address.as_str())
+    }
+
+    /// The tag type of `namespace` (`docker` when no rule matches).
+    pub fn tag_type_for(&self, namespace: &str) -> TagType {
+        self.tag_types
+            .iter()
+            .find(|rule| rule.namespace.is_match(namespace))
+            .map_or(TagType::Docker, |rule| rule.tag_type)
+    }
+}
+
+impl Validate for BuildIndexConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        nested("tag_store", &self.tag_store)?;
+        nested("auth", &self.auth)?;
+        validate_backends(&self.backends, &self.auth, Stored::Tags)?;
+        ensure(
+            !self.tag_store.write_through || !self.backends.is_empty(),
+            "tag_store.write_through",
+            "is on but `backends` is empty: add a backend for tags, or turn write_through off",
+        )?;
+        nested("origin", &self.origin)?;
+        self.cluster
+            .validate_optional()
+            .map_err(|e| e.within("cluster"))?;
+        for (address, rules) in &self.remotes {
+            // Built from segments: an address contains dots.
+            let path = KeyPath::root().key("remotes").key(address.clone());
+            if !is_host_port(address) {
+                return Err(ValidationError::new(path, not_host_port(address)));
+            }
+            if rules.is_empty() {
+                return Err(ValidationError::new(
+                    path,
+                    "no rules: list the tag regexes to replicate, or remove this remote",
+                ));
+            }
+        }
+        nested("replication", &self.replication)?;
+        nested("tls", &self.tls)?;
+        crate::component::validate_telemetry(self.telemetry())
+    }
+}
+
+/// `listen:` of a build-index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildIndexListenConfig {
+    /// `TagService` gRPC.
+    pub grpc: SocketAddr,
+}
+
+impl Default for BuildIndexListenConfig {
+    fn default() -> Self {
+        Self {
+            grpc: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15004)),
+        }
+    }
+}
+
+/// `tag_store:` — tags on local disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TagStoreConfig {
+    /// Directory of the local tag files.
+    pub dir: PathBuf,
+    /// Write a tag to its backend before acknowledging the write (otherwise it is queued).
+    pub write_through: bool,
+}
+
+impl Default for TagStoreConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/kraken/tags"),
+            write_through: true,
+        }
+    }
+}
+
+impl Validate for TagStoreConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        ensure(
+            !self.dir.as_os_str().is_empty(),
+            "dir",
+            "must be a directory path",
+        )
+    }
+}
+
+/// `replication:` — the durable queue of tag replication tasks; a task is retried until the
+/// remote has the tag and all its blobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Directory holding the queue; keep it on persistent storage.
+    pub dir: PathBuf,
+    /// Delay before the first retry; doubles on each failure.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+    /// Upper bound of the retry delay. There is no attempt limit.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_interval: Duration,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/kraken/replication"),
+            retry_interval: Duration::from_secs(30),
+            max_retry_interval: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+impl Validate for ReplicationConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        crate::writeback::retry_queue(&self.dir, self.retry_interval, self.max_retry_interval)
+    }
+}
+
+/// One `tag_types:` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagTypeRule {
+    /// Regex on the tag's repository (unanchored).
+    pub namespace: Pattern,
+    /// How the tag's dependencies are found.
+    #[serde(rename = "type")]
+    pub tag_type: TagType,
+}
+
+/// How a tag's dependencies are found before it is accepted or replicated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TagType {
+    /// The tag points at an image manifest or index, whose references (config, layers, child
+    /// manifests) are its dependencies.
+    #[default]
+    Docker,
+    /// The tag points at an opaque blob, its only dependency.
+    Default,
+}

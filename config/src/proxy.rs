@@ -1,0 +1,111 @@
+//! `proxy.yaml` — the push side: a full registry API that uploads blobs to the origins and tags
+//! to build-index.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::UpstreamConfig;
+use crate::store::StoreConfig;
+use crate::telemetry::{LogConfig, MetricsConfig, Telemetry, TracingConfig};
+use crate::tls::TlsSection;
+use crate::validate::{Validate, ValidationError, ensure, nested};
+
+/// Configuration of `kraken proxy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Listening sockets.
+    pub listen: ProxyListenConfig,
+    /// The origin cluster blobs are uploaded to.
+    pub origin: UpstreamConfig,
+    /// Build-index hosts tags are written to.
+    pub build_index: UpstreamConfig,
+    /// Staging store for uploads in progress.
+    pub store: StoreConfig,
+    /// Uploads to the origins.
+    pub upload: UploadConfig,
+    /// Certificates for mutual TLS.
+    pub tls: TlsSection,
+    /// Logging.
+    pub log: LogConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Trace export.
+    pub tracing: TracingConfig,
+}
+
+impl ProxyConfig {
+    pub fn telemetry(&self) -> Telemetry<'_> {
+        Telemetry {
+            log: &self.log,
+            metrics: &self.metrics,
+            tracing: &self.tracing,
+        }
+    }
+}
+
+impl Validate for ProxyConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        nested("listen", &self.listen)?;
+        nested("origin", &self.origin)?;
+        nested("build_index", &self.build_index)?;
+        nested("store", &self.store)?;
+        nested("upload", &self.upload)?;
+        nested("tls", &self.tls)?;
+        crate::component::validate_telemetry(self.telemetry())
+    }
+}
+
+/// `listen:` of a proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyListenConfig {
+    /// Docker/OCI registry API (push and pull).
+    pub registry: SocketAddr,
+    /// `ProxyService` gRPC (prefetch, preheat).
+    pub grpc: SocketAddr,
+}
+
+impl Default for ProxyListenConfig {
+    fn default() -> Self {
+        Self {
+            registry: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15000)),
+            grpc: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15005)),
+        }
+    }
+}
+
+impl Validate for ProxyListenConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        crate::net::distinct_tcp_listeners(&[("registry", self.registry), ("grpc", self.grpc)])
+    }
+}
+
+/// `upload:` — how blobs are sent to the origins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Bytes sent per upload chunk; a failed chunk is retried on its own.
+    #[serde(with = "crate::units::bytes")]
+    pub chunk_size: ByteSize,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: ByteSize::mib(32),
+        }
+    }
+}
+
+impl Validate for UploadConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        ensure(
+            self.chunk_size.0 > 0,
+            "chunk_size",
+            "must be above 0 (e.g. `32MiB`)",
+        )
+    }
+}

@@ -1,0 +1,242 @@
+//! `tracker.yaml` — hands out peers for each blob and proxies metainfo from the origins.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::UpstreamConfig;
+use crate::secret::{Secret, SecretError, check_secret_pair};
+use crate::telemetry::{LogConfig, MetricsConfig, Telemetry, TracingConfig};
+use crate::tls::TlsSection;
+use crate::validate::{Validate, ValidationError, ensure, host_port, nested, positive_duration};
+
+/// Configuration of `kraken tracker`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerConfig {
+    /// Listening sockets.
+    pub listen: TrackerListenConfig,
+    /// Where announced peers are kept.
+    pub peerstore: PeerStoreConfig,
+    /// Ordering of the peers handed out.
+    pub peerhandoutpolicy: PeerHandoutPolicyConfig,
+    /// Interval peers are told to announce at.
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
+    /// Maximum peers returned per announce (origins owning the blob are added on top).
+    pub announce_limit: usize,
+    /// How long metainfo fetched from the origins is cached. Metainfo of a digest never
+    /// changes, so this only bounds memory.
+    #[serde(with = "humantime_serde")]
+    pub metainfo_cache_ttl: Duration,
+    /// The origin cluster, asked for metainfo and for which origins own a blob.
+    pub origin: UpstreamConfig,
+    /// Certificates for mutual TLS.
+    pub tls: TlsSection,
+    /// Logging.
+    pub log: LogConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Trace export.
+    pub tracing: TracingConfig,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            listen: TrackerListenConfig::default(),
+            peerstore: PeerStoreConfig::default(),
+            peerhandoutpolicy: PeerHandoutPolicyConfig::default(),
+            announce_interval: Duration::from_secs(3),
+            announce_limit: 50,
+            metainfo_cache_ttl: Duration::from_secs(5 * 60),
+            origin: UpstreamConfig::default(),
+            tls: TlsSection::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            tracing: TracingConfig::default(),
+        }
+    }
+}
+
+impl TrackerConfig {
+    pub fn telemetry(&self) -> Telemetry<'_> {
+        Telemetry {
+            log: &self.log,
+            metrics: &self.metrics,
+            tracing: &self.tracing,
+        }
+    }
+}
+
+impl Validate for TrackerConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        nested("peerstore", &self.peerstore)?;
+        positive_duration("announce_interval", self.announce_interval)?;
+        ensure(
+            self.announce_limit >= 1,
+            "announce_limit",
+            "must be at least 1",
+        )?;
+        positive_duration("metainfo_cache_ttl", self.metainfo_cache_ttl)?;
+        nested("origin", &self.origin)?;
+        nested("tls", &self.tls)?;
+        crate::component::validate_telemetry(self.telemetry())
+    }
+}
+
+/// `listen:` of a tracker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerListenConfig {
+    /// `TrackerService` gRPC (announce, metainfo).
+    pub grpc: SocketAddr,
+}
+
+impl Default for TrackerListenConfig {
+    fn default() -> Self {
+        Self {
+            grpc: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15003)),
+        }
+    }
+}
+
+/// `peerstore:` — where announces are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerStoreConfig {
+    /// `memory` (one tracker, or trackers on a ring by digest) or `redis` (shared by trackers).
+    pub backend: PeerStoreBackend,
+    /// Settings of the in-memory store.
+    pub memory: MemoryPeerStoreConfig,
+    /// Settings of the Redis store.
+    pub redis: RedisPeerStoreConfig,
+}
+
+impl Validate for PeerStoreConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        match self.backend {
+            PeerStoreBackend::Memory => nested("memory", &self.memory),
+            PeerStoreBackend::Redis => nested("redis", &self.redis),
+        }
+    }
+}
+
+/// Which peer store is used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerStoreBackend {
+    /// In this process: lost on restart, and each tracker only knows the announces it got.
+    #[default]
+    Memory,
+    /// In Redis, shared by every tracker using the same server.
+    Redis,
+}
+
+/// `peerstore.memory:`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryPeerStoreConfig {
+    /// How long an announce is remembered.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for MemoryPeerStoreConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(5 * 3600),
+        }
+    }
+}
+
+impl Validate for MemoryPeerStoreConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        positive_duration("ttl", self.ttl)
+    }
+}
+
+/// `peerstore.redis:` — announces in time-window sets; an announce expires after
+/// `peer_set_window_size × max_peer_set_windows`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisPeerStoreConfig {
+    /// Redis `host:port`.
+    pub addr: String,
+    /// Password, inline. Prefer `password_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// File holding the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Connection timeout.
+    #[serde(with = "humantime_serde")]
+    pub dial_timeout: Duration,
+    /// Length of one time window.
+    #[serde(with = "humantime_serde")]
+    pub peer_set_window_size: Duration,
+    /// Windows kept.
+    pub max_peer_set_windows: u32,
+}
+
+impl Default for RedisPeerStoreConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:6379".to_owned(),
+            password: None,
+            password_file: None,
+            dial_timeout: Duration::from_secs(5),
+            peer_set_window_size: Duration::from_secs(3600),
+            max_peer_set_windows: 5,
+        }
+    }
+}
+
+impl RedisPeerStoreConfig {
+    /// The password from `password` or `password_file`.
+    pub fn password(&self) -> Result<Option<Secret>, SecretError> {
+        Secret::resolve(self.password.as_ref(), self.password_file.as_deref())
+    }
+}
+
+impl Validate for RedisPeerStoreConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        host_port("addr", &self.addr)?;
+        check_secret_pair(
+            "password",
+            self.password.as_ref(),
+            self.password_file.as_ref(),
+            false,
+        )?;
+        positive_duration("dial_timeout", self.dial_timeout)?;
+        positive_duration("peer_set_window_size", self.peer_set_window_size)?;
+        ensure(
+            self.max_peer_set_windows >= 1,
+            "max_peer_set_windows",
+            "must be at least 1",
+        )
+    }
+}
+
+/// `peerhandoutpolicy:`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerHandoutPolicyConfig {
+    /// `completeness` (complete agents first, then origins, then the rest) or `default`
+    /// (random order).
+    pub priority: HandoutPriority,
+}
+
+/// Order of the peers handed out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandoutPriority {
+    /// Complete agents, then origins, then incomplete agents: spares the origins. Kraken's
+    /// shipped base config uses it, so it is the default here.
+    #[default]
+    Completeness,
+    /// No ordering (random sample).
+    Default,
+}

@@ -1,0 +1,303 @@
+//! Which peers we are connected to for each blob, and which we refuse.
+//!
+//! Limits keep the swarm a well-mixed random graph rather than cliques: at most
+//! `max_open_conn` peers per blob, and an incoming peer is refused when too many of its
+//! neighbours are already ours (`max_mutual_conn`). Peers that failed a handshake are
+//! blacklisted for that blob; peers that sent bad data are blacklisted for every blob, for
+//! longer, since they lied rather than merely failed.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use kraken_core::PeerId;
+
+/// Connection limits (Kraken's `scheduler.connstate`).
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    pub max_open_conn: usize,
+    pub max_mutual_conn: usize,
+    pub blacklist_duration: Duration,
+    /// How much longer a peer that sent bad data stays blacklisted.
+    pub misbehaviour_multiplier: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_open_conn: 10,
+            max_mutual_conn: 5,
+            blacklist_duration: Duration::from_secs(30),
+            misbehaviour_multiplier: 10,
+        }
+    }
+}
+
+/// Why a connection is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnRefusal {
+    #[error("peer is ourselves")]
+    Itself,
+    #[error("peer is blacklisted for this blob")]
+    Blacklisted,
+    #[error("already connected to this peer for this blob")]
+    AlreadyConnected,
+    #[error("at the limit of {limit} connections for this blob")]
+    TooManyConnections { limit: usize },
+    #[error("{mutual} of the peer's neighbours are already ours (limit {limit})")]
+    TooManyMutual { mutual: usize, limit: usize },
+}
+
+/// Connection bookkeeping for every blob of one process.
+#[derive(Debug)]
+pub struct ConnState<B> {
+    limits: ConnLimits,
+    local: PeerId,
+    blobs: HashMap<B, BlobConns>,
+    blacklist: HashMap<(PeerId, Option<B>), Instant>,
+}
+
+#[derive(Debug, Default)]
+struct BlobConns {
+    active: HashSet<PeerId>,
+    pending: HashSet<PeerId>,
+}
+
+impl BlobConns {
+    fn count(&self) -> usize {
+        self.active.len() + self.pending.len()
+    }
+}
+
+impl<B: Clone + Eq + Hash> ConnState<B> {
+    pub fn new(local: PeerId, limits: ConnLimits) -> Self {
+        Self {
+            limits,
+            local,
+            blobs: HashMap::new(),
+            blacklist: HashMap::new(),
+        }
+    }
+
+    pub fn limits(&self) -> &ConnLimits {
+        &self.limits
+    }
+
+    /// Reserves a slot to dial `peer` for `blob`.
+    pub fn start_dial(&mut self, blob: &B, peer: PeerId, now: Instant) -> Result<(), ConnRefusal> {
+        self.check_common(blob, peer, now)?;
+        self.blobs
+            .entry(blob.clone())
+            .or_default()
+            .pending
+            .insert(peer);
+        Ok(())
+    }
+
+    /// A dial or handshake failed: release the slot and blacklist the peer for this blob.
+    pub fn dial_failed(&mut self, blob: &B, peer: PeerId, now: Instant) {
+        if let Some(conns) = self.blobs.get_mut(blob) {
+            conns.pending.remove(&peer);
+        }
+        self.blacklist.insert(
+            (peer, Some(blob.clone())),
+            now + self.limits.blacklist_duration,
+        );
+    }
+
+    /// Whether an incoming peer may join, given its neighbours for this blob.
+    pub fn check_accept(
+        &self,
+        blob: &B,
+        peer: PeerId,
+        their_neighbors: &[PeerId],
+        now: Instant,
+    ) -> Result<(), ConnRefusal> {
+        self.check_common(blob, peer, now)?;
+        if let Some(conns) = self.blobs.get(blob) {
+            let mutual = their_neighbors
+                .iter()
+                .filter(|n| conns.active.contains(n))
+                .count();
+            if mutual > self.limits.max_mutual_conn {
+                return Err(ConnRefusal::TooManyMutual {
+                    mutual,
+                    limit: self.limits.max_mutual_conn,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A handshake completed (dialled or accepted).
+    pub fn established(&mut self, blob: &B, peer: PeerId) {
+        let conns = self.blobs.entry(blob.clone()).or_default();
+        conns.pending.remove(&peer);
+        conns.active.insert(peer);
+    }
+
+    /// A link closed normally.
+    pub fn closed(&mut self, blob: &B, peer: PeerId) {
+        if let Some(conns) = self.blobs.get_mut(blob) {
+            conns.active.remove(&peer);
+            conns.pending.remove(&peer);
+        }
+    }
+
+    /// The peer sent bad data: refuse it for every blob, for longer.
+    pub fn blacklist_misbehaving(&mut self, peer: PeerId, now: Instant) {
+        let duration = self.limits.blacklist_duration * self.limits.misbehaviour_multiplier;
+        self.blacklist.insert((peer, None), now + duration);
+        for conns in self.blobs.values_mut() {
+            conns.active.remove(&peer);
+            conns.pending.remove(&peer);
+        }
+    }
+
+    pub fn is_blacklisted(&self, blob: &B, peer: PeerId, now: Instant) -> bool {
+        let until = |key: &(PeerId, Option<B>)| self.blacklist.get(key).is_some_and(|t| *t > now);
+        until(&(peer, None)) || until(&(peer, Some(blob.clone())))
+    }
+
+    /// Peers currently connected for `blob`.
+    pub fn neighbors(&self, blob: &B) -> Vec<PeerId> {
+        self.blobs
+            .get(blob)
+            .map(|c| c.active.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Free connection slots for `blob`.
+    pub fn free_slots(&self, blob: &B) -> usize {
+        let used = self.blobs.get(blob).map(BlobConns::count).unwrap_or(0);
+        self.limits.max_open_conn.saturating_sub(used)
+    }
+
+    /// Forgets a blob (download finished or dropped), including per-blob blacklist entries:
+    /// a peer that failed us while downloading may serve others fine as a seeder.
+    pub fn remove_blob(&mut self, blob: &B) {
+        self.blobs.remove(blob);
+        self.blacklist.retain(|(_, b), _| b.as_ref() != Some(blob));
+    }
+
+    /// Drops expired blacklist entries.
+    pub fn expire(&mut self, now: Instant) {
+        self.blacklist.retain(|_, until| *until > now);
+    }
+
+    fn check_common(&self, blob: &B, peer: PeerId, now: Instant) -> Result<(), ConnRefusal> {
+        if peer == self.local {
+            return Err(ConnRefusal::Itself);
+        }
+        if self.is_blacklisted(blob, peer, now) {
+            return Err(ConnRefusal::Blacklisted);
+        }
+        let conns = self.blobs.get(blob);
+        if conns.is_some_and(|c| c.active.contains(&peer) || c.pending.contains(&peer)) {
+            return Err(ConnRefusal::AlreadyConnected);
+        }
+        if conns.map(BlobConns::count).unwrap_or(0) >= self.limits.max_open_conn {
+            return Err(ConnRefusal::TooManyConnections {
+                limit: self.limits.max_open_conn,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(max_open_conn: usize) -> ConnState<&'static str> {
+        ConnState::new(
+            PeerId::from_name("me"),
+            ConnLimits {
+                max_open_conn,
+                max_mutual_conn: 1,
+                ..ConnLimits::default()
+            },
+        )
+    }
+
+    #[test]
+    fn limits_connections_per_blob() {
+        let now = Instant::now();
+        let mut conns = state(2);
+        let (a, b, c) = (
+            PeerId::from_name("a"),
+            PeerId::from_name("b"),
+            PeerId::from_name("c"),
+        );
+        conns.start_dial(&"x", a, now).unwrap();
+        assert_eq!(
+            conns.start_dial(&"x", a, now),
+            Err(ConnRefusal::AlreadyConnected)
+        );
+        conns.start_dial(&"x", b, now).unwrap();
+        assert_eq!(
+            conns.start_dial(&"x", c, now),
+            Err(ConnRefusal::TooManyConnections { limit: 2 })
+        );
+        conns.start_dial(&"y", c, now).unwrap();
+        assert_eq!(
+            conns.start_dial(&"x", PeerId::from_name("me"), now),
+            Err(ConnRefusal::Itself)
+        );
+        conns.closed(&"x", a);
+        conns.start_dial(&"x", c, now).unwrap();
+    }
+
+    #[test]
+    fn failed_dials_blacklist_for_a_while() {
+        let now = Instant::now();
+        let mut conns = state(5);
+        let a = PeerId::from_name("a");
+        conns.start_dial(&"x", a, now).unwrap();
+        conns.dial_failed(&"x", a, now);
+        assert_eq!(
+            conns.start_dial(&"x", a, now),
+            Err(ConnRefusal::Blacklisted)
+        );
+        assert!(conns.start_dial(&"y", a, now).is_ok(), "only for that blob");
+        let later = now + Duration::from_secs(31);
+        assert!(conns.start_dial(&"x", a, later).is_ok());
+    }
+
+    #[test]
+    fn misbehaving_peer_is_refused_everywhere_for_longer() {
+        let now = Instant::now();
+        let mut conns = state(5);
+        let a = PeerId::from_name("a");
+        conns.established(&"x", a);
+        conns.blacklist_misbehaving(a, now);
+        assert!(conns.neighbors(&"x").is_empty());
+        assert_eq!(
+            conns.start_dial(&"y", a, now),
+            Err(ConnRefusal::Blacklisted)
+        );
+        assert!(conns.is_blacklisted(&"z", a, now + Duration::from_secs(299)));
+        assert!(!conns.is_blacklisted(&"z", a, now + Duration::from_secs(301)));
+    }
+
+    #[test]
+    fn refuses_peers_sharing_too_many_neighbours() {
+        let now = Instant::now();
+        let mut conns = state(10);
+        let (a, b, c) = (
+            PeerId::from_name("a"),
+            PeerId::from_name("b"),
+            PeerId::from_name("c"),
+        );
+        conns.established(&"x", a);
+        conns.established(&"x", b);
+        assert!(conns.check_accept(&"x", c, &[a], now).is_ok());
+        assert_eq!(
+            conns.check_accept(&"x", c, &[a, b], now),
+            Err(ConnRefusal::TooManyMutual {
+                mutual: 2,
+                limit: 1
+            })
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! IO-free scheduling state machines. Time is passed in as [`std::time::Instant`] values so
+//! tests can simulate it.
+
+mod connstate;
+mod superseed;
+mod swarm;
+mod upload;
+
+pub use connstate::{ConnLimits, ConnRefusal, ConnState};
+pub use superseed::{Reveal, SuperSeeder};
+pub use swarm::{Action, LinkId, Misbehaviour, PiecePolicy, Swarm, SwarmConfig, SwarmStats};
+pub use upload::{QueuedUpload, UploadQueue, UploadQueueError};

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The project's test command (README: "Run the tests"). On a fresh machine it installs what the
+# tests need (Debian packages, a Python venv with grpcurl and grpcio), then runs the whole
+# suite. Safe to re-run: every install step is skipped when already satisfied.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+# Reuse a build cache outside the clone: a clean CI clone would otherwise rebuild ~400 crates.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kraken-rs/target}
+mkdir -p "$CARGO_TARGET_DIR"
+
+# --- system packages -------------------------------------------------------------------------
+# command:debian-package pairs: the real third-party programs the interop tests drive.
+apt_pairs=(
+  openssl:openssl
+)
+apt_needs=()
+for pair in "${apt_pairs[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || apt_needs+=("${pair##*:}")
+done
+if ((${#apt_needs[@]})); then
+  log "installing Debian packages: ${apt_needs[*]}"
+  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${apt_needs[@]}"
+fi
+
+# --- run -------------------------------------------------------------------------------------
+log "cargo build (target dir: $CARGO_TARGET_DIR)"
+cargo build --workspace --all-targets --locked
+
+if cargo nextest --version >/dev/null 2>&1; then
+  log "cargo nextest run --workspace"
+  cargo nextest run --workspace --locked --no-fail-fast
+  # nextest does not run doctests.
+  cargo test --workspace --locked --doc
+else
+  log "cargo test --workspace (cargo-nextest not installed)"
+  cargo test --workspace --locked --no-fail-fast
+fi
+log "all tests passed"

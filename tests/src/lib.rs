@@ -1,1 +1,0 @@
-//! kraken-tests (being written).

@@ -1,0 +1,267 @@
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PemFile, TlsError};
+use crate::provider::crypto_provider;
+use crate::role::{PeerIdentity, Role};
+
+/// The `tls:` section of every component's configuration.
+///
+/// All three files are PEM. Every component both serves and dials, so its certificate must
+/// carry the `serverAuth` and `clientAuth` extended key usages and a
+/// `kraken://role/<role>` URI SAN; [`crate::generate_dev_pki`] writes such files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA bundle: peers are trusted if, and only if, their certificate chains
+    /// to one of these certificates.
+    pub ca: PathBuf,
+    /// This component's certificate, leaf first, optionally followed by intermediates.
+    pub cert: PathBuf,
+    /// The private key of `cert` (PKCS#8, SEC1 or PKCS#1). Keep it mode 0600.
+    pub key: PathBuf,
+}
+
+/// Loaded and cross-checked TLS material: the trust anchors, our chain and our key.
+///
+/// Building it checks everything a handshake would later trip over (empty CA file, key not
+/// matching the certificate, certificate from another CA), so a misconfigured component
+/// fails at start-up with a message naming the file instead of at its first connection.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub(crate) roots: Arc<RootCertStore>,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) key: Arc<PrivateKeyDer<'static>>,
+    // tonic parses PEM itself, so the original text is kept for it.
+    pub(crate) ca_pem: Arc<[u8]>,
+    pub(crate) cert_pem: Arc<[u8]>,
+    pub(crate) key_pem: Arc<[u8]>,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("roots", &self.roots.len())
+            .field("chain", &self.chain.len())
+            .field("key", &"[elided]")
+            .finish()
+    }
+}
+
+struct Sources<'a> {
+    ca: &'a Path,
+    cert: &'a Path,
+    key: &'a Path,
+}
+
+impl TlsMaterial {
+    /// Reads and checks the three files named by `config`.
+    pub fn load(config: &TlsConfig) -> Result<Self, TlsError> {
+        let ca = read(PemFile::Ca, &config.ca)?;
+        let cert = read(PemFile::Cert, &config.cert)?;
+        let key = read(PemFile::Key, &config.key)?;
+        Self::build(
+            ca,
+            cert,
+            key,
+            &Sources {
+                ca: &config.ca,
+                cert: &config.cert,
+                key: &config.key,
+            },
+        )
+    }
+
+    /// Builds material from PEM text held in memory (tests, the dev PKI); errors name the
+    /// sources `<ca>`, `<cert>` and `<key>`.
+    pub fn from_pem(
+        ca_pem: impl AsRef<[u8]>,
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Result<Self, TlsError> {
+        Self::build(
+            ca_pem.as_ref().to_vec(),
+            cert_pem.as_ref().to_vec(),
+            key_pem.as_ref().to_vec(),
+            &Sources {
+                ca: Path::new("<ca>"),
+                cert: Path::new("<cert>"),
+                key: Path::new("<key>"),
+            },
+        )
+    }
+
+    fn build(
+        ca_pem: Vec<u8>,
+        cert_pem: Vec<u8>,
+        key_pem: Vec<u8>,
+        src: &Sources<'_>,
+    ) -> Result<Self, TlsError> {
+        let ca_certs = certificates(PemFile::Ca, src.ca, &ca_pem)?;
+        if ca_certs.is_empty() {
+            return Err(TlsError::CaEmpty {
+                path: src.ca.to_path_buf(),
+            });
+        }
+        let mut roots = RootCertStore::empty();
+        for cert in ca_certs {
+            roots.add(cert).map_err(|source| TlsError::InvalidCa {
+                path: src.ca.to_path_buf(),
+                source,
+            })?;
+        }
+
+        let chain = certificates(PemFile::Cert, src.cert, &cert_pem)?;
+        if chain.is_empty() {
+            return Err(TlsError::NoCertificate {
+                path: src.cert.to_path_buf(),
+            });
+        }
+
+        let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+            Ok(key) => key,
+            Err(rustls_pki_types::pem::Error::NoItemsFound) => {
+                return Err(TlsError::NoPrivateKey {
+                    path: src.key.to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(TlsError::Pem {
+                    kind: PemFile::Key,
+                    path: src.key.to_path_buf(),
+                    source,
+                });
+            }
+        };
+
+        let provider = crypto_provider();
+        match rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider) {
+            Ok(_) => {}
+            Err(rustls::Error::InconsistentKeys(_)) => {
+                return Err(TlsError::KeyMismatch {
+                    cert: src.cert.to_path_buf(),
+                    key: src.key.to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(TlsError::InvalidPrivateKey {
+                    path: src.key.to_path_buf(),
+                    source,
+                });
+            }
+        }
+
+        let roots = Arc::new(roots);
+        check_chain(&roots, &chain, src)?;
+
+        Ok(TlsMaterial {
+            roots,
+            chain,
+            key: Arc::new(key),
+            ca_pem: ca_pem.into(),
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        })
+    }
+
+    /// Our leaf certificate.
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        // `build` refuses an empty chain, so the leaf is always there.
+        &self.chain[0]
+    }
+
+    /// The role our own certificate carries.
+    pub fn role(&self) -> Result<Role, TlsError> {
+        crate::role::role_of(self.leaf())
+    }
+
+    /// Our own identity, as peers will see it.
+    pub fn identity(&self) -> Result<PeerIdentity, TlsError> {
+        PeerIdentity::from_cert(self.leaf())
+    }
+
+    /// The trust anchors read from the CA file.
+    pub fn roots(&self) -> Arc<RootCertStore> {
+        Arc::clone(&self.roots)
+    }
+}
+
+fn read(kind: PemFile, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::ReadFile {
+        kind,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn certificates(
+    kind: PemFile,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            kind,
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Verifies our chain the way a peer will, so a certificate from the wrong CA is reported
+/// at start-up. Only validity in time is tolerated (with a warning): tests need expired
+/// material, and an operator may be about to rotate.
+fn check_chain(
+    roots: &Arc<RootCertStore>,
+    chain: &[CertificateDer<'static>],
+    src: &Sources<'_>,
+) -> Result<(), TlsError> {
+    use rustls::CertificateError as E;
+
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), crypto_provider())
+            .build()
+            .map_err(|source| TlsError::Verifier { source })?;
+    let (leaf, intermediates) = match chain.split_first() {
+        Some(split) => split,
+        None => {
+            return Err(TlsError::NoCertificate {
+                path: src.cert.to_path_buf(),
+            });
+        }
+    };
+    match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+        Ok(_) => Ok(()),
+        Err(rustls::Error::InvalidCertificate(E::UnknownIssuer | E::BadSignature)) => {
+            Err(TlsError::NotSignedByCa {
+                cert: src.cert.to_path_buf(),
+                ca: src.ca.to_path_buf(),
+            })
+        }
+        Err(rustls::Error::InvalidCertificate(
+            e @ (E::Expired
+            | E::ExpiredContext { .. }
+            | E::NotValidYet
+            | E::NotValidYetContext { .. }),
+        )) => {
+            tracing::warn!(
+                cert = %src.cert.display(),
+                error = %e,
+                "certificate is outside its validity period; peers will refuse it"
+            );
+            Ok(())
+        }
+        Err(source) => Err(TlsError::CertificateRejected {
+            cert: src.cert.to_path_buf(),
+            ca: src.ca.to_path_buf(),
+            source,
+        }),
+    }
+}
