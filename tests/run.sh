@@ -17,6 +17,7 @@ mkdir -p "$CARGO_TARGET_DIR"
 # command:debian-package pairs: the real third-party programs the interop tests drive.
 apt_pairs=(
   openssl:openssl
+  redis-server:redis-server
 )
 apt_needs=()
 for pair in "${apt_pairs[@]}"; do

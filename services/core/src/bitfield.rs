@@ -259,6 +259,8 @@ mod tests {
         );
         mine.set(3, true);
         assert_eq!(theirs.iter_difference(&mine).collect::<Vec<_>>(), vec![1]);
+        mine.set(1, true);
         assert!(!mine.has_any_missing_from(&theirs));
+        assert_eq!(theirs.iter_difference(&mine).count(), 0);
     }
 }

@@ -10,6 +10,7 @@ mod digest;
 mod metainfo;
 mod namespace;
 mod peer;
+mod wire;
 
 pub use bitfield::{Bitfield, BitfieldError};
 pub use digest::{Digest, DigestError, Sha256Hasher};
@@ -19,6 +20,7 @@ pub use metainfo::{
 };
 pub use namespace::{Namespace, NamespaceError};
 pub use peer::{PeerId, PeerIdError};
+pub use wire::{PeerInfo, WireError, parse_digest};
 
 /// Shortens untrusted input before it is echoed in an error message, so a hostile peer
 /// cannot make us log megabytes.
