@@ -7,4 +7,6 @@
 //! This crate must never offer a plaintext or unverified connection: there is no fallback from
 //! TLS to plain text (Kraken silently retried over HTTP on any TLS error).
 
+pub mod bandwidth;
 pub mod grpc;
+pub mod quic;
