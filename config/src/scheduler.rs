@@ -34,6 +34,8 @@ pub struct SchedulerConfig {
     pub connstate: ConnStateConfig,
     /// Piece selection and request pipelining.
     pub dispatch: DispatchConfig,
+    /// How requests peers make of us are served.
+    pub upload: UploadConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -47,6 +49,7 @@ impl Default for SchedulerConfig {
             conn: ConnConfig::default(),
             connstate: ConnStateConfig::default(),
             dispatch: DispatchConfig::default(),
+            upload: UploadConfig::default(),
         }
     }
 }
@@ -60,7 +63,8 @@ impl Validate for SchedulerConfig {
         positive_duration("announce_interval", self.announce_interval)?;
         nested("conn.bandwidth", &self.conn.bandwidth)?;
         nested("connstate", &self.connstate)?;
-        nested("dispatch", &self.dispatch)
+        nested("dispatch", &self.dispatch)?;
+        nested("upload", &self.upload)
     }
 }
 
@@ -182,8 +186,10 @@ impl Default for DispatchConfig {
             origin_pipeline_limit: 5,
             piece_request_min_timeout: Duration::from_secs(4),
             piece_request_timeout_per_mb: Duration::from_secs(4),
-            // Kraken starts endgame when the missing pieces fit in one pipeline.
-            endgame_threshold: 3,
+            // Kraken starts endgame when the missing pieces fit in one pipeline; with the many
+            // small pieces our piece-length policy produces, a wider tail pays off (measured on
+            // the swarm simulation in services/scheduler/tests).
+            endgame_threshold: 16,
             disable_endgame: false,
         }
     }
@@ -215,4 +221,37 @@ pub enum PiecePolicy {
     /// Uniformly random. Kraken calls this policy `default`, accepted as an alias.
     #[serde(alias = "default")]
     Random,
+}
+
+/// `scheduler.upload:` — serving the pieces peers request from us. Not a Kraken key: Kraken
+/// served every request at once; we serve a few at a time so each piece arrives at full link
+/// speed and can be re-shared sooner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Pieces sent concurrently, across all peers and blobs. Absent: 8 on agents, 16 on origins
+    /// (an origin's flows are each slowed by their receivers' other downloads, so it needs more
+    /// of them to fill its uplink).
+    pub slots: Option<usize>,
+    /// Requests one peer may have queued with us; more are refused.
+    pub max_queued_per_peer: usize,
+    /// Reveal to each peer only a few pieces that never left us yet (super-seeding), so the
+    /// uplink carries each piece about once. Absent: on for origins, off for agents.
+    pub super_seed: Option<bool>,
+    /// Pieces revealed to each peer at a time while super-seeding.
+    pub super_seed_window: usize,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self { slots: None, max_queued_per_peer: 64, super_seed: None, super_seed_window: 1 }
+    }
+}
+
+impl Validate for UploadConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        ensure(self.slots != Some(0), "slots", "must be at least 1")?;
+        ensure(self.max_queued_per_peer >= 1, "max_queued_per_peer", "must be at least 1")?;
+        ensure(self.super_seed_window >= 1, "super_seed_window", "must be at least 1")
+    }
 }
