@@ -244,14 +244,27 @@ pub struct UploadConfig {
 
 impl Default for UploadConfig {
     fn default() -> Self {
-        Self { slots: None, max_queued_per_peer: 64, super_seed: None, super_seed_window: 1 }
+        Self {
+            slots: None,
+            max_queued_per_peer: 64,
+            super_seed: None,
+            super_seed_window: 1,
+        }
     }
 }
 
 impl Validate for UploadConfig {
     fn validate(&self) -> Result<(), ValidationError> {
         ensure(self.slots != Some(0), "slots", "must be at least 1")?;
-        ensure(self.max_queued_per_peer >= 1, "max_queued_per_peer", "must be at least 1")?;
-        ensure(self.super_seed_window >= 1, "super_seed_window", "must be at least 1")
+        ensure(
+            self.max_queued_per_peer >= 1,
+            "max_queued_per_peer",
+            "must be at least 1",
+        )?;
+        ensure(
+            self.super_seed_window >= 1,
+            "super_seed_window",
+            "must be at least 1",
+        )
     }
 }

@@ -25,12 +25,22 @@ pub struct TrackerConfig {
     /// Interval peers are told to announce at.
     #[serde(with = "humantime_serde")]
     pub announce_interval: Duration,
-    /// Maximum peers returned per announce (origins owning the blob are added on top).
+    /// Maximum peers returned per announce, origins included: the origins owning the blob
+    /// are always handed out (they are the seeders of last resort) and agents fill the rest.
     pub announce_limit: usize,
     /// How long metainfo fetched from the origins is cached. Metainfo of a digest never
     /// changes, so this only bounds memory.
     #[serde(with = "humantime_serde")]
     pub metainfo_cache_ttl: Duration,
+    /// How long the answer to "which origins own this blob" (`BlobService/Locations`) is
+    /// cached. Short, because ring membership and origin health change; every announce of a
+    /// blob needs it.
+    #[serde(with = "humantime_serde")]
+    pub origin_locations_cache_ttl: Duration,
+    /// How long an origin's seeder identity (`BlobService/GetPeerContext`: peer id and QUIC
+    /// address) is cached. It changes only when the origin is reconfigured.
+    #[serde(with = "humantime_serde")]
+    pub origin_peer_context_cache_ttl: Duration,
     /// The origin cluster, asked for metainfo and for which origins own a blob.
     pub origin: UpstreamConfig,
     /// Certificates for mutual TLS.
@@ -52,6 +62,8 @@ impl Default for TrackerConfig {
             announce_interval: Duration::from_secs(3),
             announce_limit: 50,
             metainfo_cache_ttl: Duration::from_secs(5 * 60),
+            origin_locations_cache_ttl: Duration::from_secs(10),
+            origin_peer_context_cache_ttl: Duration::from_secs(60),
             origin: UpstreamConfig::default(),
             tls: TlsSection::default(),
             log: LogConfig::default(),
@@ -81,6 +93,14 @@ impl Validate for TrackerConfig {
             "must be at least 1",
         )?;
         positive_duration("metainfo_cache_ttl", self.metainfo_cache_ttl)?;
+        positive_duration(
+            "origin_locations_cache_ttl",
+            self.origin_locations_cache_ttl,
+        )?;
+        positive_duration(
+            "origin_peer_context_cache_ttl",
+            self.origin_peer_context_cache_ttl,
+        )?;
         nested("origin", &self.origin)?;
         nested("tls", &self.tls)?;
         crate::component::validate_telemetry(self.telemetry())

@@ -195,7 +195,7 @@ async fn a_client_without_a_certificate_gets_nothing() {
                 Ok((_, mut recv)) => recv.read_to_end(16).await.is_err(),
                 Err(_) => true,
             };
-            read && connection.closed().await.to_string().len() > 0
+            read && !connection.closed().await.to_string().is_empty()
         }
     };
     assert!(

@@ -7,5 +7,14 @@
 //! hundreds of simulated peers deterministically in milliseconds. The core must never trust a
 //! peer: every index a peer sends is range-checked, and a peer that lies is reported for
 //! blacklisting rather than believed.
+//!
+//! [`driver`] runs them over the QUIC transport and the blob store: [`Scheduler`] is what an
+//! agent or origin starts.
 
 pub mod core;
+pub mod driver;
+
+pub use driver::{
+    AnnounceError, AnnounceReply, Announcer, Download, DriverConfig, Faults, Scheduler,
+    SchedulerError, SchedulerStats, Status,
+};

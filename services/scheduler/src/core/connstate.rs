@@ -105,6 +105,21 @@ impl<B: Clone + Eq + Hash> ConnState<B> {
         );
     }
 
+    /// A dial was politely refused (e.g. both sides dialled at once and the other link won):
+    /// release the slot without blacklisting. An established link to the peer is kept.
+    pub fn dial_abandoned(&mut self, blob: &B, peer: PeerId) {
+        if let Some(conns) = self.blobs.get_mut(blob) {
+            conns.pending.remove(&peer);
+        }
+    }
+
+    /// Whether we have a dial to `peer` in progress for `blob`.
+    pub fn is_dialing(&self, blob: &B, peer: PeerId) -> bool {
+        self.blobs
+            .get(blob)
+            .is_some_and(|c| c.pending.contains(&peer))
+    }
+
     /// Whether an incoming peer may join, given its neighbours for this blob.
     pub fn check_accept(
         &self,
@@ -254,6 +269,13 @@ mod tests {
         let mut conns = state(5);
         let a = PeerId::from_name("a");
         conns.start_dial(&"x", a, now).unwrap();
+        assert!(conns.is_dialing(&"x", a));
+        conns.dial_abandoned(&"x", a);
+        assert!(!conns.is_dialing(&"x", a));
+        assert!(
+            conns.start_dial(&"x", a, now).is_ok(),
+            "abandoning does not blacklist"
+        );
         conns.dial_failed(&"x", a, now);
         assert_eq!(
             conns.start_dial(&"x", a, now),

@@ -1,0 +1,822 @@
+//! One blob's task: the only owner of its swarm state, links and super-seeding state.
+//!
+//! Everything that reaches it is an [`Event`]; it never awaits anything but its event channel
+//! and its tick, so a slow disk or a slow peer can delay a piece but never the blob's other
+//! links. Work that takes time (writing and hashing a piece, committing the blob, announcing,
+//! dialling) runs in spawned tasks that report back with another event.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kraken_core::{Bitfield, Digest, MetaInfo, Namespace, PeerId, PeerInfo, PieceError};
+use kraken_proto::p2p::v1::{self as pb, error::Code, message::Kind};
+use kraken_store::{DownloadHandle, StoreError};
+use quinn::Connection;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::link::{self, DialError, LinkTasks, PeerHandshake, PendingLink, since};
+use super::{AnnounceError, AnnounceReply, Inner, Status, UploadTarget, dialable, lock, short};
+use crate::core::{Action, LinkId, Reveal, SuperSeeder, Swarm};
+
+/// Everything a torrent reacts to.
+pub(super) enum Event {
+    /// A peer opened a control stream for this blob.
+    Incoming {
+        handshake: pb::Handshake,
+        connection: Connection,
+        sender: kraken_transport::quic::ControlSender,
+        receiver: kraken_transport::quic::ControlReceiver,
+    },
+    /// A dial we started finished.
+    Dialed {
+        peer: PeerInfo,
+        result: Result<PendingLink, DialError>,
+    },
+    Message {
+        link: LinkId,
+        message: pb::Message,
+    },
+    LinkClosed {
+        link: LinkId,
+    },
+    PieceArrived {
+        connection_id: usize,
+        piece: u32,
+        data: Bytes,
+    },
+    PieceWritten {
+        link: LinkId,
+        piece: u32,
+        result: Result<bool, StoreError>,
+    },
+    PieceSent {
+        link: LinkId,
+        piece: u32,
+    },
+    Committed(Result<(), StoreError>),
+    Announced(Result<AnnounceReply, AnnounceError>),
+    Remove,
+}
+
+struct Link {
+    peer: PeerId,
+    origin: bool,
+    connection: Connection,
+    tasks: LinkTasks,
+    opened: Instant,
+    last_activity: Instant,
+    /// What the peer holds, as far as it told us.
+    peer_bits: Bitfield,
+}
+
+pub(super) struct Torrent {
+    inner: Arc<Inner>,
+    namespace: Namespace,
+    digest: Digest,
+    metainfo: Arc<MetaInfo>,
+    /// While downloading: the store's staging and the swarm state.
+    download: Option<DownloadHandle>,
+    swarm: Option<Swarm>,
+    seeder: Option<SuperSeeder>,
+    links: HashMap<LinkId, Link>,
+    by_connection: HashMap<usize, LinkId>,
+    /// Dials in flight, with the bitfield our handshake showed.
+    pending_dials: HashMap<PeerId, Bitfield>,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
+    status: watch::Sender<Status>,
+    last_activity: Instant,
+    last_piece: Instant,
+    committing: bool,
+    announce_at: Instant,
+    announce_interval: Duration,
+    announcing: bool,
+    done: bool,
+}
+
+impl Torrent {
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        namespace: Namespace,
+        metainfo: MetaInfo,
+        download: Option<DownloadHandle>,
+        events_tx: mpsc::Sender<Event>,
+        events: mpsc::Receiver<Event>,
+    ) -> (Self, watch::Receiver<Status>) {
+        let num_pieces = metainfo.num_pieces();
+        let now = Instant::now();
+        let (swarm, initial) = match &download {
+            Some(handle) => {
+                let have = handle.bitfield();
+                let status = Status::Downloading {
+                    pieces: have.count(),
+                    total: num_pieces,
+                };
+                let swarm = Swarm::new(
+                    crate::core::SwarmConfig {
+                        seed: rand::random(),
+                        ..inner.config.swarm.clone()
+                    },
+                    metainfo.length(),
+                    metainfo.piece_length(),
+                    have,
+                );
+                (Some(swarm), status)
+            }
+            None => (None, Status::Complete),
+        };
+        let seeder = (download.is_none() && inner.config.super_seed)
+            .then(|| SuperSeeder::new(num_pieces, inner.config.super_seed_window, rand::random()));
+        let (status, watcher) = watch::channel(initial);
+        let announce_interval = inner.config.announce_interval;
+        let torrent = Self {
+            digest: *metainfo.digest(),
+            metainfo: Arc::new(metainfo),
+            inner,
+            namespace,
+            download,
+            swarm,
+            seeder,
+            links: HashMap::new(),
+            by_connection: HashMap::new(),
+            pending_dials: HashMap::new(),
+            events_tx,
+            events,
+            status,
+            last_activity: now,
+            last_piece: now,
+            committing: false,
+            announce_at: now,
+            announce_interval,
+            announcing: false,
+            done: false,
+        };
+        (torrent, watcher)
+    }
+
+    pub(super) async fn run(mut self) {
+        tracing::debug!(digest = %self.digest, downloading = self.download.is_some(), "torrent opened");
+        let mut tick = tokio::time::interval(self.inner.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // An empty blob has nothing to fetch: commit at once.
+        if self.swarm.as_ref().is_some_and(Swarm::is_complete) {
+            self.commit();
+        }
+        while !self.done {
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(event) => self.handle(event),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+                _ = self.inner.shutdown.cancelled() => break,
+            }
+            self.apply_swarm_actions();
+        }
+        self.close();
+    }
+
+    fn num_pieces(&self) -> u32 {
+        self.metainfo.num_pieces()
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::Incoming {
+                handshake,
+                connection,
+                sender,
+                receiver,
+            } => self.on_incoming(handshake, connection, sender, receiver),
+            Event::Dialed { peer, result } => self.on_dialed(peer, result),
+            Event::Message { link, message } => self.on_message(link, message),
+            Event::LinkClosed { link } => self.remove_link(link),
+            Event::PieceArrived {
+                connection_id,
+                piece,
+                data,
+            } => self.on_piece_arrived(connection_id, piece, data),
+            Event::PieceWritten {
+                link,
+                piece,
+                result,
+            } => self.on_piece_written(link, piece, result),
+            Event::PieceSent { link, piece } => {
+                self.last_activity = now;
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.last_activity = now;
+                }
+                if let Some(seeder) = &mut self.seeder {
+                    let reveals = seeder.piece_sent(link, piece);
+                    self.apply_reveals(reveals);
+                }
+            }
+            Event::Committed(result) => self.on_committed(result),
+            Event::Announced(result) => self.on_announced(result),
+            Event::Remove => {
+                self.fail("removed");
+                self.done = true;
+            }
+        }
+    }
+
+    // ---- links ---------------------------------------------------------------------------
+
+    fn on_incoming(
+        &mut self,
+        handshake: pb::Handshake,
+        connection: Connection,
+        sender: kraken_transport::quic::ControlSender,
+        receiver: kraken_transport::quic::ControlReceiver,
+    ) {
+        let now = Instant::now().into_std();
+        let local = self.inner.local.peer_id;
+        let refuse =
+            |mut sender: kraken_transport::quic::ControlSender, code: Code, why: String| {
+                tokio::spawn(async move {
+                    let _ = sender.send(&link::error(code, 0, why)).await;
+                    sender.finish().await;
+                });
+            };
+        if self.done {
+            return refuse(sender, Code::BlobUnknown, "closing".into());
+        }
+        let peer = match link::parse_handshake(&handshake, &connection, self.num_pieces()) {
+            Ok(peer) => peer,
+            Err(why) => return refuse(sender, Code::BadRequest, why),
+        };
+        let peer_id = peer.peer_id;
+        if peer_id == local || self.links.values().any(|l| l.peer == peer_id) {
+            return refuse(
+                sender,
+                Code::DuplicateConnection,
+                "already connected".into(),
+            );
+        }
+        {
+            let mut conns = lock(&self.inner.conns);
+            // Both sides dialled at once: keep the link dialled by the lower peer id.
+            if conns.is_dialing(&self.digest, peer_id) {
+                if peer_id < local {
+                    conns.dial_abandoned(&self.digest, peer_id);
+                } else {
+                    drop(conns);
+                    return refuse(sender, Code::DuplicateConnection, "dialling you".into());
+                }
+            }
+            if let Err(refusal) = conns.check_accept(&self.digest, peer_id, &peer.neighbors, now) {
+                drop(conns);
+                return refuse(sender, Code::TooManyConnections, refusal.to_string());
+            }
+            conns.established(&self.digest, peer_id);
+        }
+        let link = self.inner.new_link_id();
+        let told = self.our_bitfield_for(link, &peer.bitfield);
+        let neighbors = lock(&self.inner.conns).neighbors(&self.digest);
+        let ours = link::handshake(
+            &self.inner.local,
+            &self.namespace,
+            &self.digest,
+            &told,
+            &neighbors,
+        );
+        self.add_link(link, peer, connection, sender, receiver, Some(ours), told);
+    }
+
+    fn on_dialed(&mut self, peer: PeerInfo, result: Result<PendingLink, DialError>) {
+        let told = self.pending_dials.remove(&peer.peer_id);
+        let now = Instant::now().into_std();
+        match result {
+            Ok(pending) => {
+                let duplicate = self.links.values().any(|l| l.peer == peer.peer_id);
+                if self.done || duplicate || told.is_none() {
+                    lock(&self.inner.conns).dial_abandoned(&self.digest, peer.peer_id);
+                    tokio::spawn(pending.sender.finish());
+                    return;
+                }
+                lock(&self.inner.conns).established(&self.digest, peer.peer_id);
+                let link = self.inner.new_link_id();
+                let told = told.unwrap_or_else(|| Bitfield::new(self.num_pieces()));
+                let PendingLink {
+                    connection,
+                    sender,
+                    receiver,
+                    peer: handshake,
+                } = pending;
+                self.add_link(link, handshake, connection, sender, receiver, None, told);
+            }
+            Err(DialError::Duplicate) => {
+                lock(&self.inner.conns).dial_abandoned(&self.digest, peer.peer_id);
+            }
+            Err(DialError::Failed(why)) => {
+                tracing::debug!(digest = %self.digest, peer = %short(&peer.peer_id), %why, "dial failed");
+                metrics::counter!("kraken_p2p_dial_failures_total").increment(1);
+                lock(&self.inner.conns).dial_failed(&self.digest, peer.peer_id, now);
+            }
+        }
+    }
+
+    /// What our handshake shows a new peer: a super-seeding origin's reveals, our pieces while
+    /// downloading, everything once complete.
+    fn our_bitfield_for(&mut self, link: LinkId, theirs: &Bitfield) -> Bitfield {
+        if let Some(seeder) = &mut self.seeder {
+            let (shown, reveals) = seeder.add_link(link, theirs.clone());
+            self.apply_reveals(reveals);
+            return shown;
+        }
+        match &self.download {
+            Some(download) => download.bitfield(),
+            None => Bitfield::full(self.num_pieces()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_link(
+        &mut self,
+        link: LinkId,
+        peer: PeerHandshake,
+        connection: Connection,
+        sender: kraken_transport::quic::ControlSender,
+        receiver: kraken_transport::quic::ControlReceiver,
+        first: Option<pb::Message>,
+        told: Bitfield,
+    ) {
+        let now = Instant::now();
+        self.inner.serve_connection(&connection);
+        let tasks = LinkTasks::spawn(link, sender, receiver, first, self.events_tx.clone());
+        self.by_connection.insert(connection.stable_id(), link);
+        self.inner.register_upload_target(
+            link,
+            UploadTarget {
+                connection: connection.clone(),
+                torrent: self.events_tx.clone(),
+                metainfo: self.metainfo.clone(),
+            },
+        );
+        if let Some(swarm) = &mut self.swarm {
+            swarm.add_peer(link, peer.bitfield.clone(), peer.origin, now.into_std());
+        }
+        // Pieces verified between our handshake snapshot and now.
+        if self.seeder.is_none()
+            && let Some(download) = &self.download
+        {
+            for piece in download.bitfield().iter_difference(&told) {
+                let _ = tasks.outbox.try_send(have(piece));
+            }
+        }
+        tracing::debug!(digest = %self.digest, peer = %short(&peer.peer_id), origin = peer.origin, "link up");
+        metrics::gauge!("kraken_p2p_links").increment(1.0);
+        self.links.insert(
+            link,
+            Link {
+                peer: peer.peer_id,
+                origin: peer.origin,
+                connection,
+                tasks,
+                opened: now,
+                last_activity: now,
+                peer_bits: peer.bitfield,
+            },
+        );
+    }
+
+    fn remove_link(&mut self, link: LinkId) {
+        let Some(removed) = self.links.remove(&link) else {
+            return;
+        };
+        let now = Instant::now().into_std();
+        self.by_connection.remove(&removed.connection.stable_id());
+        self.inner.forget_link(link);
+        lock(&self.inner.conns).closed(&self.digest, removed.peer);
+        if let Some(swarm) = &mut self.swarm {
+            swarm.remove_peer(link, now);
+        }
+        if let Some(seeder) = &mut self.seeder {
+            let reveals = seeder.remove_link(link);
+            self.apply_reveals(reveals);
+        }
+        metrics::gauge!("kraken_p2p_links").decrement(1.0);
+    }
+
+    /// Queues a message on a link; a peer that does not drain its control stream is dropped.
+    fn send(&mut self, link: LinkId, message: pb::Message) {
+        let Some(l) = self.links.get(&link) else {
+            return;
+        };
+        if l.tasks.outbox.try_send(message).is_err() {
+            tracing::debug!(digest = %self.digest, peer = %short(&l.peer), "peer not reading; dropping link");
+            self.remove_link(link);
+        }
+    }
+
+    // ---- messages ------------------------------------------------------------------------
+
+    fn on_message(&mut self, link: LinkId, message: pb::Message) {
+        let now = Instant::now();
+        let num_pieces = self.num_pieces();
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        l.last_activity = now;
+        match message.kind {
+            Some(Kind::Have(pb::Have { piece })) => {
+                if piece < num_pieces {
+                    l.peer_bits.set(piece, true);
+                }
+                if let Some(swarm) = &mut self.swarm {
+                    swarm.peer_has(link, piece, now.into_std());
+                }
+                if let Some(seeder) = &mut self.seeder {
+                    let reveals = seeder.peer_has(link, piece);
+                    self.apply_reveals(reveals);
+                }
+            }
+            Some(Kind::Request(request)) => self.on_request(link, request),
+            Some(Kind::Cancel(cancel)) => {
+                self.inner.cancel_upload(&self.digest, link, cancel.piece)
+            }
+            Some(Kind::Complete(_)) => {
+                l.peer_bits = Bitfield::full(num_pieces);
+                if let Some(swarm) = &mut self.swarm {
+                    swarm.peer_complete(link, now.into_std());
+                } else {
+                    // Both complete: nothing left to exchange.
+                    self.remove_link(link);
+                    return;
+                }
+                if let Some(seeder) = &mut self.seeder {
+                    let reveals = seeder.remove_link(link);
+                    self.apply_reveals(reveals);
+                }
+            }
+            Some(Kind::Error(error)) => {
+                if error.code == Code::PieceUnavailable as i32 {
+                    if let Some(swarm) = &mut self.swarm {
+                        swarm.request_failed(link, error.piece, now.into_std());
+                    }
+                } else {
+                    tracing::debug!(digest = %self.digest, code = error.code, message = %error.message, "peer error");
+                }
+            }
+            Some(Kind::Handshake(_)) | None => {
+                tracing::debug!(digest = %self.digest, "protocol violation: unexpected message");
+                self.remove_link(link);
+            }
+        }
+    }
+
+    fn on_request(&mut self, link: LinkId, request: pb::Request) {
+        let piece = request.piece;
+        let Ok(len) = self.metainfo.piece_len(piece) else {
+            return self.send(link, link::error(Code::BadRequest, piece, "no such piece"));
+        };
+        // Only whole pieces are served: a piece is the unit of verification.
+        if request.offset != 0 || (request.length != 0 && request.length != len) {
+            return self.send(
+                link,
+                link::error(Code::BadRequest, piece, "whole pieces only"),
+            );
+        }
+        let held = self.download.as_ref().is_none_or(|d| d.has_piece(piece));
+        if !held {
+            return self.send(link, link::error(Code::PieceUnavailable, piece, "not held"));
+        }
+        self.last_activity = Instant::now();
+        if !self.inner.queue_upload(self.digest, link, piece) {
+            self.send(
+                link,
+                link::error(Code::PieceUnavailable, piece, "too many queued requests"),
+            );
+        }
+    }
+
+    // ---- pieces --------------------------------------------------------------------------
+
+    fn on_piece_arrived(&mut self, connection_id: usize, piece: u32, data: Bytes) {
+        let Some(&link) = self.by_connection.get(&connection_id) else {
+            return;
+        };
+        let Some(download) = self.download.clone() else {
+            return;
+        };
+        if download.has_piece(piece) {
+            if let Some(swarm) = &mut self.swarm {
+                swarm.piece_received(link, piece, true, Instant::now().into_std());
+            }
+            return;
+        }
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let result = download.write_piece(piece, data).await;
+            let _ = events
+                .send(Event::PieceWritten {
+                    link,
+                    piece,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    fn on_piece_written(&mut self, link: LinkId, piece: u32, result: Result<bool, StoreError>) {
+        let now = Instant::now();
+        let Some(swarm) = &mut self.swarm else { return };
+        match result {
+            Ok(_) => {
+                self.last_piece = now;
+                self.last_activity = now;
+                metrics::counter!("kraken_p2p_pieces_received_total").increment(1);
+                swarm.piece_received(link, piece, true, now.into_std());
+                let held = swarm.have().count();
+                self.status.send_replace(Status::Downloading {
+                    pieces: held,
+                    total: self.num_pieces(),
+                });
+            }
+            Err(StoreError::Piece(
+                error @ (PieceError::HashMismatch { .. } | PieceError::WrongLength { .. }),
+            )) => {
+                tracing::warn!(digest = %self.digest, %error, "peer sent a corrupt piece");
+                metrics::counter!("kraken_p2p_bad_pieces_total").increment(1);
+                self.inner
+                    .bad_pieces
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                swarm.piece_received(link, piece, false, now.into_std());
+            }
+            Err(error) => {
+                tracing::warn!(digest = %self.digest, piece, %error, "could not store piece");
+                swarm.request_failed(link, piece, now.into_std());
+            }
+        }
+    }
+
+    fn apply_swarm_actions(&mut self) {
+        let Some(swarm) = &mut self.swarm else { return };
+        let actions: Vec<Action> = std::iter::from_fn(|| swarm.poll_action()).collect();
+        for action in actions {
+            match action {
+                Action::Request { link, piece } => self.send(
+                    link,
+                    message(Kind::Request(pb::Request {
+                        piece,
+                        offset: 0,
+                        length: 0,
+                    })),
+                ),
+                Action::Cancel { link, piece } => self.send(
+                    link,
+                    message(Kind::Cancel(pb::Cancel {
+                        piece,
+                        offset: 0,
+                        length: 0,
+                    })),
+                ),
+                Action::Announce { piece } => {
+                    let targets: Vec<LinkId> = self
+                        .links
+                        .iter()
+                        // Origins track our pieces to reveal new ones; agents need only news.
+                        .filter(|(_, l)| l.origin || !l.peer_bits.get(piece))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for link in targets {
+                        self.send(link, have(piece));
+                    }
+                }
+                Action::Complete => self.commit(),
+                Action::Blacklist { link, reason } => {
+                    let Some(l) = self.links.get(&link) else {
+                        continue;
+                    };
+                    tracing::warn!(digest = %self.digest, peer = %l.peer, %reason, "blacklisting peer");
+                    metrics::counter!("kraken_p2p_blacklisted_peers_total").increment(1);
+                    self.inner
+                        .blacklisted_peers
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    lock(&self.inner.conns)
+                        .blacklist_misbehaving(l.peer, Instant::now().into_std());
+                    // The peer lied: it is not trusted for any blob.
+                    l.connection.close(2u32.into(), b"sent bad data");
+                    self.remove_link(link);
+                }
+            }
+        }
+    }
+
+    fn apply_reveals(&mut self, reveals: Vec<Reveal>) {
+        for reveal in reveals {
+            match reveal {
+                Reveal::Have { link, piece } => self.send(link, have(piece)),
+                Reveal::Complete { link } => {
+                    self.send(link, message(Kind::Complete(pb::Complete {})))
+                }
+            }
+        }
+    }
+
+    // ---- completion ------------------------------------------------------------------------
+
+    fn commit(&mut self) {
+        if self.committing {
+            return;
+        }
+        let Some(download) = self.download.clone() else {
+            return;
+        };
+        self.committing = true;
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let result = download.complete().await.map(|_| ());
+            let _ = events.send(Event::Committed(result)).await;
+        });
+    }
+
+    fn on_committed(&mut self, result: Result<(), StoreError>) {
+        match result {
+            Ok(()) => {
+                tracing::info!(digest = %self.digest, "download complete and verified");
+                metrics::counter!("kraken_p2p_downloads_completed_total").increment(1);
+                self.swarm = None;
+                self.download = None;
+                self.status.send_replace(Status::Complete);
+                let links: Vec<LinkId> = self.links.keys().copied().collect();
+                for link in links {
+                    let complete = self
+                        .links
+                        .get(&link)
+                        .is_some_and(|l| l.peer_bits.is_complete());
+                    if complete {
+                        self.remove_link(link);
+                    } else {
+                        self.send(link, message(Kind::Complete(pb::Complete {})));
+                    }
+                }
+                // Tell the tracker at once that we now seed.
+                self.announce_at = Instant::now();
+            }
+            Err(error) => {
+                tracing::error!(digest = %self.digest, %error, "download failed verification");
+                metrics::counter!("kraken_p2p_downloads_failed_total").increment(1);
+                self.status.send_replace(Status::Failed(error.to_string()));
+                self.done = true;
+            }
+        }
+    }
+
+    /// Marks an unfinished download failed and drops its staging.
+    fn fail(&mut self, reason: &str) {
+        if let Some(download) = self.download.take() {
+            self.swarm = None;
+            self.status.send_replace(Status::Failed(reason.to_owned()));
+            tokio::spawn(async move {
+                let _ = download.abort().await;
+            });
+        }
+    }
+
+    // ---- time ----------------------------------------------------------------------------
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if let Some(swarm) = &mut self.swarm {
+            swarm.tick(now.into_std());
+        }
+        let config = &self.inner.config;
+        if self.download.is_some()
+            && !self.committing
+            && since(self.last_piece) > config.leecher_tti
+        {
+            tracing::warn!(digest = %self.digest, "no piece received within leecher_tti; giving up");
+            let tti = config.leecher_tti;
+            self.fail(&format!(
+                "no piece received for {}",
+                humantime::format_duration(tti)
+            ));
+            self.done = true;
+            return;
+        }
+        if self.download.is_none() && since(self.last_activity) > config.seeder_tti {
+            tracing::debug!(digest = %self.digest, "idle seeder closed (seeder_tti)");
+            self.done = true;
+            return;
+        }
+        let (conn_tti, conn_ttl) = (config.conn_tti, config.conn_ttl);
+        let stale: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| since(l.last_activity) > conn_tti || since(l.opened) > conn_ttl)
+            .map(|(id, _)| *id)
+            .collect();
+        for link in stale {
+            self.remove_link(link);
+        }
+        if self.inner.announcer.is_some() && !self.announcing && now >= self.announce_at {
+            self.start_announce();
+        }
+    }
+
+    fn start_announce(&mut self) {
+        let Some(announcer) = self.inner.announcer.clone() else {
+            return;
+        };
+        self.announcing = true;
+        let me = PeerInfo {
+            complete: self.download.is_none(),
+            ..self.inner.local
+        };
+        let (namespace, digest, events) =
+            (self.namespace.clone(), self.digest, self.events_tx.clone());
+        tokio::spawn(async move {
+            let result = announcer.announce(&namespace, &digest, &me).await;
+            let _ = events.send(Event::Announced(result)).await;
+        });
+    }
+
+    fn on_announced(&mut self, result: Result<AnnounceReply, AnnounceError>) {
+        self.announcing = false;
+        match result {
+            Ok(reply) => {
+                // Kraken resets absurd intervals; clamp instead.
+                self.announce_interval = reply
+                    .interval
+                    .clamp(Duration::from_secs(1), Duration::from_secs(60));
+                if self.download.is_some() {
+                    self.dial(reply.peers);
+                }
+            }
+            Err(error) => tracing::debug!(digest = %self.digest, %error, "announce failed"),
+        }
+        self.announce_at = Instant::now() + self.announce_interval;
+    }
+
+    fn dial(&mut self, peers: Vec<PeerInfo>) {
+        let now = Instant::now().into_std();
+        let local = self.inner.local.peer_id;
+        for peer in peers {
+            if peer.peer_id == local
+                || !dialable(&peer.addr)
+                || self.pending_dials.contains_key(&peer.peer_id)
+                || self.links.values().any(|l| l.peer == peer.peer_id)
+            {
+                continue;
+            }
+            {
+                let mut conns = lock(&self.inner.conns);
+                if conns.free_slots(&self.digest) == 0 {
+                    break;
+                }
+                if conns.start_dial(&self.digest, peer.peer_id, now).is_err() {
+                    continue;
+                }
+            }
+            let told = match &self.download {
+                Some(download) => download.bitfield(),
+                None => Bitfield::full(self.num_pieces()),
+            };
+            let neighbors = lock(&self.inner.conns).neighbors(&self.digest);
+            let ours = link::handshake(
+                &self.inner.local,
+                &self.namespace,
+                &self.digest,
+                &told,
+                &neighbors,
+            );
+            self.pending_dials.insert(peer.peer_id, told);
+            tokio::spawn(link::dial(
+                self.inner.clone(),
+                self.events_tx.clone(),
+                peer,
+                ours,
+                self.num_pieces(),
+            ));
+        }
+    }
+
+    fn close(mut self) {
+        if self.download.is_some() && !matches!(*self.status.borrow(), Status::Failed(_)) {
+            self.status
+                .send_replace(Status::Failed("the scheduler shut down".into()));
+        }
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            self.remove_link(link);
+        }
+        for peer in self.pending_dials.keys() {
+            lock(&self.inner.conns).dial_abandoned(&self.digest, *peer);
+        }
+        self.inner.torrent_closed(&self.digest);
+        tracing::debug!(digest = %self.digest, "torrent closed");
+    }
+}
+
+fn message(kind: Kind) -> pb::Message {
+    pb::Message { kind: Some(kind) }
+}
+
+fn have(piece: u32) -> pb::Message {
+    message(Kind::Have(pb::Have { piece }))
+}

@@ -1,0 +1,270 @@
+//! The driver over real QUIC connections with real mutual TLS on loopback: an origin seeds, agents
+//! download through each other, a lying peer is caught. The tracker is an in-process fake here
+//! (the real one is exercised by the cluster tests in `tests/`).
+
+// Test helpers outside `#[test]` functions: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kraken_config::store::StoreConfig;
+use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo};
+use kraken_scheduler::{
+    AnnounceError, AnnounceReply, Announcer, DriverConfig, Faults, Scheduler, Status,
+};
+use kraken_store::{BlobStore, CommitOptions};
+use kraken_tls::{DevCa, LeafOptions, Role, TlsMaterial};
+use kraken_transport::bandwidth::BandwidthLimiter;
+use kraken_transport::quic::{PeerEndpoint, QuicTuning};
+
+/// Every announcer gets every other peer, complete ones first, then the origins.
+#[derive(Default)]
+struct FakeTracker {
+    peers: Mutex<HashMap<Digest, HashMap<PeerId, PeerInfo>>>,
+    origins: Mutex<Vec<PeerInfo>>,
+}
+
+#[async_trait]
+impl Announcer for FakeTracker {
+    async fn announce(
+        &self,
+        _namespace: &Namespace,
+        digest: &Digest,
+        me: &PeerInfo,
+    ) -> Result<AnnounceReply, AnnounceError> {
+        let mut peers = self.peers.lock().unwrap();
+        let swarm = peers.entry(*digest).or_default();
+        swarm.insert(me.peer_id, *me);
+        let mut others: Vec<PeerInfo> = swarm
+            .values()
+            .filter(|p| p.peer_id != me.peer_id)
+            .copied()
+            .collect();
+        others.sort_by_key(|p| !p.complete);
+        others.extend(self.origins.lock().unwrap().iter().copied());
+        Ok(AnnounceReply {
+            peers: others,
+            interval: Duration::from_millis(200),
+        })
+    }
+}
+
+struct Node {
+    scheduler: Scheduler,
+    store: BlobStore,
+    _dir: tempfile::TempDir,
+}
+
+async fn node(
+    ca: &DevCa,
+    role: Role,
+    origin: bool,
+    tracker: Option<Arc<FakeTracker>>,
+    faults: Faults,
+) -> Node {
+    let issued = ca.issue(role, &LeafOptions::default()).unwrap();
+    let tls = TlsMaterial::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
+    let endpoint =
+        PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &tls, &QuicTuning::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(StoreConfig {
+        dir: dir.path().to_owned(),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    let local = PeerInfo {
+        peer_id: PeerId::random(),
+        addr: endpoint.local_addr().unwrap(),
+        complete: false,
+        origin,
+    };
+    let mut config = kraken_config::scheduler::SchedulerConfig::default();
+    config.conn_tti = Duration::from_secs(60);
+    let mut config = DriverConfig::from_config(&config, origin);
+    config.faults = faults;
+    config.tick = Duration::from_millis(50);
+    let announcer = tracker.map(|t| t as Arc<dyn Announcer>);
+    let scheduler = Scheduler::start(
+        local,
+        config,
+        endpoint,
+        store.clone(),
+        BandwidthLimiter::unlimited(),
+        announcer,
+    );
+    Node {
+        scheduler,
+        store,
+        _dir: dir,
+    }
+}
+
+fn blob(len: usize) -> Bytes {
+    let mut state = 0x1234_5678_u32;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
+async fn seed(node: &Node, data: &Bytes) -> MetaInfo {
+    let digest = Digest::of(data);
+    node.store
+        .put_bytes(&digest, data.clone(), &CommitOptions::default())
+        .await
+        .unwrap()
+        .metainfo()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_download_a_blob_from_an_origin_and_each_other() {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let tracker = Arc::new(FakeTracker::default());
+    let origin = node(&ca, Role::Origin, true, None, Faults::default()).await;
+    tracker
+        .origins
+        .lock()
+        .unwrap()
+        .push(*origin.scheduler.local());
+    let data = blob(6 << 20);
+    let metainfo = seed(&origin, &data).await;
+    assert!(
+        metainfo.num_pieces() > 50,
+        "many pieces: {}",
+        metainfo.num_pieces()
+    );
+
+    let mut agents = Vec::new();
+    for _ in 0..5 {
+        agents.push(
+            node(
+                &ca,
+                Role::Agent,
+                false,
+                Some(tracker.clone()),
+                Faults::default(),
+            )
+            .await,
+        );
+    }
+    let namespace: Namespace = "library/test".parse().unwrap();
+    let mut downloads = Vec::new();
+    for agent in &agents {
+        downloads.push(
+            agent
+                .scheduler
+                .download(&namespace, &metainfo)
+                .await
+                .unwrap(),
+        );
+    }
+    for download in &mut downloads {
+        tokio::time::timeout(Duration::from_secs(60), download.wait())
+            .await
+            .expect("download finished in time")
+            .unwrap();
+    }
+    for agent in &agents {
+        let stored = agent
+            .store
+            .read_range(metainfo.digest(), 0, data.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(stored, data);
+    }
+    // A second request for a complete blob joins the seeding torrent.
+    let again = agents[0]
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap();
+    assert_eq!(*again.status.borrow(), Status::Complete);
+    for agent in &agents {
+        agent.scheduler.shutdown().await;
+    }
+    origin.scheduler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_corrupt_pieces_is_blacklisted_and_the_download_still_succeeds() {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let tracker = Arc::new(FakeTracker::default());
+    let origin = node(&ca, Role::Origin, true, None, Faults::default()).await;
+    tracker
+        .origins
+        .lock()
+        .unwrap()
+        .push(*origin.scheduler.local());
+    let data = blob(2 << 20);
+    let metainfo = seed(&origin, &data).await;
+
+    // A complete agent that corrupts everything it sends, announced as complete so it is
+    // handed out first.
+    let liar = node(
+        &ca,
+        Role::Agent,
+        false,
+        Some(tracker.clone()),
+        Faults {
+            corrupt_uploads: true,
+        },
+    )
+    .await;
+    seed(&liar, &data).await;
+    let namespace: Namespace = "library/test".parse().unwrap();
+    let mut liar_info = *liar.scheduler.local();
+    liar_info.complete = true;
+    tracker
+        .announce(&namespace, metainfo.digest(), &liar_info)
+        .await
+        .unwrap();
+
+    let victim = node(
+        &ca,
+        Role::Agent,
+        false,
+        Some(tracker.clone()),
+        Faults::default(),
+    )
+    .await;
+    let mut download = victim
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), download.wait())
+        .await
+        .expect("download finished in time")
+        .unwrap();
+    let stored = victim
+        .store
+        .read_range(metainfo.digest(), 0, data.len() as u64)
+        .await
+        .unwrap();
+    assert_eq!(stored, data, "only verified pieces were kept");
+    let stats = victim.scheduler.stats();
+    assert!(
+        stats.bad_pieces >= 1,
+        "the liar's pieces were caught: {stats:?}"
+    );
+    assert_eq!(
+        stats.blacklisted_peers, 1,
+        "and the liar blacklisted: {stats:?}"
+    );
+    victim.scheduler.shutdown().await;
+    liar.scheduler.shutdown().await;
+    origin.scheduler.shutdown().await;
+}
