@@ -83,8 +83,10 @@ async fn node(
         complete: false,
         origin,
     };
-    let mut config = kraken_config::scheduler::SchedulerConfig::default();
-    config.conn_tti = Duration::from_secs(60);
+    let config = kraken_config::scheduler::SchedulerConfig {
+        conn_tti: Duration::from_secs(60),
+        ..Default::default()
+    };
     let mut config = DriverConfig::from_config(&config, origin);
     config.faults = faults;
     config.tick = Duration::from_millis(50);
