@@ -10,3 +10,4 @@
 pub mod bandwidth;
 pub mod grpc;
 pub mod quic;
+pub mod ring;
