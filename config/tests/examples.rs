@@ -121,7 +121,7 @@ fn examples_take_values_from_the_environment() {
         1_677_721_600
     );
     let policy = origin.metainfogen.piece_length_policy().unwrap();
-    assert_eq!(policy.piece_length_for(300 << 20), 1 << 20);
+    assert_eq!(policy.piece_length_for(300 << 20), 512 << 10);
     assert_eq!(origin.backends.len(), 2);
     assert!(origin.backends[0].namespace.is_match("library/ubuntu"));
     assert!(!origin.backends[0].namespace.is_match("team/app"));

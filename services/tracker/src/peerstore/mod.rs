@@ -1,7 +1,7 @@
 //! Where announces are kept: which peers hold (part of) which blob, and where to dial them.
 
 mod memory;
-mod redis;
+mod redis_store;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use kraken_config::tracker::{PeerStoreBackend, PeerStoreConfig};
 use kraken_core::{Digest, PeerId};
 
 pub use self::memory::MemoryPeerStore;
-pub use self::redis::{Clock, RedisPeerStore, SystemClock};
+pub use self::redis_store::{Clock, RedisPeerStore, SystemClock};
 
 /// One peer's latest announce for a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,8 +55,11 @@ pub trait PeerStore: Send + Sync + fmt::Debug {
 
     /// Up to `limit` distinct peers (by peer id) announced recently for `digest`, in random
     /// order, so that every caller gets a different sample and the swarm forms a random graph.
-    async fn get_peers(&self, digest: &Digest, limit: usize)
-    -> Result<Vec<PeerEntry>, PeerStoreError>;
+    async fn get_peers(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> Result<Vec<PeerEntry>, PeerStoreError>;
 }
 
 /// Builds the store `config` selects. Redis is connected to right away, so a wrong address or

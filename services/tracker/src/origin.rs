@@ -1,0 +1,661 @@
+//! What the tracker needs from the origin cluster: which origins own a blob (they are handed
+//! out as seeders) and the blob's metainfo.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use kraken_config::TrackerConfig;
+use kraken_config::cluster::PassiveHealthCheckConfig;
+use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo};
+use kraken_proto::origin::v1::blob_service_client::BlobServiceClient;
+use kraken_proto::origin::v1::{GetMetaInfoRequest, GetPeerContextRequest, LocationsRequest};
+use kraken_tls::TlsMaterial;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::cache::CoalescingCache;
+
+/// The metadata key with which an origin (and the tracker) asks a caller to come back later,
+/// in milliseconds.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// How long a `Locations` or `GetPeerContext` call may take. Both are answered from memory,
+/// so anything slower means the origin is in trouble and the next one should be asked.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a `GetMetaInfo` call may take: the origin may hash a blob it has not described
+/// yet (it answers UNAVAILABLE rather than block while it fetches from a backend).
+const METAINFO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Blobs whose owners are remembered at once. An entry is a few addresses.
+const LOCATIONS_CACHE_CAPACITY: usize = 65_536;
+/// Origins whose identity is remembered at once; clusters have a handful.
+const PEER_CONTEXT_CACHE_CAPACITY: usize = 1_024;
+
+/// Why the origins did not give an answer.
+///
+/// `Clone`, because one origin call answers every tracker request waiting for it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OriginError {
+    #[error("blob {digest} not found (origin {origin}: {message})")]
+    NotFound {
+        digest: Digest,
+        origin: String,
+        message: String,
+    },
+    #[error("origin {origin} is fetching blob {digest} from its storage backend")]
+    Fetching {
+        digest: Digest,
+        origin: String,
+        /// How long the origin asked callers to wait.
+        retry_after: Duration,
+    },
+    #[error("origin {origin} failed: {}", describe_status(status))]
+    Call {
+        origin: String,
+        status: tonic::Status,
+    },
+    #[error("origin {origin} sent an invalid {what}: {reason}")]
+    InvalidResponse {
+        origin: String,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("invalid origin address `{origin}`: {reason}")]
+    Address { origin: String, reason: String },
+    #[error("no origin is configured: set origin.hosts")]
+    NotConfigured,
+    #[error("no origin owns blob {digest}")]
+    NoOwners { digest: Digest },
+    #[error("no origin answered (tried {tried})")]
+    Unreachable {
+        tried: String,
+        #[source]
+        last: Box<OriginError>,
+    },
+}
+
+/// The origin cluster as the tracker sees it. The real one is [`GrpcOriginDirectory`]; tests
+/// put an in-process fake behind the same trait.
+#[async_trait::async_trait]
+pub trait OriginDirectory: Send + Sync + fmt::Debug {
+    /// The origins owning `digest`, as seeders to hand out (`origin` set), in ring order.
+    async fn owners(&self, digest: &Digest) -> Result<Vec<PeerInfo>, OriginError>;
+
+    /// The metainfo of `digest`, from one of its owners. [`OriginError::NotFound`] when no
+    /// owner and no backend has the blob; [`OriginError::Fetching`] while an owner fetches it
+    /// from its backend.
+    async fn metainfo(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+    ) -> Result<MetaInfo, OriginError>;
+}
+
+/// Asks the origins over mutual-TLS gRPC (`kraken.origin.v1.BlobService`).
+///
+/// Owners come from `Locations` on the configured origins, tried in order (origins that
+/// recently failed with network errors last) and cached for `origin_locations_cache_ttl`;
+/// each owner's seeder identity from its `GetPeerContext`, cached for
+/// `origin_peer_context_cache_ttl`. Concurrent misses for the same key share one call.
+#[derive(Clone)]
+pub struct GrpcOriginDirectory {
+    inner: Arc<Directory>,
+}
+
+struct Directory {
+    tls: TlsMaterial,
+    seeds: Seeds,
+    clients: Mutex<HashMap<ClientKey, BlobServiceClient<Channel>>>,
+    locations: CoalescingCache<Digest, Arc<[String]>, OriginError>,
+    peer_contexts: CoalescingCache<String, PeerInfo, OriginError>,
+    health: PassiveHealth,
+}
+
+/// An origin's `host:port` and the TLS name its certificate is checked against (its host
+/// when `None`).
+type ClientKey = (String, Option<String>);
+
+/// The origins asked for `Locations`.
+#[derive(Debug, Clone)]
+enum Seeds {
+    Static(Vec<String>),
+    /// Every address `name:port` resolves to; certificates are checked against `name`.
+    Dns {
+        name: String,
+        port: u16,
+    },
+}
+
+impl fmt::Debug for GrpcOriginDirectory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcOriginDirectory")
+            .field("seeds", &self.inner.seeds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcOriginDirectory {
+    /// A directory of the origins in `config.origin`, reached with `tls`.
+    pub fn from_config(config: &TrackerConfig, tls: TlsMaterial) -> Result<Self, OriginError> {
+        let hosts = &config.origin.hosts;
+        let seeds = match (&hosts.static_hosts[..], &hosts.dns) {
+            ([], None) => return Err(OriginError::NotConfigured),
+            ([], Some(dns)) => {
+                let address_error = |reason: &str| OriginError::Address {
+                    origin: dns.clone(),
+                    reason: reason.to_owned(),
+                };
+                let (name, port) = dns
+                    .rsplit_once(':')
+                    .ok_or_else(|| address_error("expected name:port"))?;
+                let port = port
+                    .parse()
+                    .map_err(|_| address_error("the port is not a number"))?;
+                Seeds::Dns {
+                    name: name.to_owned(),
+                    port,
+                }
+            }
+            (hosts, _) => Seeds::Static(hosts.to_vec()),
+        };
+        Ok(Self {
+            inner: Arc::new(Directory {
+                tls,
+                seeds,
+                clients: Mutex::new(HashMap::new()),
+                locations: CoalescingCache::new(
+                    config.origin_locations_cache_ttl,
+                    LOCATIONS_CACHE_CAPACITY,
+                ),
+                peer_contexts: CoalescingCache::new(
+                    config.origin_peer_context_cache_ttl,
+                    PEER_CONTEXT_CACHE_CAPACITY,
+                ),
+                health: PassiveHealth::new(&config.origin.healthcheck),
+            }),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl OriginDirectory for GrpcOriginDirectory {
+    async fn owners(&self, digest: &Digest) -> Result<Vec<PeerInfo>, OriginError> {
+        let addresses = self.inner.owner_addresses(*digest).await?;
+        let lookups = addresses
+            .iter()
+            .map(|address| Arc::clone(&self.inner).peer_context(address.clone()));
+        let mut owners = Vec::with_capacity(addresses.len());
+        let mut last_error = None;
+        for result in futures::future::join_all(lookups).await {
+            match result {
+                Ok(peer) => owners.push(peer),
+                Err(error) => {
+                    tracing::warn!(error = %chain(&error), "origin left out of the hand-out");
+                    last_error = Some(error);
+                }
+            }
+        }
+        match last_error {
+            Some(error) if owners.is_empty() => Err(error),
+            _ => Ok(owners),
+        }
+    }
+
+    async fn metainfo(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+    ) -> Result<MetaInfo, OriginError> {
+        let inner = &self.inner;
+        let owners = inner.owner_addresses(*digest).await?;
+        if owners.is_empty() {
+            return Err(OriginError::NoOwners { digest: *digest });
+        }
+        let mut not_found = None;
+        let mut last_failure = None;
+        for origin in inner.health.order(owners.iter().cloned()) {
+            let request = GetMetaInfoRequest {
+                namespace: namespace.to_string(),
+                digest: digest.to_string(),
+            };
+            let mut client = match inner.client(&origin, None) {
+                Ok(client) => client,
+                Err(error) => {
+                    last_failure = Some(error);
+                    continue;
+                }
+            };
+            let reply = call(METAINFO_TIMEOUT, client.get_meta_info(request)).await;
+            match reply {
+                Ok(reply) => {
+                    inner.health.record_success(&origin);
+                    match validate_metainfo(&origin, digest, reply.metainfo.as_ref()) {
+                        Ok(metainfo) => return Ok(metainfo),
+                        Err(error) => last_failure = Some(error),
+                    }
+                }
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    inner.health.record_success(&origin);
+                    // Keep asking: another owner may hold a replica that was never written
+                    // back, e.g. after this one lost its disk.
+                    not_found = Some(OriginError::NotFound {
+                        digest: *digest,
+                        origin,
+                        message: status.message().to_owned(),
+                    });
+                }
+                Err(status) => match retry_after(&status) {
+                    // The owner is fetching the blob from its backend: it exists, and asking
+                    // the others would only start more backend fetches.
+                    Some(retry_after) if status.code() == tonic::Code::Unavailable => {
+                        inner.health.record_success(&origin);
+                        return Err(OriginError::Fetching {
+                            digest: *digest,
+                            origin,
+                            retry_after,
+                        });
+                    }
+                    _ => {
+                        inner.health.record_outcome(&origin, &status);
+                        last_failure = Some(OriginError::Call { origin, status });
+                    }
+                },
+            }
+        }
+        if let Some(not_found) = not_found {
+            return Err(not_found);
+        }
+        Err(OriginError::Unreachable {
+            tried: owners.join(", "),
+            last: Box::new(last_failure.unwrap_or(OriginError::NoOwners { digest: *digest })),
+        })
+    }
+}
+
+impl Directory {
+    async fn owner_addresses(
+        self: &Arc<Self>,
+        digest: Digest,
+    ) -> Result<Arc<[String]>, OriginError> {
+        let this = Arc::clone(self);
+        let (result, lookup) = self
+            .locations
+            .get_or_fetch(digest, move || this.fetch_locations(digest))
+            .await;
+        metrics::counter!(
+            "kraken_tracker_origin_cache_requests_total",
+            "cache" => "locations",
+            "result" => lookup.label()
+        )
+        .increment(1);
+        result
+    }
+
+    async fn fetch_locations(
+        self: Arc<Self>,
+        digest: Digest,
+    ) -> Result<Arc<[String]>, OriginError> {
+        let seeds = self.seed_addresses().await?;
+        let order = self
+            .health
+            .order(seeds.iter().map(|(address, _)| address.clone()));
+        let domains: HashMap<String, Option<String>> = seeds.into_iter().collect();
+        let mut last_failure = None;
+        for origin in &order {
+            let domain = domains.get(origin).cloned().flatten();
+            let mut client = match self.client(origin, domain.as_deref()) {
+                Ok(client) => client,
+                Err(error) => {
+                    last_failure = Some(error);
+                    continue;
+                }
+            };
+            let request = LocationsRequest {
+                digest: digest.to_string(),
+            };
+            match call(LOOKUP_TIMEOUT, client.locations(request)).await {
+                Ok(reply) => {
+                    self.health.record_success(origin);
+                    // Unhealthy owners are left out unless all are, in which case trying them
+                    // is better than handing out no origin at all.
+                    let healthy: Vec<String> = reply
+                        .origins
+                        .iter()
+                        .filter(|o| o.healthy)
+                        .map(|o| o.address.clone())
+                        .collect();
+                    let mut owners = if healthy.is_empty() {
+                        reply.origins.into_iter().map(|o| o.address).collect()
+                    } else {
+                        healthy
+                    };
+                    let mut seen = std::collections::HashSet::new();
+                    owners.retain(|o| !o.is_empty() && seen.insert(o.clone()));
+                    return Ok(owners.into());
+                }
+                Err(status) => {
+                    self.health.record_outcome(origin, &status);
+                    tracing::debug!(origin, %status, "Locations failed; trying the next origin");
+                    last_failure = Some(OriginError::Call {
+                        origin: origin.clone(),
+                        status,
+                    });
+                }
+            }
+        }
+        Err(OriginError::Unreachable {
+            tried: order.join(", "),
+            last: Box::new(last_failure.unwrap_or(OriginError::NotConfigured)),
+        })
+    }
+
+    async fn peer_context(self: Arc<Self>, origin: String) -> Result<PeerInfo, OriginError> {
+        let this = Arc::clone(&self);
+        let key = origin.clone();
+        let (result, lookup) = self
+            .peer_contexts
+            .get_or_fetch(key, move || this.fetch_peer_context(origin))
+            .await;
+        metrics::counter!(
+            "kraken_tracker_origin_cache_requests_total",
+            "cache" => "peer_context",
+            "result" => lookup.label()
+        )
+        .increment(1);
+        result
+    }
+
+    async fn fetch_peer_context(self: Arc<Self>, origin: String) -> Result<PeerInfo, OriginError> {
+        let mut client = self.client(&origin, None)?;
+        let reply = match call(
+            LOOKUP_TIMEOUT,
+            client.get_peer_context(GetPeerContextRequest {}),
+        )
+        .await
+        {
+            Ok(reply) => reply,
+            Err(status) => {
+                self.health.record_outcome(&origin, &status);
+                return Err(OriginError::Call { origin, status });
+            }
+        };
+        self.health.record_success(&origin);
+        let invalid = |reason: String| OriginError::InvalidResponse {
+            origin: origin.clone(),
+            what: "peer context",
+            reason,
+        };
+        let wire = reply
+            .peer
+            .ok_or_else(|| invalid("field `peer` is missing".to_owned()))?;
+        let peer = PeerInfo::try_from(&wire).map_err(|e| invalid(e.to_string()))?;
+        // Whatever it reports, an owner is handed out as an origin: that is what it is on the
+        // ring, and agents treat origins as seeders of last resort.
+        Ok(PeerInfo {
+            origin: true,
+            ..peer
+        })
+    }
+
+    /// The configured origins with the TLS name to check for each.
+    async fn seed_addresses(&self) -> Result<Vec<(String, Option<String>)>, OriginError> {
+        match &self.seeds {
+            Seeds::Static(hosts) => Ok(hosts.iter().map(|h| (h.clone(), None)).collect()),
+            Seeds::Dns { name, port } => {
+                let resolved = tokio::net::lookup_host((name.as_str(), *port))
+                    .await
+                    .map_err(|e| OriginError::Address {
+                        origin: format!("{name}:{port}"),
+                        reason: format!("DNS lookup failed: {e}"),
+                    })?;
+                Ok(resolved
+                    .map(|addr| (addr.to_string(), Some(name.clone())))
+                    .collect())
+            }
+        }
+    }
+
+    fn client(
+        &self,
+        origin: &str,
+        domain: Option<&str>,
+    ) -> Result<BlobServiceClient<Channel>, OriginError> {
+        let key = (origin.to_owned(), domain.map(str::to_owned));
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        // Channels connect lazily and reconnect on their own, so one per origin lives for the
+        // life of the tracker.
+        let channel = kraken_transport::grpc::channel(&self.tls, origin, domain).map_err(|e| {
+            OriginError::Address {
+                origin: origin.to_owned(),
+                reason: chain(&e),
+            }
+        })?;
+        let client = BlobServiceClient::new(channel);
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+fn validate_metainfo(
+    origin: &str,
+    digest: &Digest,
+    wire: Option<&kraken_proto::common::v1::MetaInfo>,
+) -> Result<MetaInfo, OriginError> {
+    let invalid = |reason: String| OriginError::InvalidResponse {
+        origin: origin.to_owned(),
+        what: "metainfo",
+        reason,
+    };
+    let wire = wire.ok_or_else(|| invalid("field `metainfo` is missing".to_owned()))?;
+    let metainfo = MetaInfo::try_from(wire).map_err(|e| invalid(e.to_string()))?;
+    if metainfo.digest() != digest {
+        return Err(invalid(format!(
+            "it describes {} instead of {digest}",
+            metainfo.digest()
+        )));
+    }
+    Ok(metainfo)
+}
+
+/// A unary call with a deadline enforced on our side too (tonic only forwards `grpc-timeout`).
+async fn call<T>(
+    timeout: Duration,
+    reply: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(timeout, reply).await {
+        Ok(reply) => reply.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no answer within {timeout:?}"
+        ))),
+    }
+}
+
+/// The `retry-after-ms` an origin attached to a status.
+pub(crate) fn retry_after(status: &tonic::Status) -> Option<Duration> {
+    status
+        .metadata()
+        .get(RETRY_AFTER_MS)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+
+/// A status as `Code: message`, plus the innermost cause when there is one (for a failed
+/// connection, e.g. "Connection refused"), without tonic's debug dump of the source chain.
+fn describe_status(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut root = std::error::Error::source(status);
+    while let Some(next) = root.and_then(std::error::Error::source) {
+        root = Some(next);
+    }
+    if let Some(root) = root {
+        let root = root.to_string();
+        if !text.contains(&root) {
+            text.push_str(": ");
+            text.push_str(&root);
+        }
+    }
+    text
+}
+
+/// An error and its sources, for one log line or status message.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // tonic statuses repeat their source's text; say each thing once.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Passive health checks: `fails` network errors within `fail_timeout` move an origin to the
+/// back of the line for `fail_timeout`, so a dead origin stops costing every lookup a
+/// connect timeout. It is never dropped: when every origin is down, all are still tried.
+struct PassiveHealth {
+    fails: usize,
+    fail_timeout: Duration,
+    hosts: Mutex<HashMap<String, HostHealth>>,
+}
+
+#[derive(Default)]
+struct HostHealth {
+    failures: Vec<Instant>,
+    down_until: Option<Instant>,
+}
+
+impl PassiveHealth {
+    fn new(config: &PassiveHealthCheckConfig) -> Self {
+        Self {
+            fails: usize::try_from(config.fails.max(1)).unwrap_or(usize::MAX),
+            fail_timeout: config.fail_timeout,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, HostHealth>> {
+        self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `hosts` with the ones currently marked down moved to the end, order otherwise kept.
+    fn order(&self, hosts: impl IntoIterator<Item = String>) -> Vec<String> {
+        let now = Instant::now();
+        let states = self.lock();
+        let (up, down): (Vec<String>, Vec<String>) = hosts.into_iter().partition(|host| {
+            states
+                .get(host)
+                .and_then(|state| state.down_until)
+                .is_none_or(|until| until <= now)
+        });
+        up.into_iter().chain(down).collect()
+    }
+
+    fn record_success(&self, host: &str) {
+        self.lock().remove(host);
+    }
+
+    /// Counts `status` against `host` if it looks like the network or the process failing,
+    /// not like an answer.
+    fn record_outcome(&self, host: &str, status: &tonic::Status) {
+        use tonic::Code;
+        if !matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+        ) {
+            return;
+        }
+        let now = Instant::now();
+        let mut states = self.lock();
+        let state = states.entry(host.to_owned()).or_default();
+        state
+            .failures
+            .retain(|at| now.duration_since(*at) < self.fail_timeout);
+        state.failures.push(now);
+        if state.failures.len() >= self.fails {
+            state.failures.clear();
+            state.down_until = Some(now + self.fail_timeout);
+            tracing::warn!(
+                origin = host,
+                for_ = ?self.fail_timeout,
+                "origin marked unhealthy after repeated network errors"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_hosts_move_to_the_back_for_the_fail_timeout() {
+        let health = PassiveHealth::new(&PassiveHealthCheckConfig {
+            fails: 2,
+            fail_timeout: Duration::from_secs(60),
+        });
+        let hosts = || ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let down = tonic::Status::unavailable("connection refused");
+        health.record_outcome("a", &down);
+        assert_eq!(
+            health.order(hosts()),
+            ["a", "b", "c"],
+            "one failure is not enough"
+        );
+        // Answers that are not network errors never count.
+        health.record_outcome("a", &tonic::Status::not_found("no such blob"));
+        assert_eq!(health.order(hosts()), ["a", "b", "c"]);
+        health.record_outcome("a", &down);
+        assert_eq!(health.order(hosts()), ["b", "c", "a"]);
+
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(
+            health.order(hosts()),
+            ["a", "b", "c"],
+            "back after fail_timeout"
+        );
+
+        health.record_outcome("b", &down);
+        health.record_success("b");
+        health.record_outcome("b", &down);
+        assert_eq!(
+            health.order(hosts()),
+            ["a", "b", "c"],
+            "a success resets the count"
+        );
+    }
+
+    #[test]
+    fn reads_retry_after_metadata() {
+        let mut status = tonic::Status::unavailable("fetching");
+        assert_eq!(retry_after(&status), None);
+        status.metadata_mut().insert(
+            RETRY_AFTER_MS,
+            tonic::metadata::MetadataValue::from(2500u64),
+        );
+        assert_eq!(retry_after(&status), Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn rejects_metainfo_for_another_blob() {
+        let metainfo =
+            MetaInfo::generate(&b"hello"[..], 4, kraken_core::PieceHashAlgorithm::Blake3).unwrap();
+        let wire = kraken_proto::common::v1::MetaInfo::from(&metainfo);
+        let right = validate_metainfo("o1", metainfo.digest(), Some(&wire)).unwrap();
+        assert_eq!(right, metainfo);
+        let error = validate_metainfo("o1", &Digest::of(b"other"), Some(&wire)).unwrap_err();
+        assert!(error.to_string().contains("instead of"), "{error}");
+        assert!(matches!(
+            validate_metainfo("o1", metainfo.digest(), None),
+            Err(OriginError::InvalidResponse { .. })
+        ));
+    }
+}

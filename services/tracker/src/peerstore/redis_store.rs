@@ -1,0 +1,298 @@
+//! The Redis peer store, shared by several trackers.
+//!
+//! Announces go into time-window sets, as in Kraken: the key `peerset:<digest hex>:<window
+//! start in unix ms>` holds members `<peer id hex>:<ip>:<port>:<0|1>` for every announce made
+//! during that window, and expires after `window × max_windows`. Reads look only at the
+//! current and the `max_windows - 1` previous windows, so an announce is forgotten between
+//! `window × (max_windows - 1)` and `window × max_windows` after it was made, without a
+//! per-member TTL (which Redis sets lack) and without any cleanup job.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kraken_config::tracker::RedisPeerStoreConfig;
+use kraken_core::{Digest, PeerId};
+use rand::seq::SliceRandom;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+
+use super::{PeerEntry, PeerStore, PeerStoreError};
+
+/// Wall-clock time for the window computation. Injected so that tests can roll windows over
+/// without sleeping.
+pub trait Clock: Send + Sync + fmt::Debug {
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's wall clock. Trackers sharing a Redis must agree on it to within a small
+/// fraction of a window (NTP is plenty for windows of minutes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Announces in Redis time-window sets; see the module documentation.
+#[derive(Clone)]
+pub struct RedisPeerStore {
+    addr: String,
+    connection: ConnectionManager,
+    window_ms: u64,
+    max_windows: u64,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for RedisPeerStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPeerStore")
+            .field("addr", &self.addr)
+            .field("window_ms", &self.window_ms)
+            .field("max_windows", &self.max_windows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisPeerStore {
+    /// Connects to the server in `config` (authenticating with its password, if any).
+    pub async fn connect(config: &RedisPeerStoreConfig) -> Result<Self, PeerStoreError> {
+        Self::connect_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`RedisPeerStore::connect`] with windows computed from `clock`.
+    pub async fn connect_with_clock(
+        config: &RedisPeerStoreConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, PeerStoreError> {
+        let addr = config.addr.clone();
+        let (host, port) = split_host_port(&addr)
+            .ok_or_else(|| PeerStoreError::RedisAddress { addr: addr.clone() })?;
+        let mut settings = RedisConnectionInfo::default();
+        if let Some(password) = config.password().map_err(PeerStoreError::Password)? {
+            settings = settings.set_password(password.expose());
+        }
+        let connect_error = |source| PeerStoreError::RedisConnect {
+            addr: addr.clone(),
+            source,
+        };
+        let info = ConnectionAddr::Tcp(host, port)
+            .into_connection_info()
+            .map_err(connect_error)?
+            .set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(connect_error)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.dial_timeout))
+            // A stuck Redis must not hold announces for longer than a dial would take.
+            .set_response_timeout(Some(config.dial_timeout))
+            // Reconnects happen in the background while calls fail fast with an error; a long
+            // retry ladder would only delay reporting that Redis is down.
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let mut connection = ConnectionManager::new_with_config(client, manager_config)
+            .await
+            .map_err(connect_error)?;
+        // Connecting does not run a command, so a missing or wrong password would only
+        // surface at the first announce; one round trip makes it a start-up error.
+        redis::cmd("PING")
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(connect_error)?;
+        let window_ms = u64::try_from(config.peer_set_window_size.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Ok(Self {
+            addr,
+            connection,
+            window_ms,
+            max_windows: u64::from(config.max_peer_set_windows.max(1)),
+            clock,
+        })
+    }
+
+    fn current_window(&self) -> u64 {
+        let now_ms = self
+            .clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        now_ms / self.window_ms
+    }
+
+    fn key(&self, digest: &Digest, window: u64) -> String {
+        format!(
+            "peerset:{}:{}",
+            digest.hex(),
+            window.saturating_mul(self.window_ms)
+        )
+    }
+
+    fn redis_error(&self, source: redis::RedisError) -> PeerStoreError {
+        metrics::counter!("kraken_tracker_redis_errors_total").increment(1);
+        PeerStoreError::Redis {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerStore for RedisPeerStore {
+    async fn update(&self, digest: &Digest, peer: &PeerEntry) -> Result<(), PeerStoreError> {
+        let key = self.key(digest, self.current_window());
+        let ttl_ms = self.window_ms.saturating_mul(self.max_windows);
+        let ttl_ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let mut connection = self.connection.clone();
+        // MULTI/EXEC: a set must never exist without its expiry, or it would live forever.
+        redis::pipe()
+            .atomic()
+            .sadd(&key, encode_member(peer))
+            .ignore()
+            .pexpire(&key, ttl_ms)
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| self.redis_error(e))
+    }
+
+    async fn get_peers(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> Result<Vec<PeerEntry>, PeerStoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let current = self.current_window();
+        let mut windows: Vec<u64> = (0..self.max_windows)
+            .filter_map(|back| current.checked_sub(back))
+            .collect();
+        // Shuffled so that no window (in particular the current, still filling one) is always
+        // the one that fills the sample.
+        windows.shuffle(&mut rand::rng());
+        let count = isize::try_from(limit).unwrap_or(isize::MAX);
+        let mut pipe = redis::pipe();
+        for window in &windows {
+            pipe.srandmember_multiple(self.key(digest, *window), count);
+        }
+        let mut connection = self.connection.clone();
+        let replies: Vec<Vec<String>> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+
+        let mut order: Vec<PeerId> = Vec::new();
+        let mut peers: HashMap<PeerId, PeerEntry> = HashMap::new();
+        for member in replies.iter().flatten() {
+            let Some(entry) = decode_member(member) else {
+                tracing::debug!(member, "skipping malformed peer-store member");
+                continue;
+            };
+            if let Some(known) = peers.get_mut(&entry.peer_id) {
+                // Several windows (or both flags within one) may hold the peer: it is complete
+                // if any announce said so.
+                known.complete |= entry.complete;
+            } else if order.len() < limit {
+                order.push(entry.peer_id);
+                peers.insert(entry.peer_id, entry);
+            }
+        }
+        let mut result: Vec<PeerEntry> = order.iter().filter_map(|id| peers.remove(id)).collect();
+        result.shuffle(&mut rand::rng());
+        Ok(result)
+    }
+}
+
+fn split_host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+/// `<peer id hex>:<ip>:<port>:<0|1>`. IPv6 addresses contain colons, so decoding takes the
+/// peer id from the front and the flag and port from the back.
+fn encode_member(peer: &PeerEntry) -> String {
+    format!(
+        "{}:{}:{}:{}",
+        peer.peer_id,
+        peer.addr.ip(),
+        peer.addr.port(),
+        u8::from(peer.complete)
+    )
+}
+
+fn decode_member(member: &str) -> Option<PeerEntry> {
+    let (peer_id, rest) = member.split_once(':')?;
+    let (rest, complete) = rest.rsplit_once(':')?;
+    let (ip, port) = rest.rsplit_once(':')?;
+    let complete = match complete {
+        "0" => false,
+        "1" => true,
+        _ => return None,
+    };
+    Some(PeerEntry {
+        peer_id: peer_id.parse().ok()?,
+        addr: SocketAddr::new(ip.parse::<IpAddr>().ok()?, port.parse().ok()?),
+        complete,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_round_trip_for_ipv4_and_ipv6() {
+        for addr in ["10.1.2.3:16001", "[2001:db8::7]:443", "[::1]:1"] {
+            for complete in [false, true] {
+                let entry = PeerEntry {
+                    peer_id: PeerId::random(),
+                    addr: addr.parse().unwrap(),
+                    complete,
+                };
+                assert_eq!(decode_member(&encode_member(&entry)), Some(entry));
+            }
+        }
+        let id = PeerId::random();
+        assert_eq!(
+            encode_member(&PeerEntry {
+                peer_id: id,
+                addr: "10.0.0.1:5".parse().unwrap(),
+                complete: true
+            }),
+            format!("{id}:10.0.0.1:5:1")
+        );
+        for bad in [
+            "",
+            "nothex:1.2.3.4:5:1",
+            &format!("{id}:1.2.3.4:5:2"),
+            &format!("{id}:1.2.3.4:99999:0"),
+            &format!("{id}:host:5:0"),
+        ] {
+            assert_eq!(decode_member(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_split_into_host_and_port() {
+        assert_eq!(
+            split_host_port("127.0.0.1:6379"),
+            Some(("127.0.0.1".into(), 6379))
+        );
+        assert_eq!(split_host_port("[::1]:6379"), Some(("::1".into(), 6379)));
+        assert_eq!(
+            split_host_port("redis.local:1"),
+            Some(("redis.local".into(), 1))
+        );
+        assert_eq!(split_host_port("redis.local"), None);
+        assert_eq!(split_host_port(":6379"), None);
+    }
+}

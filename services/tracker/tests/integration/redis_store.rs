@@ -1,0 +1,296 @@
+//! `RedisPeerStore` against a real `redis-server`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kraken_config::Secret;
+use kraken_config::tracker::{PeerStoreBackend, PeerStoreConfig, RedisPeerStoreConfig};
+use kraken_core::{Digest, PeerId};
+use kraken_tracker::{PeerEntry, PeerStore, PeerStoreError, RedisPeerStore, build_peer_store};
+use redis::AsyncCommands;
+
+use crate::support::{ManualClock, RedisServer, free_port};
+
+fn config(addr: String, window: Duration, windows: u32) -> RedisPeerStoreConfig {
+    RedisPeerStoreConfig {
+        addr,
+        dial_timeout: Duration::from_secs(2),
+        peer_set_window_size: window,
+        max_peer_set_windows: windows,
+        ..RedisPeerStoreConfig::default()
+    }
+}
+
+fn entry(n: u8, complete: bool) -> PeerEntry {
+    PeerEntry {
+        peer_id: PeerId::from_array([n; 20]),
+        addr: format!("10.0.0.{n}:{}", 16000 + u16::from(n))
+            .parse()
+            .unwrap(),
+        complete,
+    }
+}
+
+fn sorted(mut peers: Vec<PeerEntry>) -> Vec<PeerEntry> {
+    peers.sort_by_key(|p| p.peer_id);
+    peers
+}
+
+#[tokio::test]
+async fn announces_are_returned_by_digest() {
+    let redis = RedisServer::start().await;
+    let store = RedisPeerStore::connect(&config(redis.addr(), Duration::from_secs(3600), 5))
+        .await
+        .unwrap();
+    let blob = Digest::of(b"blob");
+    let ipv6 = PeerEntry {
+        peer_id: PeerId::from_array([9; 20]),
+        addr: "[2001:db8::9]:16009".parse().unwrap(),
+        complete: true,
+    };
+    for peer in [entry(1, false), entry(2, true), ipv6] {
+        store.update(&blob, &peer).await.unwrap();
+    }
+    store
+        .update(&Digest::of(b"other"), &entry(3, false))
+        .await
+        .unwrap();
+
+    let peers = store.get_peers(&blob, 10).await.unwrap();
+    assert_eq!(sorted(peers), vec![entry(1, false), entry(2, true), ipv6]);
+    assert!(
+        store
+            .get_peers(&Digest::of(b"unknown"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.get_peers(&blob, 0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_complete_flag_is_ored_across_windows() {
+    let redis = RedisServer::start().await;
+    let window = Duration::from_secs(60);
+    let clock = ManualClock::at_window_start(window);
+    let store = RedisPeerStore::connect_with_clock(&config(redis.addr(), window, 3), clock.clone())
+        .await
+        .unwrap();
+    let blob = Digest::of(b"blob");
+
+    // Peer 1 finishes in the next window; peer 2 finished first and then (late, reordered)
+    // sent an incomplete announce; peer 3 flips within one window.
+    store.update(&blob, &entry(1, false)).await.unwrap();
+    store.update(&blob, &entry(2, true)).await.unwrap();
+    store.update(&blob, &entry(3, false)).await.unwrap();
+    store.update(&blob, &entry(3, true)).await.unwrap();
+    clock.advance(window);
+    store.update(&blob, &entry(1, true)).await.unwrap();
+    store.update(&blob, &entry(2, false)).await.unwrap();
+
+    let peers = sorted(store.get_peers(&blob, 10).await.unwrap());
+    assert_eq!(peers, vec![entry(1, true), entry(2, true), entry(3, true)]);
+
+    // The sets really are per window: two keys for the blob.
+    let mut raw = redis.raw(None).await;
+    let keys: Vec<String> = raw.keys(format!("peerset:{}:*", blob.hex())).await.unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+#[tokio::test]
+async fn announces_expire_when_their_window_rolls_out() {
+    let redis = RedisServer::start().await;
+    let window = Duration::from_millis(500);
+    let clock = ManualClock::at_window_start(window);
+    let store = RedisPeerStore::connect_with_clock(&config(redis.addr(), window, 2), clock.clone())
+        .await
+        .unwrap();
+    let blob = Digest::of(b"blob");
+    let first_window = clock.window_start_ms(window);
+    store.update(&blob, &entry(1, true)).await.unwrap();
+
+    // Read side: the previous window is still read, the one before is not.
+    clock.advance(window);
+    store.update(&blob, &entry(2, false)).await.unwrap();
+    assert_eq!(
+        sorted(store.get_peers(&blob, 10).await.unwrap()),
+        vec![entry(1, true), entry(2, false)]
+    );
+    clock.advance(window);
+    assert_eq!(
+        store.get_peers(&blob, 10).await.unwrap(),
+        vec![entry(2, false)],
+        "peer 1's window is out of range"
+    );
+    clock.advance(window);
+    assert!(store.get_peers(&blob, 10).await.unwrap().is_empty());
+
+    // Redis side: the key expires after window × max_windows (1 s) of real time.
+    let key = format!("peerset:{}:{first_window}", blob.hex());
+    let mut raw = redis.raw(None).await;
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(ttl_ms > 0 && ttl_ms <= 1000, "PTTL {ttl_ms}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let exists: bool = raw.exists(&key).await.unwrap();
+    assert!(!exists, "{key} outlived its expiry");
+}
+
+#[tokio::test]
+async fn reads_stop_at_the_limit_and_deduplicate_peers() {
+    let redis = RedisServer::start().await;
+    let window = Duration::from_secs(60);
+    let clock = ManualClock::at_window_start(window);
+    let store = RedisPeerStore::connect_with_clock(&config(redis.addr(), window, 3), clock.clone())
+        .await
+        .unwrap();
+    let blob = Digest::of(b"blob");
+    // Every peer announces in each of three windows.
+    for round in 0..3 {
+        if round > 0 {
+            clock.advance(window);
+        }
+        for n in 1..=20 {
+            store.update(&blob, &entry(n, false)).await.unwrap();
+        }
+    }
+
+    let all = store.get_peers(&blob, 100).await.unwrap();
+    assert_eq!(all.len(), 20, "one entry per peer across 3 windows");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let some = store.get_peers(&blob, 5).await.unwrap();
+        assert_eq!(some.len(), 5);
+        let ids: std::collections::HashSet<_> = some.iter().map(|p| p.peer_id).collect();
+        assert_eq!(ids.len(), 5, "distinct peers");
+        seen.extend(ids);
+    }
+    assert!(seen.len() > 5, "samples vary");
+}
+
+#[tokio::test]
+async fn authenticates_with_a_password_inline_or_from_a_file() {
+    let redis = RedisServer::start_with_password("s3cret pass").await;
+    let blob = Digest::of(b"blob");
+
+    let mut inline = config(redis.addr(), Duration::from_secs(60), 2);
+    inline.password = Some(Secret::new("s3cret pass"));
+    let store = RedisPeerStore::connect(&inline).await.unwrap();
+    store.update(&blob, &entry(1, false)).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis-password");
+    std::fs::write(&file, "s3cret pass\n").unwrap();
+    let mut from_file = config(redis.addr(), Duration::from_secs(60), 2);
+    from_file.password_file = Some(file);
+    let store = RedisPeerStore::connect(&from_file).await.unwrap();
+    assert_eq!(
+        store.get_peers(&blob, 10).await.unwrap(),
+        vec![entry(1, false)]
+    );
+
+    let anonymous = config(redis.addr(), Duration::from_secs(60), 2);
+    let error = RedisPeerStore::connect(&anonymous).await.unwrap_err();
+    assert!(
+        matches!(error, PeerStoreError::RedisConnect { .. }),
+        "{error:?}"
+    );
+    let text = format!("{error}: {:?}", std::error::Error::source(&error));
+    assert!(text.contains(&redis.addr()), "{text}");
+    assert!(text.contains("Redis"), "{text}");
+
+    let mut wrong = config(redis.addr(), Duration::from_secs(60), 2);
+    wrong.password = Some(Secret::new("nope"));
+    assert!(RedisPeerStore::connect(&wrong).await.is_err());
+}
+
+#[tokio::test]
+async fn a_missing_password_file_is_a_clear_error() {
+    let mut config = config(
+        format!("127.0.0.1:{}", free_port()),
+        Duration::from_secs(60),
+        2,
+    );
+    config.password_file = Some("/nonexistent/redis-password".into());
+    let error = RedisPeerStore::connect(&config).await.unwrap_err();
+    assert!(matches!(error, PeerStoreError::Password(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn fails_clearly_and_quickly_when_redis_is_down() {
+    // Nothing listens: start-up fails naming Redis and the address.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let error = RedisPeerStore::connect(&config(addr.clone(), Duration::from_secs(60), 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PeerStoreError::RedisConnect { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(&addr), "{error}");
+    assert!(error.to_string().contains("Redis"), "{error}");
+
+    // Redis dies under a running store: calls fail (they do not hang) with a typed error,
+    // which the service maps to UNAVAILABLE naming Redis.
+    let mut redis = RedisServer::start().await;
+    let store = RedisPeerStore::connect(&config(redis.addr(), Duration::from_secs(60), 2))
+        .await
+        .unwrap();
+    let blob = Digest::of(b"blob");
+    store.update(&blob, &entry(1, false)).await.unwrap();
+    redis.stop().await;
+
+    let started = std::time::Instant::now();
+    let update = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.update(&blob, &entry(2, false)),
+    )
+    .await
+    .expect("update must not hang while Redis is down");
+    let error = update.unwrap_err();
+    assert!(matches!(error, PeerStoreError::Redis { .. }), "{error:?}");
+    let read = tokio::time::timeout(Duration::from_secs(10), store.get_peers(&blob, 10))
+        .await
+        .expect("get_peers must not hang while Redis is down");
+    assert!(read.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let status = tonic::Status::from(kraken_tracker::ServiceError::PeerStore(error));
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("Redis"), "{}", status.message());
+    assert!(
+        status.message().contains(&redis.addr()),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn build_peer_store_selects_the_backend() {
+    let redis = RedisServer::start().await;
+    let mut config = PeerStoreConfig {
+        backend: PeerStoreBackend::Redis,
+        ..PeerStoreConfig::default()
+    };
+    config.redis.addr = redis.addr();
+    let store: Arc<dyn PeerStore> = build_peer_store(&config).await.unwrap();
+    let blob = Digest::of(b"blob");
+    store.update(&blob, &entry(4, true)).await.unwrap();
+    let mut raw = redis.raw(None).await;
+    let keys: Vec<String> = raw.keys("peerset:*").await.unwrap();
+    assert_eq!(keys.len(), 1, "the announce went to Redis");
+
+    let memory = build_peer_store(&PeerStoreConfig::default()).await.unwrap();
+    memory.update(&blob, &entry(5, false)).await.unwrap();
+    assert_eq!(
+        memory.get_peers(&blob, 10).await.unwrap(),
+        vec![entry(5, false)]
+    );
+}

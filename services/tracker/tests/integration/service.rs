@@ -1,0 +1,479 @@
+//! `TrackerService` over real mTLS, with an in-process fake of the origins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kraken_config::tracker::HandoutPriority;
+use kraken_core::{Digest, PeerId, PeerInfo};
+use kraken_proto::common::v1 as pb;
+use kraken_proto::tracker::v1::tracker_service_client::TrackerServiceClient;
+use kraken_proto::tracker::v1::{AnnounceRequest, GetMetaInfoRequest};
+use kraken_tls::Role;
+use kraken_tracker::{
+    HandoutPolicy, MemoryPeerStore, OriginError, RETRY_AFTER_MS, Tracker, TrackerSettings,
+};
+use kraken_transport::grpc::{GrpcServer, GrpcServerLimits};
+use tonic::transport::Channel;
+
+use crate::support::{FakeOrigins, Pki, ServerGuard, metainfo_of, peer, tracker_client, wire};
+
+const NAMESPACE: &str = "library/ubuntu";
+
+struct Fixture {
+    pki: Pki,
+    fake: Arc<FakeOrigins>,
+    server: ServerGuard,
+}
+
+impl Fixture {
+    async fn start(fake: Arc<FakeOrigins>, limit: usize) -> Self {
+        let pki = Pki::new();
+        let tracker = Tracker::new(
+            Arc::new(MemoryPeerStore::new(Duration::from_secs(3600))),
+            fake.clone(),
+            TrackerSettings {
+                policy: HandoutPolicy::new(HandoutPriority::Completeness, limit),
+                announce_interval: Duration::from_millis(2500),
+                metainfo_cache_ttl: Duration::from_secs(300),
+            },
+        );
+        let tls = pki.tls(Role::Tracker);
+        let server = ServerGuard::spawn(move |listener, shutdown| async move {
+            GrpcServer::new(&tls, GrpcServerLimits::default())?
+                .add_service(tracker.into_server())
+                .serve(listener, shutdown)
+                .await
+        })
+        .await;
+        Self { pki, fake, server }
+    }
+
+    fn client(&self, role: Role) -> TrackerServiceClient<Channel> {
+        tracker_client(&self.pki, role, self.server.addr)
+    }
+}
+
+fn origins() -> Vec<PeerInfo> {
+    (200..202)
+        .map(|n| PeerInfo {
+            origin: true,
+            ..peer(n, 15001, true)
+        })
+        .collect()
+}
+
+fn announce(digest: &Digest, me: &PeerInfo) -> AnnounceRequest {
+    AnnounceRequest {
+        namespace: NAMESPACE.into(),
+        digest: digest.to_string(),
+        peer: Some(wire(me)),
+    }
+}
+
+fn ids(peers: &[pb::PeerInfo]) -> Vec<PeerId> {
+    peers
+        .iter()
+        .map(|p| PeerId::from_slice(&p.peer_id).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_second_peer_is_handed_the_first_and_the_origins_but_never_itself() {
+    let fixture = Fixture::start(FakeOrigins::with_owners(origins()), 50).await;
+    let mut client = fixture.client(Role::Agent);
+    let blob = Digest::of(b"layer");
+    let (a, b) = (peer(1, 16001, false), peer(2, 16002, false));
+
+    let first = client
+        .announce(announce(&blob, &a))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        first.interval,
+        Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 500_000_000
+        })
+    );
+    let handed = ids(&first.peers);
+    assert_eq!(handed.len(), 2, "only the origins so far: {handed:?}");
+    assert!(first.peers.iter().all(|p| p.origin));
+
+    let second = client
+        .announce(announce(&blob, &b))
+        .await
+        .unwrap()
+        .into_inner();
+    let handed = ids(&second.peers);
+    assert!(
+        !handed.contains(&b.peer_id),
+        "the caller is never handed to itself"
+    );
+    assert_eq!(handed.len(), 3, "{handed:?}");
+    let first_peer = second
+        .peers
+        .iter()
+        .find(|p| p.peer_id.as_ref() == a.peer_id.as_bytes())
+        .expect("the first peer is handed out");
+    assert_eq!(
+        (first_peer.ip.as_str(), first_peer.port, first_peer.origin),
+        ("127.0.0.1", 16001, false)
+    );
+    for origin in origins() {
+        assert!(handed.contains(&origin.peer_id));
+    }
+
+    // Re-announcing does not make the caller appear either, and another blob is separate.
+    let again = client
+        .announce(announce(&blob, &a))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ids(&again.peers).contains(&a.peer_id));
+    assert!(ids(&again.peers).contains(&b.peer_id));
+    let other = client
+        .announce(announce(&Digest::of(b"other"), &b))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&other.peers).len(), 2, "only origins for a fresh blob");
+}
+
+#[tokio::test]
+async fn the_limit_holds_and_complete_callers_get_nothing() {
+    let fixture = Fixture::start(FakeOrigins::with_owners(origins()), 4).await;
+    let mut client = fixture.client(Role::Agent);
+    let blob = Digest::of(b"layer");
+    for n in 1..=10 {
+        client
+            .announce(announce(&blob, &peer(n, 16000, n <= 3)))
+            .await
+            .unwrap();
+    }
+    let handout = client
+        .announce(announce(&blob, &peer(20, 16000, false)))
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    assert_eq!(handout.len(), 4);
+    assert_eq!(
+        handout.iter().filter(|p| p.origin).count(),
+        2,
+        "origins always fit"
+    );
+    // Completeness order: complete agents, origins, incomplete agents.
+    let ranks: Vec<u8> = handout
+        .iter()
+        .map(|p| match (p.origin, p.complete) {
+            (false, true) => 0,
+            (true, _) => 1,
+            (false, false) => 2,
+        })
+        .collect();
+    assert!(ranks.is_sorted(), "{handout:?}");
+
+    let fresh = Digest::of(b"fresh");
+    let seeder = peer(30, 16000, true);
+    let reply = client
+        .announce(announce(&fresh, &seeder))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        reply.peers.is_empty(),
+        "a complete caller waits to be dialled"
+    );
+    assert!(reply.interval.is_some());
+    // ... but it was recorded, and leechers are sent to it before the origins.
+    let handout = client
+        .announce(announce(&fresh, &peer(21, 16000, false)))
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    assert_eq!(handout.len(), 3);
+    assert_eq!(ids(&handout[..1]), vec![seeder.peer_id]);
+    assert!(handout[0].complete && !handout[0].origin);
+}
+
+#[tokio::test]
+async fn announces_still_work_when_the_origins_cannot_be_asked() {
+    let fake = FakeOrigins::with_owners(origins());
+    *fake.owners_fail.lock().unwrap() = true;
+    let fixture = Fixture::start(fake, 50).await;
+    let mut client = fixture.client(Role::Origin);
+    let blob = Digest::of(b"layer");
+    client
+        .announce(announce(&blob, &peer(1, 16001, false)))
+        .await
+        .unwrap();
+    let handout = client
+        .announce(announce(&blob, &peer(2, 16002, false)))
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    assert_eq!(ids(&handout), vec![PeerId::from_array([1; 20])]);
+}
+
+#[tokio::test]
+async fn invalid_requests_are_refused_naming_the_field() {
+    let fixture = Fixture::start(FakeOrigins::with_owners(origins()), 50).await;
+    let mut client = fixture.client(Role::Agent);
+    let blob = Digest::of(b"layer");
+    let good = announce(&blob, &peer(1, 16001, false));
+
+    let mut bad_port = good.clone();
+    bad_port.peer.as_mut().unwrap().port = 0;
+    let mut bad_ip = good.clone();
+    bad_ip.peer.as_mut().unwrap().ip = "not-an-ip".into();
+    let mut bad_id = good.clone();
+    bad_id.peer.as_mut().unwrap().peer_id = bytes::Bytes::from_static(b"short");
+    let cases = [
+        (
+            AnnounceRequest {
+                digest: "sha256:nothex".into(),
+                ..good.clone()
+            },
+            "digest",
+        ),
+        (
+            AnnounceRequest {
+                digest: String::new(),
+                ..good.clone()
+            },
+            "digest",
+        ),
+        (
+            AnnounceRequest {
+                namespace: "Library/Ubuntu".into(),
+                ..good.clone()
+            },
+            "namespace",
+        ),
+        (
+            AnnounceRequest {
+                namespace: String::new(),
+                ..good.clone()
+            },
+            "namespace",
+        ),
+        (
+            AnnounceRequest {
+                peer: None,
+                ..good.clone()
+            },
+            "peer",
+        ),
+        (bad_port, "port"),
+        (bad_ip, "ip"),
+        (bad_id, "peer_id"),
+    ];
+    for (request, field) in cases {
+        let status = client.announce(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {status:?}"
+        );
+        assert!(
+            status.message().contains(&format!("`{field}`")),
+            "{field}: {}",
+            status.message()
+        );
+    }
+
+    let status = client
+        .get_meta_info(GetMetaInfoRequest {
+            namespace: NAMESPACE.into(),
+            digest: "md5:abc".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("`digest`"),
+        "{}",
+        status.message()
+    );
+    let status = client
+        .get_meta_info(GetMetaInfoRequest {
+            namespace: "/bad".into(),
+            digest: blob.to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("`namespace`"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(fixture.fake.metainfo_calls(), 0);
+}
+
+#[tokio::test]
+async fn only_swarm_members_may_announce() {
+    let fixture = Fixture::start(FakeOrigins::with_owners(origins()), 50).await;
+    let blob = Digest::of(b"layer");
+    for role in [Role::Proxy, Role::Client, Role::BuildIndex, Role::Tracker] {
+        let status = fixture
+            .client(role)
+            .announce(announce(&blob, &peer(1, 16001, false)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{role}");
+        assert!(
+            status.message().contains(role.as_str()),
+            "{}",
+            status.message()
+        );
+    }
+    // The refused announce was not recorded.
+    let handout = fixture
+        .client(Role::Agent)
+        .announce(announce(&blob, &peer(2, 16002, false)))
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    assert!(handout.iter().all(|p| p.origin), "{handout:?}");
+
+    let status = fixture
+        .client(Role::BuildIndex)
+        .get_meta_info(GetMetaInfoRequest {
+            namespace: NAMESPACE.into(),
+            digest: blob.to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn metainfo_failures_pass_through_and_only_successes_are_cached() {
+    let fake = FakeOrigins::with_owners(origins());
+    let content = vec![42u8; 5000];
+    let metainfo = metainfo_of(&content);
+    let present = *metainfo.digest();
+    let missing = Digest::of(b"missing");
+    let fetching = Digest::of(b"fetching");
+    let broken = Digest::of(b"broken");
+    fake.answer(present, Ok(metainfo.clone()));
+    fake.answer(
+        missing,
+        Err(OriginError::NotFound {
+            digest: missing,
+            origin: "origin1:15002".into(),
+            message: "no backend has it".into(),
+        }),
+    );
+    fake.answer(
+        fetching,
+        Err(OriginError::Fetching {
+            digest: fetching,
+            origin: "origin1:15002".into(),
+            retry_after: Duration::from_millis(2500),
+        }),
+    );
+    fake.answer(
+        broken,
+        Err(OriginError::Call {
+            origin: "origin2:15002".into(),
+            status: tonic::Status::unavailable("connection refused"),
+        }),
+    );
+    let fixture = Fixture::start(fake, 50).await;
+    let mut client = fixture.client(Role::Agent);
+    let ask = |digest: Digest| GetMetaInfoRequest {
+        namespace: NAMESPACE.into(),
+        digest: digest.to_string(),
+    };
+
+    for _ in 0..2 {
+        let status = client.get_meta_info(ask(missing)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(
+            status.message().contains("not found"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains(&missing.to_string()),
+            "{}",
+            status.message()
+        );
+    }
+    assert_eq!(
+        fixture.fake.metainfo_calls(),
+        2,
+        "NOT_FOUND is never cached"
+    );
+
+    for _ in 0..2 {
+        let status = client.get_meta_info(ask(fetching)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.metadata().get(RETRY_AFTER_MS).unwrap(), "2500");
+    }
+    assert_eq!(
+        fixture.fake.metainfo_calls(),
+        4,
+        "UNAVAILABLE is never cached"
+    );
+
+    let status = client.get_meta_info(ask(broken)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("origin2:15002"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(status.metadata().get(RETRY_AFTER_MS).unwrap(), "1000");
+    assert_eq!(fixture.fake.metainfo_calls(), 5);
+
+    for _ in 0..3 {
+        let reply = client
+            .get_meta_info(ask(present))
+            .await
+            .unwrap()
+            .into_inner();
+        let wire = reply.metainfo.unwrap();
+        assert_eq!(kraken_core::MetaInfo::try_from(&wire).unwrap(), metainfo);
+    }
+    // Another namespace asking for the same content hits the cache too.
+    let mut other_namespace = ask(present);
+    other_namespace.namespace = "team/app".into();
+    client.get_meta_info(other_namespace).await.unwrap();
+    assert_eq!(
+        fixture.fake.metainfo_calls(),
+        6,
+        "a success is fetched once"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_metainfo_requests_share_one_origin_call() {
+    let fake = FakeOrigins::with_owners(origins());
+    let metainfo = metainfo_of(&[7u8; 3000]);
+    fake.answer(*metainfo.digest(), Ok(metainfo.clone()));
+    let fixture = Fixture::start(fake, 50).await;
+    let client = fixture.client(Role::Agent);
+    let requests = (0..20).map(|_| {
+        let mut client = client.clone();
+        let digest = metainfo.digest().to_string();
+        async move {
+            client
+                .get_meta_info(GetMetaInfoRequest {
+                    namespace: NAMESPACE.into(),
+                    digest,
+                })
+                .await
+        }
+    });
+    for reply in futures::future::join_all(requests).await {
+        reply.unwrap();
+    }
+    assert_eq!(fixture.fake.metainfo_calls(), 1);
+}
