@@ -25,6 +25,22 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Run a tracker: hands out peers for each blob and fetches metainfo from the origins.
+    Tracker(cmd::tracker::TrackerArgs),
+    /// Run an origin: stores blobs, writes them to storage backends and seeds them.
+    Origin(cmd::origin::OriginArgs),
+    /// Upload a file to the origins as a blob; prints its digest.
+    Push(cmd::blob::PushArgs),
+    /// Download a blob through an agent (and so through the swarm).
+    Pull(cmd::blob::PullArgs),
+    /// Have an origin fetch a blob from its storage backend ahead of use.
+    Prefetch(cmd::blob::PrefetchArgs),
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn main() -> ExitCode {
@@ -33,6 +49,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Certs(args) => cmd::certs::run(args),
         Command::Config(command) => cmd::config::run(command),
+        Command::Tracker(args) => runtime().and_then(|rt| rt.block_on(cmd::tracker::run(args))),
+        Command::Origin(args) => runtime().and_then(|rt| rt.block_on(cmd::origin::run(args))),
+        Command::Push(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::push(args))),
+        Command::Pull(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::pull(args))),
+        Command::Prefetch(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::prefetch(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

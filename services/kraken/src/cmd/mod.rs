@@ -1,4 +1,8 @@
 //! One module per subcommand.
 
+pub(crate) mod blob;
 pub(crate) mod certs;
 pub(crate) mod config;
+pub(crate) mod origin;
+pub(crate) mod serve;
+pub(crate) mod tracker;

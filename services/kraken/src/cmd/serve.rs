@@ -1,0 +1,60 @@
+//! What every component subcommand does around its server: load and validate the config, set up
+//! logging, tracing and metrics, load the TLS material, and run until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use kraken_config::telemetry::Telemetry;
+use kraken_config::tls::TlsSection;
+use kraken_telemetry::{ShutdownSignal, TelemetryGuard};
+use kraken_tls::{TlsConfig, TlsMaterial};
+use tokio::net::TcpListener;
+
+/// Telemetry and shutdown of a running component.
+pub(crate) struct Running {
+    pub(crate) shutdown: ShutdownSignal,
+    _telemetry: TelemetryGuard,
+}
+
+/// Starts telemetry for `component` and, when configured, the Prometheus endpoint.
+pub(crate) async fn start(component: &str, telemetry: Telemetry<'_>) -> anyhow::Result<Running> {
+    let guard = kraken_telemetry::init(component, telemetry.log, telemetry.tracing)
+        .context("starting logging and tracing")?;
+    let shutdown = kraken_telemetry::shutdown_on_signal();
+    let handle = kraken_telemetry::install_metrics_recorder();
+    if let Some(addr) = telemetry.metrics.listen {
+        let bound = kraken_telemetry::serve_metrics(addr, handle, shutdown.clone().wait_owned())
+            .await
+            .context("starting the metrics endpoint")?;
+        tracing::info!(%bound, "Prometheus metrics on /metrics");
+    }
+    Ok(Running {
+        shutdown,
+        _telemetry: guard,
+    })
+}
+
+/// Loads the certificates a component presents and trusts. Every component runs with mutual
+/// TLS; there is no plaintext mode.
+pub(crate) fn tls(section: &TlsSection, file: &Path) -> anyhow::Result<TlsMaterial> {
+    let (Some(ca), Some(cert), Some(key)) = (&section.ca, &section.cert, &section.key) else {
+        bail!(
+            "{}: tls: `ca`, `cert` and `key` are required (every component uses mutual TLS; \
+             `kraken certs --out DIR` makes a development PKI)",
+            file.display()
+        );
+    };
+    let config = TlsConfig {
+        ca: ca.clone(),
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    TlsMaterial::load(&config).context("loading TLS material")
+}
+
+pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
