@@ -2,6 +2,7 @@
 //! runtime, fed by the P2P swarm.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,7 @@ use crate::scheduler::SchedulerConfig;
 use crate::store::StoreConfig;
 use crate::telemetry::{LogConfig, MetricsConfig, Telemetry, TracingConfig};
 use crate::tls::TlsSection;
-use crate::validate::{Validate, ValidationError, nested};
+use crate::validate::{Validate, ValidationError, nested, positive_duration};
 
 /// Configuration of `kraken agent`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +29,11 @@ pub struct AgentConfig {
     pub allowed_cidrs: Vec<IpNet>,
     /// Trackers to announce to (a ring by digest: each blob's announces go to one tracker).
     pub tracker: UpstreamConfig,
+    /// How long a blob request waits for its metainfo while the tracker answers `UNAVAILABLE`
+    /// (the origin is still fetching the blob from its storage backend) before giving up.
+    /// Kraken's agent waited 15 minutes.
+    #[serde(with = "humantime_serde")]
+    pub metainfo_timeout: Duration,
     /// Build-index hosts that resolve tags to digests.
     pub build_index: UpstreamConfig,
     /// Local blob cache.
@@ -51,6 +57,7 @@ impl Default for AgentConfig {
             listen: AgentListenConfig::default(),
             allowed_cidrs: crate::net::default_allowed_cidrs(),
             tracker: UpstreamConfig::default(),
+            metainfo_timeout: Duration::from_secs(15 * 60),
             build_index: UpstreamConfig::default(),
             store: StoreConfig::default(),
             scheduler: SchedulerConfig::default(),
@@ -81,6 +88,7 @@ impl Validate for AgentConfig {
     fn validate(&self) -> Result<(), ValidationError> {
         nested("listen", &self.listen)?;
         nested("tracker", &self.tracker)?;
+        positive_duration("metainfo_timeout", self.metainfo_timeout)?;
         nested("build_index", &self.build_index)?;
         nested("store", &self.store)?;
         nested("scheduler", &self.scheduler)?;

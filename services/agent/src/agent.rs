@@ -1,0 +1,252 @@
+//! Starting and stopping an agent: store, QUIC endpoint, scheduler, tracker client and the
+//! gRPC server, wired together.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kraken_config::agent::AgentConfig;
+use kraken_core::{Digest, Namespace, PeerId, PeerInfo};
+use kraken_proto::agent::v1::agent_service_server::AgentServiceServer;
+use kraken_scheduler::{Announcer, DriverConfig, Scheduler};
+use kraken_store::BlobStore;
+use kraken_tls::TlsMaterial;
+use kraken_transport::bandwidth::BandwidthLimiter;
+use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
+use kraken_transport::quic::{PeerEndpoint, QuicTuning};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::AgentError;
+use crate::fetch::{BlobStream, Fetcher};
+use crate::service::AgentGrpc;
+use crate::tracker::{TrackerClient, TrackerClientOptions};
+
+/// How long `shutdown` lets in-flight gRPC calls finish before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A running agent. Dropping it without [`shutdown`](Self::shutdown) still stops its tasks,
+/// without waiting for them.
+#[derive(Debug)]
+pub struct Agent {
+    peer: PeerInfo,
+    grpc_addr: SocketAddr,
+    p2p_addr: SocketAddr,
+    store: BlobStore,
+    scheduler: Scheduler,
+    tracker: TrackerClient,
+    fetcher: Arc<Fetcher>,
+    shutdown: CancellationToken,
+    grpc: Option<JoinHandle<Result<(), GrpcError>>>,
+    cleanup: Option<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Opens the store, binds QUIC on `config.listen.p2p` (port 0 picks one), starts the
+    /// scheduler announcing to the configured trackers, and serves `AgentService` (with gRPC
+    /// health and reflection) on `grpc_listener`.
+    ///
+    /// The address announced to peers is `config.peer_ip`, else the P2P bind address when it
+    /// is a specific one, else 127.0.0.1; with the bound port. The peer id is random per process.
+    pub async fn start(
+        config: AgentConfig,
+        tls: TlsMaterial,
+        grpc_listener: TcpListener,
+    ) -> Result<Agent, AgentError> {
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(AgentError::ListenerAddr)?;
+        let tracker = TrackerClient::new(
+            &config.tracker,
+            &tls,
+            TrackerClientOptions::from_config(&config),
+        )?;
+        // Bind before anything spawns tasks, so a port conflict leaves nothing behind.
+        let bind = config.listen.p2p;
+        let endpoint =
+            PeerEndpoint::bind(bind, &tls, &QuicTuning::default()).map_err(|source| {
+                AgentError::BindP2p {
+                    addr: bind,
+                    source: Box::new(source),
+                }
+            })?;
+        let p2p_addr = endpoint
+            .local_addr()
+            .map_err(|source| AgentError::BindP2p {
+                addr: bind,
+                source: Box::new(source),
+            })?;
+        let server = GrpcServer::new(&tls, GrpcServerLimits::default())?;
+        let store = BlobStore::open(config.store.clone()).await?;
+        let shutdown = CancellationToken::new();
+        let cleanup = store.spawn_cleanup(shutdown.child_token());
+
+        let peer = PeerInfo {
+            peer_id: PeerId::random(),
+            addr: SocketAddr::new(advertised_ip(&config), p2p_addr.port()),
+            complete: false,
+            origin: false,
+        };
+        let bandwidth = &config.scheduler.conn.bandwidth;
+        let limiter = if bandwidth.enable {
+            BandwidthLimiter::new(
+                Some(bandwidth.egress_bits_per_sec),
+                Some(bandwidth.ingress_bits_per_sec),
+            )
+        } else {
+            BandwidthLimiter::unlimited()
+        };
+        let announcer: Arc<dyn Announcer> = Arc::new(tracker.clone());
+        let scheduler = Scheduler::start(
+            peer,
+            DriverConfig::from_config(&config.scheduler, false),
+            endpoint,
+            store.clone(),
+            limiter,
+            Some(announcer),
+        );
+
+        let fetcher = Arc::new(Fetcher::new(
+            store.clone(),
+            scheduler.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        ));
+        // The server's timeout covers the time to the response headers; a blob still being
+        // resolved by then answers in-stream instead (see `service::respond`).
+        let header_wait = GrpcServerLimits::default().request_timeout / 3;
+        let server = server.add_service(AgentServiceServer::new(AgentGrpc::new(
+            fetcher.clone(),
+            header_wait,
+        )));
+        let stop = shutdown.clone();
+        let grpc = tokio::spawn(async move {
+            server
+                .serve(grpc_listener, async move { stop.cancelled().await })
+                .await
+        });
+        tracing::info!(
+            peer_id = %peer.peer_id,
+            %grpc_addr,
+            %p2p_addr,
+            advertised = %peer.addr,
+            trackers = ?tracker.hosts().iter().map(|h| h.host.as_str()).collect::<Vec<_>>(),
+            "agent started"
+        );
+        Ok(Agent {
+            peer,
+            grpc_addr,
+            p2p_addr,
+            store,
+            scheduler,
+            tracker,
+            fetcher,
+            shutdown,
+            grpc: Some(grpc),
+            cleanup: Some(cleanup),
+        })
+    }
+
+    /// Where `AgentService` listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the QUIC peer endpoint is bound.
+    pub fn p2p_addr(&self) -> SocketAddr {
+        self.p2p_addr
+    }
+
+    /// Who this agent is in the swarm (id and announced address).
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    pub fn tracker(&self) -> &TrackerClient {
+        &self.tracker
+    }
+
+    /// The whole blob, from the store or through the swarm: what `GetBlob` serves.
+    pub async fn fetch(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+    ) -> Result<BlobStream, AgentError> {
+        self.fetch_range(namespace, digest, 0, None).await
+    }
+
+    /// `length` bytes from `offset` (to the end when `None`); `OutOfRange` past the end.
+    #[tracing::instrument(skip_all, fields(digest = %digest))]
+    pub async fn fetch_range(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<BlobStream, AgentError> {
+        self.fetcher
+            .fetch(namespace, digest, offset, length, "fetch")
+            .await
+    }
+
+    /// Stops serving: in-flight gRPC calls get a grace period, blob streams end with
+    /// `UNAVAILABLE`, peer connections close and the store's cleanup task makes its last flush.
+    pub async fn shutdown(mut self) -> Result<(), AgentError> {
+        self.shutdown.cancel();
+        let mut result = Ok(());
+        if let Some(grpc) = self.grpc.take() {
+            match tokio::time::timeout(SHUTDOWN_GRACE, grpc).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => result = Err(error.into()),
+                Ok(Err(source)) => {
+                    result = Err(AgentError::Task {
+                        task: "gRPC server",
+                        source,
+                    })
+                }
+                Err(_) => tracing::warn!("gRPC calls still running after the grace period"),
+            }
+        }
+        self.scheduler.shutdown().await;
+        if let Some(cleanup) = self.cleanup.take()
+            && let Err(source) = cleanup.await
+        {
+            result = result.and(Err(AgentError::Task {
+                task: "store cleanup",
+                source,
+            }));
+        }
+        tracing::info!(peer_id = %self.peer.peer_id, "agent stopped");
+        result
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if !self.shutdown.is_cancelled() {
+            self.shutdown.cancel();
+            let scheduler = self.scheduler.clone();
+            // Best effort: a runtime may not be there any more.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { scheduler.shutdown().await });
+            }
+        }
+    }
+}
+
+fn advertised_ip(config: &AgentConfig) -> IpAddr {
+    match config.peer_ip {
+        Some(ip) => ip,
+        None if !config.listen.p2p.ip().is_unspecified() => config.listen.p2p.ip(),
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
+}

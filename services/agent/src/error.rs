@@ -1,0 +1,212 @@
+//! The agent's one error type, and its one mapping to gRPC status codes.
+
+use std::net::SocketAddr;
+
+use kraken_core::{Digest, NamespaceError, WireError};
+use kraken_scheduler::SchedulerError;
+use kraken_store::StoreError;
+use kraken_transport::grpc::GrpcError;
+use kraken_transport::quic::TransportError;
+use tonic::{Code, Status};
+
+use crate::tracker::{TrackerError, error_chain};
+
+/// Why an agent operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("field `{field}` is missing")]
+    MissingField { field: &'static str },
+    #[error(transparent)]
+    InvalidDigest(#[from] WireError),
+    #[error("field `namespace`: {0}")]
+    InvalidNamespace(#[source] NamespaceError),
+    #[error("blob {digest} is not known to any peer, origin or storage backend")]
+    NotFound { digest: Digest },
+    #[error(
+        "range at offset {offset}{} lies outside blob {digest} of {size} bytes",
+        length.map(|l| format!(" of {l} bytes")).unwrap_or_default()
+    )]
+    OutOfRange {
+        digest: Digest,
+        offset: u64,
+        length: Option<u64>,
+        size: u64,
+    },
+    #[error("resolving tags needs the build-index, which this agent is not connected to yet")]
+    TagsUnsupported,
+    #[error("tracker")]
+    Tracker(#[source] Box<TrackerError>),
+    #[error("download of {digest} failed: {reason}")]
+    DownloadFailed { digest: Digest, reason: String },
+    #[error("P2P scheduler")]
+    Scheduler(#[source] SchedulerError),
+    #[error("blob store")]
+    Store(#[from] StoreError),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    #[error("cannot bind the P2P port on {addr}")]
+    BindP2p {
+        addr: SocketAddr,
+        #[source]
+        source: Box<TransportError>,
+    },
+    #[error("cannot read the address of the gRPC listener")]
+    ListenerAddr(#[source] std::io::Error),
+    #[error("gRPC server")]
+    Grpc(#[source] Box<GrpcError>),
+    #[error("the {task} task failed")]
+    Task {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl From<TrackerError> for AgentError {
+    fn from(error: TrackerError) -> Self {
+        match error {
+            TrackerError::NotFound { digest } => Self::NotFound { digest },
+            other => Self::Tracker(Box::new(other)),
+        }
+    }
+}
+
+impl From<GrpcError> for AgentError {
+    fn from(error: GrpcError) -> Self {
+        Self::Grpc(Box::new(error))
+    }
+}
+
+impl From<SchedulerError> for AgentError {
+    fn from(error: SchedulerError) -> Self {
+        match error {
+            SchedulerError::Failed { digest, reason } => Self::DownloadFailed { digest, reason },
+            SchedulerError::ShutDown => Self::ShuttingDown,
+            other => Self::Scheduler(other),
+        }
+    }
+}
+
+impl AgentError {
+    /// The gRPC code this error is reported with.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::MissingField { .. } | Self::InvalidDigest(_) | Self::InvalidNamespace(_) => {
+                Code::InvalidArgument
+            }
+            Self::NotFound { .. } => Code::NotFound,
+            Self::OutOfRange { .. } => Code::OutOfRange,
+            Self::TagsUnsupported => Code::FailedPrecondition,
+            Self::Tracker(error) => match **error {
+                TrackerError::NotFound { .. } => Code::NotFound,
+                TrackerError::Unreachable { .. } => Code::Unavailable,
+                TrackerError::MetaInfoTimeout { .. } => Code::DeadlineExceeded,
+                TrackerError::LookupAborted => Code::Unavailable,
+                TrackerError::NoHosts
+                | TrackerError::Channel { .. }
+                | TrackerError::Rejected { .. }
+                | TrackerError::BadResponse { .. } => Code::Internal,
+            },
+            // The swarm may do better on a second try (another peer, a fixed origin).
+            Self::DownloadFailed { .. } => Code::Aborted,
+            Self::Store(error) if error.is_not_found() => Code::NotFound,
+            Self::ShuttingDown => Code::Unavailable,
+            Self::Scheduler(_)
+            | Self::Store(_)
+            | Self::BindP2p { .. }
+            | Self::ListenerAddr(_)
+            | Self::Grpc(_)
+            | Self::Task { .. } => Code::Internal,
+        }
+    }
+}
+
+impl From<AgentError> for Status {
+    fn from(error: AgentError) -> Self {
+        let code = error.code();
+        if code == Code::Internal {
+            tracing::error!(error = %error_chain(&error), "request failed");
+        }
+        Status::new(code, error_chain(&error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_mean_something() {
+        let digest = Digest::of(b"x");
+        let cases = [
+            (
+                AgentError::MissingField { field: "blob" },
+                Code::InvalidArgument,
+            ),
+            (TrackerError::NotFound { digest }.into(), Code::NotFound),
+            (
+                AgentError::OutOfRange {
+                    digest,
+                    offset: 10,
+                    length: Some(5),
+                    size: 12,
+                },
+                Code::OutOfRange,
+            ),
+            (AgentError::TagsUnsupported, Code::FailedPrecondition),
+            (
+                TrackerError::Unreachable {
+                    tried: 2,
+                    host: "t:1".into(),
+                    source: Status::unavailable("refused"),
+                }
+                .into(),
+                Code::Unavailable,
+            ),
+            (
+                SchedulerError::Failed {
+                    digest,
+                    reason: "digest mismatch".into(),
+                }
+                .into(),
+                Code::Aborted,
+            ),
+            (StoreError::NotFound(digest).into(), Code::NotFound),
+            (AgentError::ShuttingDown, Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{}", status.message());
+        }
+    }
+
+    #[test]
+    fn messages_carry_the_cause() {
+        let status = Status::from(AgentError::from(TrackerError::Unreachable {
+            tried: 1,
+            host: "tracker:15003".into(),
+            source: Status::unavailable("tcp connect error"),
+        }));
+        assert!(
+            status.message().contains("tracker:15003"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("tcp connect error"),
+            "{}",
+            status.message()
+        );
+        let status = Status::from(AgentError::OutOfRange {
+            digest: Digest::of(b"x"),
+            offset: 10,
+            length: None,
+            size: 4,
+        });
+        assert!(
+            status.message().contains("offset 10"),
+            "{}",
+            status.message()
+        );
+    }
+}

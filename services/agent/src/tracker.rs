@@ -1,0 +1,573 @@
+//! The agent's tracker client: announces (the scheduler's [`Announcer`]) and metainfo lookups.
+//!
+//! Each blob has a home tracker, the first by rendezvous hash of the digest over the configured
+//! hosts, so with in-memory peer stores every announce of a blob meets the others at the same
+//! tracker. A network error fails over to the next host in rank order, and passive health
+//! checks ([`crate::health`]) keep a dead tracker from costing every request a timeout.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kraken_config::agent::AgentConfig;
+use kraken_config::cluster::UpstreamConfig;
+use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo, WireError};
+use kraken_proto::tracker::v1::{self as pb, tracker_service_client::TrackerServiceClient};
+use kraken_scheduler::{AnnounceError, AnnounceReply, Announcer};
+use kraken_tls::TlsMaterial;
+use kraken_transport::grpc::{self, GrpcError};
+use kraken_transport::ring::{Member, Ring};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::health::PassiveHealth;
+use crate::metrics as m;
+
+/// Metadata key of the tracker's retry hint on `UNAVAILABLE` from `GetMetaInfo`.
+const RETRY_AFTER_MS: &str = "retry-after-ms";
+/// A hint above this is treated as this: a misconfigured tracker must not park requests.
+const MAX_RETRY_HINT: Duration = Duration::from_secs(60);
+/// Announce interval when the tracker's reply carries none.
+const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Why a tracker request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TrackerError {
+    #[error("no tracker is configured: set `tracker.hosts`")]
+    NoHosts,
+    #[error("cannot set up a channel to tracker {host}")]
+    Channel {
+        host: String,
+        #[source]
+        source: Arc<GrpcError>,
+    },
+    #[error("no peer, origin or storage backend has blob {digest}")]
+    NotFound { digest: Digest },
+    #[error(
+        "metainfo of {digest} still unavailable after {}s (the origin is still fetching it)",
+        waited.as_secs()
+    )]
+    MetaInfoTimeout { digest: Digest, waited: Duration },
+    #[error("no tracker reachable ({tried} tried); last error from {host}")]
+    Unreachable {
+        tried: usize,
+        host: String,
+        #[source]
+        source: Status,
+    },
+    #[error("tracker {host} refused the request")]
+    Rejected {
+        host: String,
+        #[source]
+        source: Status,
+    },
+    #[error("tracker {host} answered with invalid data: {reason}")]
+    BadResponse { host: String, reason: String },
+    #[error("the metainfo lookup stopped before it finished (the agent is shutting down)")]
+    LookupAborted,
+}
+
+/// Waiting between `GetMetaInfo` attempts while the origin fetches a blob: the tracker's
+/// `retry-after-ms` hint when it sends one, else `initial` growing by `factor` up to `max`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub factor: f64,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Kraken's agent: 1 s, ×1.3, at most 5 s.
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            factor: 1.3,
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How the client talks to trackers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackerClientOptions {
+    /// Time allowed for one request to one tracker before it counts as a network error.
+    pub request_timeout: Duration,
+    /// How long `get_metainfo` keeps retrying while the tracker answers `UNAVAILABLE`.
+    pub metainfo_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for TrackerClientOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            metainfo_timeout: Duration::from_secs(15 * 60),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl TrackerClientOptions {
+    /// From an agent's configuration.
+    pub fn from_config(config: &AgentConfig) -> Self {
+        Self {
+            metainfo_timeout: config.metainfo_timeout,
+            ..Self::default()
+        }
+    }
+}
+
+/// A tracker host as the health check sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    /// `host:port`.
+    pub host: String,
+    pub healthy: bool,
+    /// Network errors since start.
+    pub failures: u64,
+}
+
+/// Client of the tracker ring. Cheap to clone; clones share channels and health state.
+#[derive(Clone)]
+pub struct TrackerClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ring: Ring,
+    /// Indexed like `ring.members()`.
+    clients: Vec<TrackerServiceClient<Channel>>,
+    health: Mutex<PassiveHealth>,
+    options: TrackerClientOptions,
+}
+
+impl std::fmt::Debug for TrackerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackerClient")
+            .field("hosts", &self.hosts())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error from one round over the hosts.
+enum CallError {
+    /// A tracker answered with this status (it is up).
+    Answered {
+        host: String,
+        status: Status,
+    },
+    Unreachable(TrackerError),
+}
+
+impl TrackerClient {
+    /// Channels to every host of `upstream` (connected lazily). A `dns` host list is one
+    /// member: the channel resolves the name, and health applies to the name as a whole.
+    pub fn new(
+        upstream: &UpstreamConfig,
+        tls: &TlsMaterial,
+        options: TrackerClientOptions,
+    ) -> Result<Self, TrackerError> {
+        let mut hosts = upstream.hosts.static_hosts.clone();
+        if let Some(dns) = &upstream.hosts.dns {
+            hosts.push(dns.clone());
+        }
+        let ring = Ring::new(hosts.iter().map(|h| Member::new(h.clone(), 100)));
+        if ring.is_empty() {
+            return Err(TrackerError::NoHosts);
+        }
+        let clients = ring
+            .members()
+            .iter()
+            .map(|member| {
+                grpc::channel(tls, &member.label, None)
+                    .map(TrackerServiceClient::new)
+                    .map_err(|source| TrackerError::Channel {
+                        host: member.label.clone(),
+                        source: Arc::new(source),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let health = PassiveHealth::new(
+            clients.len(),
+            upstream.healthcheck.fails,
+            upstream.healthcheck.fail_timeout,
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                ring,
+                clients,
+                health: Mutex::new(health),
+                options,
+            }),
+        })
+    }
+
+    /// Every host with its health, in configuration order of first appearance.
+    pub fn hosts(&self) -> Vec<HostStatus> {
+        let health = self.health();
+        let now = Instant::now();
+        self.inner
+            .ring
+            .members()
+            .iter()
+            .enumerate()
+            .map(|(index, member)| HostStatus {
+                host: member.label.clone(),
+                healthy: health.is_healthy(index, now),
+                failures: health.total_failures(index),
+            })
+            .collect()
+    }
+
+    /// The tracker a blob's requests go to while it is healthy.
+    pub fn home_of(&self, digest: &Digest) -> &str {
+        self.inner
+            .ring
+            .ranked(digest)
+            .first()
+            .map_or("", |member| member.label.as_str())
+    }
+
+    /// Records `me` as a peer of the blob and returns the peers to dial.
+    #[tracing::instrument(skip_all, fields(digest = %digest))]
+    pub async fn announce(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+        me: &PeerInfo,
+    ) -> Result<AnnounceReply, TrackerError> {
+        let request = pb::AnnounceRequest {
+            namespace: namespace.to_string(),
+            digest: digest.to_string(),
+            peer: Some(me.into()),
+        };
+        let (host, reply) = match self
+            .call(digest, "announce", |mut client| {
+                let request = request.clone();
+                async move { client.announce(request).await }
+            })
+            .await
+        {
+            Ok(answer) => answer,
+            Err(CallError::Answered { host, status }) => {
+                return Err(TrackerError::Rejected {
+                    host,
+                    source: status,
+                });
+            }
+            Err(CallError::Unreachable(error)) => return Err(error),
+        };
+        let mut peers = Vec::with_capacity(reply.peers.len());
+        for wire in &reply.peers {
+            match PeerInfo::try_from(wire) {
+                Ok(peer) => peers.push(peer),
+                // One bad entry should not cost the swarm the others.
+                Err(error) => tracing::debug!(%host, %error, "tracker handed out an invalid peer"),
+            }
+        }
+        let interval = reply
+            .interval
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_ANNOUNCE_INTERVAL);
+        Ok(AnnounceReply { peers, interval })
+    }
+
+    /// The blob's metainfo. While the tracker answers `UNAVAILABLE` (the origin is fetching the
+    /// blob from its backend) this waits as told and asks again, for up to
+    /// [`TrackerClientOptions::metainfo_timeout`]; `NOT_FOUND` returns at once.
+    #[tracing::instrument(skip_all, fields(digest = %digest))]
+    pub async fn get_metainfo(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+    ) -> Result<MetaInfo, TrackerError> {
+        let options = &self.inner.options;
+        let started = Instant::now();
+        let deadline = started + options.metainfo_timeout;
+        let mut delays = Backoff::new(options.retry.clone());
+        let request = pb::GetMetaInfoRequest {
+            namespace: namespace.to_string(),
+            digest: digest.to_string(),
+        };
+        loop {
+            let answer = self
+                .call(digest, "get_metainfo", |mut client| {
+                    let request = request.clone();
+                    async move { client.get_meta_info(request).await }
+                })
+                .await;
+            let (host, status) = match answer {
+                Ok((host, reply)) => {
+                    let waited = started.elapsed();
+                    if waited > Duration::from_millis(1) {
+                        metrics::histogram!(m::METAINFO_WAIT_SECONDS).record(waited.as_secs_f64());
+                    }
+                    return parse_metainfo(&host, digest, reply);
+                }
+                Err(CallError::Unreachable(error)) => return Err(error),
+                Err(CallError::Answered { host, status }) => (host, status),
+            };
+            match status.code() {
+                Code::NotFound => return Err(TrackerError::NotFound { digest: *digest }),
+                Code::Unavailable => {
+                    let delay = delays.next(retry_hint(&status));
+                    let now = Instant::now();
+                    if now + delay >= deadline {
+                        return Err(TrackerError::MetaInfoTimeout {
+                            digest: *digest,
+                            waited: now - started,
+                        });
+                    }
+                    tracing::debug!(%host, delay_ms = delay.as_millis() as u64, "metainfo pending");
+                    tokio::time::sleep(delay).await;
+                }
+                _ => {
+                    return Err(TrackerError::Rejected {
+                        host,
+                        source: status,
+                    });
+                }
+            }
+        }
+    }
+
+    /// One request, tried on each host in turn (home first, unhealthy ones last) until one
+    /// answers. Network errors count against the host's health; any answer clears it.
+    async fn call<T, F, Fut>(
+        &self,
+        digest: &Digest,
+        method: &'static str,
+        call: F,
+    ) -> Result<(String, T), CallError>
+    where
+        F: Fn(TrackerServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let ring = &self.inner.ring;
+        let ranked = ring.ranked(digest);
+        let order = {
+            let ranked_indices = ranked
+                .iter()
+                .filter_map(|member| ring.members().iter().position(|m| m.label == member.label));
+            self.health().order(ranked_indices, Instant::now())
+        };
+        let mut last_error = None;
+        for index in &order {
+            let host = &ring.members()[*index].label;
+            let client = self.inner.clients[*index].clone();
+            let outcome =
+                tokio::time::timeout(self.inner.options.request_timeout, call(client)).await;
+            let status = match outcome {
+                Ok(Ok(response)) => {
+                    self.health().succeeded(*index);
+                    record(method, "ok");
+                    return Ok((host.clone(), response.into_inner()));
+                }
+                Ok(Err(status)) if !is_network_error(&status) => {
+                    self.health().succeeded(*index);
+                    record(method, answer_label(&status));
+                    return Err(CallError::Answered {
+                        host: host.clone(),
+                        status,
+                    });
+                }
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded(format!(
+                    "no answer within {:?}",
+                    self.inner.options.request_timeout
+                )),
+            };
+            record(method, "network_error");
+            tracing::debug!(%host, method, error = %status, "tracker request failed; trying the next");
+            if self.health().failed(*index, Instant::now()) {
+                metrics::counter!(m::TRACKER_MARKED_UNHEALTHY).increment(1);
+                tracing::warn!(%host, "tracker marked unhealthy after repeated network errors");
+            }
+            last_error = Some((host.clone(), status));
+        }
+        let (host, source) = last_error
+            .unwrap_or_else(|| (String::new(), Status::unavailable("no tracker configured")));
+        Err(CallError::Unreachable(TrackerError::Unreachable {
+            tried: order.len(),
+            host,
+            source,
+        }))
+    }
+
+    fn health(&self) -> MutexGuard<'_, PassiveHealth> {
+        match self.inner.health.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+#[async_trait]
+impl Announcer for TrackerClient {
+    async fn announce(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+        me: &PeerInfo,
+    ) -> Result<AnnounceReply, AnnounceError> {
+        TrackerClient::announce(self, namespace, digest, me)
+            .await
+            .map_err(|error| AnnounceError(error_chain(&error)))
+    }
+}
+
+fn parse_metainfo(
+    host: &str,
+    digest: &Digest,
+    reply: pb::GetMetaInfoResponse,
+) -> Result<MetaInfo, TrackerError> {
+    let bad = |reason: String| TrackerError::BadResponse {
+        host: host.to_owned(),
+        reason,
+    };
+    let wire = reply
+        .metainfo
+        .ok_or_else(|| bad(WireError::Missing { field: "metainfo" }.to_string()))?;
+    let metainfo = MetaInfo::try_from(&wire).map_err(|e| bad(e.to_string()))?;
+    if metainfo.digest() != digest {
+        return Err(bad(format!(
+            "asked for the metainfo of {digest}, got {}",
+            metainfo.digest()
+        )));
+    }
+    Ok(metainfo)
+}
+
+/// Whether a status means the host could not be reached or did not answer in time, as opposed
+/// to an answer. `UNAVAILABLE` carrying a retry hint is an answer ("not yet").
+fn is_network_error(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => status.metadata().get(RETRY_AFTER_MS).is_none(),
+        Code::DeadlineExceeded => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            std::error::Error::source(status).is_some_and(|s| s.is::<tonic::transport::Error>())
+        }
+        _ => false,
+    }
+}
+
+fn answer_label(status: &Status) -> &'static str {
+    match status.code() {
+        Code::NotFound => "not_found",
+        Code::Unavailable => "pending",
+        _ => "rejected",
+    }
+}
+
+fn record(method: &'static str, result: &'static str) {
+    metrics::counter!(m::TRACKER_REQUESTS, "method" => method, "result" => result).increment(1);
+}
+
+fn retry_hint(status: &Status) -> Option<Duration> {
+    let millis: u64 = status
+        .metadata()
+        .get(RETRY_AFTER_MS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(millis).min(MAX_RETRY_HINT))
+}
+
+/// Delays between metainfo attempts: the server's hint if given, else exponential backoff.
+#[derive(Debug)]
+struct Backoff {
+    policy: RetryPolicy,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(policy: RetryPolicy) -> Self {
+        Self {
+            next: policy.initial,
+            policy,
+        }
+    }
+
+    fn next(&mut self, hint: Option<Duration>) -> Duration {
+        let delay = hint.unwrap_or(self.next);
+        let factor = if self.policy.factor.is_finite() && self.policy.factor >= 1.0 {
+            self.policy.factor
+        } else {
+            1.0
+        };
+        self.next = self.next.mul_f64(factor).min(self.policy.max);
+        delay
+    }
+}
+
+/// An error and its sources, `: `-joined, for messages that cross a process boundary.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_by_the_factor_up_to_the_cap_and_yields_to_hints() {
+        let mut backoff = Backoff::new(RetryPolicy::default());
+        let delays: Vec<u64> = (0..9)
+            .map(|_| backoff.next(None).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            vec![1000, 1300, 1690, 2197, 2856, 3712, 4826, 5000, 5000]
+        );
+        assert_eq!(
+            backoff.next(Some(Duration::from_millis(250))),
+            Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn retry_hints_are_read_and_capped() {
+        let mut status = Status::unavailable("fetching");
+        assert_eq!(retry_hint(&status), None);
+        status
+            .metadata_mut()
+            .insert(RETRY_AFTER_MS, "1500".parse().unwrap());
+        assert_eq!(retry_hint(&status), Some(Duration::from_millis(1500)));
+        assert!(
+            !is_network_error(&status),
+            "a hint means the tracker answered"
+        );
+        status
+            .metadata_mut()
+            .insert(RETRY_AFTER_MS, "99999999".parse().unwrap());
+        assert_eq!(retry_hint(&status), Some(MAX_RETRY_HINT));
+        status
+            .metadata_mut()
+            .insert(RETRY_AFTER_MS, "soon".parse().unwrap());
+        assert_eq!(retry_hint(&status), None);
+    }
+
+    #[test]
+    fn network_errors_are_told_from_answers() {
+        assert!(is_network_error(&Status::unavailable("connection refused")));
+        assert!(is_network_error(&Status::deadline_exceeded("slow")));
+        assert!(!is_network_error(&Status::not_found("nope")));
+        assert!(!is_network_error(&Status::permission_denied("role")));
+        assert!(!is_network_error(&Status::internal("bug")));
+    }
+}
