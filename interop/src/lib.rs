@@ -20,3 +20,24 @@ pub fn have(program: &str) -> bool {
 pub fn skip(test: &str, why: &str) {
     eprintln!("\n*** {test}: skipped: {why} ***\n");
 }
+
+/// A program installed in the test command's Python venv (`$KRAKEN_VENV`, by default
+/// `~/.cache/kraken-rs/venv`): grpcurl, python. Panics with how to get it when missing.
+pub fn venv_tool(name: &str) -> std::path::PathBuf {
+    let venv = std::env::var_os("KRAKEN_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/kraken-rs/venv")
+        });
+    let tool = venv.join("bin").join(name);
+    assert!(
+        tool.exists(),
+        "{} is missing: run tests/run.sh, which installs grpcurl and grpcio into {}",
+        tool.display(),
+        venv.display()
+    );
+    tool
+}

@@ -29,6 +29,8 @@ enum Command {
     Tracker(cmd::tracker::TrackerArgs),
     /// Run an origin: stores blobs, writes them to storage backends and seeds them.
     Origin(cmd::origin::OriginArgs),
+    /// Run an agent: downloads blobs through the swarm and serves them on this host.
+    Agent(cmd::agent::AgentArgs),
     /// Upload a file to the origins as a blob; prints its digest.
     Push(cmd::blob::PushArgs),
     /// Download a blob through an agent (and so through the swarm).
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Config(command) => cmd::config::run(command),
         Command::Tracker(args) => runtime().and_then(|rt| rt.block_on(cmd::tracker::run(args))),
         Command::Origin(args) => runtime().and_then(|rt| rt.block_on(cmd::origin::run(args))),
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(cmd::agent::run(args))),
         Command::Push(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::push(args))),
         Command::Pull(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::pull(args))),
         Command::Prefetch(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::prefetch(args))),

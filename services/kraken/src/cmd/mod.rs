@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod agent;
 pub(crate) mod blob;
 pub(crate) mod certs;
 pub(crate) mod config;
