@@ -31,7 +31,11 @@ fn run(args: &[&str]) -> anyhow::Result<()> {
         .output()
         .with_context(|| format!("running {}", args.join(" ")))?;
     if !output.status.success() {
-        bail!("{} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -39,7 +43,12 @@ fn run(args: &[&str]) -> anyhow::Result<()> {
 impl Lab {
     /// A bridge `<prefix>br` with address 10.77.0.1/16 in the root namespace.
     pub fn new(prefix: &str) -> anyhow::Result<Self> {
-        let lab = Self { prefix: prefix.to_owned(), bridge: format!("{prefix}br"), hosts: Vec::new(), next: 2 };
+        let lab = Self {
+            prefix: prefix.to_owned(),
+            bridge: format!("{prefix}br"),
+            hosts: Vec::new(),
+            next: 2,
+        };
         lab.cleanup_leftovers();
         run(&["ip", "link", "add", &lab.bridge, "type", "bridge"])?;
         run(&["ip", "addr", "add", "10.77.0.1/16", "dev", &lab.bridge])?;
@@ -56,19 +65,44 @@ impl Lab {
         let outside = format!("{}v{index}", self.prefix);
         let inside = "eth0";
         run(&["ip", "netns", "add", &name])?;
-        run(&["ip", "link", "add", &outside, "type", "veth", "peer", "name", "kbtmp0"])?;
+        run(&[
+            "ip", "link", "add", &outside, "type", "veth", "peer", "name", "kbtmp0",
+        ])?;
         run(&["ip", "link", "set", "kbtmp0", "netns", &name])?;
-        run(&["ip", "netns", "exec", &name, "ip", "link", "set", "kbtmp0", "name", inside])?;
-        run(&["ip", "netns", "exec", &name, "ip", "addr", "add", &format!("{ip}/16"), "dev", inside])?;
-        run(&["ip", "netns", "exec", &name, "ip", "link", "set", inside, "up"])?;
-        run(&["ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up"])?;
+        run(&[
+            "ip", "netns", "exec", &name, "ip", "link", "set", "kbtmp0", "name", inside,
+        ])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/16"),
+            "dev",
+            inside,
+        ])?;
+        run(&[
+            "ip", "netns", "exec", &name, "ip", "link", "set", inside, "up",
+        ])?;
+        run(&[
+            "ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up",
+        ])?;
         run(&["ip", "link", "set", &outside, "master", &self.bridge])?;
         run(&["ip", "link", "set", &outside, "up"])?;
         if let Some(mbit) = mbit {
             let rate = format!("{mbit}mbit");
             // Upload: the namespace's egress. Download: the bridge port's egress.
-            run(&["ip", "netns", "exec", &name, "tc", "qdisc", "add", "dev", inside, "root", "tbf", "rate", &rate, "burst", "64kb", "latency", "100ms"])?;
-            run(&["tc", "qdisc", "add", "dev", &outside, "root", "tbf", "rate", &rate, "burst", "64kb", "latency", "100ms"])?;
+            run(&[
+                "ip", "netns", "exec", &name, "tc", "qdisc", "add", "dev", inside, "root", "tbf",
+                "rate", &rate, "burst", "64kb", "latency", "100ms",
+            ])?;
+            run(&[
+                "tc", "qdisc", "add", "dev", &outside, "root", "tbf", "rate", &rate, "burst",
+                "64kb", "latency", "100ms",
+            ])?;
         }
         let host = Host { name, ip };
         self.hosts.push(host.clone());
@@ -76,8 +110,15 @@ impl Lab {
     }
 
     /// Starts `program args` inside `host`'s namespace.
-    pub fn spawn(&self, host: &Host, program: &str, args: &[&str], log: &std::path::Path) -> anyhow::Result<Child> {
-        let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    pub fn spawn(
+        &self,
+        host: &Host,
+        program: &str,
+        args: &[&str],
+        log: &std::path::Path,
+    ) -> anyhow::Result<Child> {
+        let log =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         Command::new("ip")
             .args(["netns", "exec", &host.name, program])
             .args(args)
@@ -128,14 +169,23 @@ pub struct CpuSample {
 impl CpuSample {
     pub fn now() -> anyhow::Result<Self> {
         let stat = std::fs::read_to_string("/proc/stat")?;
-        let Some(line) = stat.lines().next() else { bail!("empty /proc/stat") };
-        let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        let Some(line) = stat.lines().next() else {
+            bail!("empty /proc/stat")
+        };
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
         if fields.len() < 5 {
             bail!("unexpected /proc/stat line: {line}");
         }
         let idle = fields[3] + fields[4];
         let total: u64 = fields.iter().sum();
-        Ok(Self { busy: total - idle, total })
+        Ok(Self {
+            busy: total - idle,
+            total,
+        })
     }
 
     pub fn busy_since(&self, earlier: &CpuSample) -> f64 {

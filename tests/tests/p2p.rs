@@ -39,8 +39,15 @@ async fn one_origin_and_ten_agents_pull_a_64_mib_blob_concurrently() {
     for (i, result) in results {
         let copy = result.unwrap_or_else(|status| panic!("agent {i}: {status}"));
         assert_eq!(copy.len(), data.len(), "agent {i}");
-        assert_eq!(Digest::of(&copy), digest, "agent {i}'s copy matches the digest");
-        assert!(cluster.agents[i].store().contains(&digest), "agent {i} keeps it to seed");
+        assert_eq!(
+            Digest::of(&copy),
+            digest,
+            "agent {i}'s copy matches the digest"
+        );
+        assert!(
+            cluster.agents[i].store().contains(&digest),
+            "agent {i} keeps it to seed"
+        );
     }
     cluster.shutdown().await;
 }
@@ -50,9 +57,12 @@ async fn liar(cluster: &Cluster, digest: &Digest) -> Scheduler {
     let tls = cluster.tls(Role::Agent);
     let endpoint =
         PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &tls, &QuicTuning::default()).unwrap();
-    let store = BlobStore::open(StoreConfig { dir: cluster.path("liar"), ..StoreConfig::default() })
-        .await
-        .unwrap();
+    let store = BlobStore::open(StoreConfig {
+        dir: cluster.path("liar"),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
     let tracker = TrackerClient::new(
         &UpstreamConfig::of([cluster.tracker_addr.to_string()]),
         &tls,
@@ -67,8 +77,12 @@ async fn liar(cluster: &Cluster, digest: &Digest) -> Scheduler {
         complete: false,
         origin: false,
     };
-    let mut config = DriverConfig::default();
-    config.faults = Faults { corrupt_uploads: true };
+    let config = DriverConfig {
+        faults: Faults {
+            corrupt_uploads: true,
+        },
+        ..DriverConfig::default()
+    };
     let scheduler = Scheduler::start(
         local,
         config,
@@ -78,7 +92,13 @@ async fn liar(cluster: &Cluster, digest: &Digest) -> Scheduler {
         Some(Arc::new(tracker)),
     );
     // It downloads honestly from the origin, then seeds garbage.
-    scheduler.download(&namespace, &metainfo).await.unwrap().wait().await.unwrap();
+    scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     scheduler
 }
 
@@ -100,7 +120,10 @@ async fn a_peer_serving_corrupt_pieces_is_blacklisted_while_pulls_succeed() {
         let stats = agent.scheduler().stats();
         (bad + stats.bad_pieces, listed + stats.blacklisted_peers)
     });
-    assert!(bad >= 1, "the tracker hands complete peers out first, so the liar was tried");
+    assert!(
+        bad >= 1,
+        "the tracker hands complete peers out first, so the liar was tried"
+    );
     assert!(blacklisted >= 1, "and blacklisted once caught");
     liar.shutdown().await;
     cluster.shutdown().await;
@@ -117,7 +140,10 @@ impl Announcer for StaticPeers {
         _: &Digest,
         _: &PeerInfo,
     ) -> Result<AnnounceReply, AnnounceError> {
-        Ok(AnnounceReply { peers: self.0.clone(), interval: Duration::from_millis(200) })
+        Ok(AnnounceReply {
+            peers: self.0.clone(),
+            interval: Duration::from_millis(200),
+        })
     }
 }
 
@@ -127,8 +153,11 @@ async fn an_agent_without_a_valid_certificate_gets_nothing() {
     let data = blob(1 << 20, 3);
     let digest = cluster.push(NS, data.clone()).await;
     let namespace: Namespace = NS.parse().unwrap();
-    let metainfo: MetaInfo =
-        cluster.origin_client(&cluster.origins[0]).get_metainfo(&namespace, &digest).await.unwrap();
+    let metainfo: MetaInfo = cluster
+        .origin_client(&cluster.origins[0])
+        .get_metainfo(&namespace, &digest)
+        .await
+        .unwrap();
 
     // A host with a certificate from a CA the cluster does not trust, which knows exactly where
     // the origin is.
@@ -140,7 +169,10 @@ async fn an_agent_without_a_valid_certificate_gets_nothing() {
     let tracker = TrackerClient::new(
         &UpstreamConfig::of([cluster.tracker_addr.to_string()]),
         &rogue_tls,
-        TrackerClientOptions { request_timeout: Duration::from_secs(3), ..Default::default() },
+        TrackerClientOptions {
+            request_timeout: Duration::from_secs(3),
+            ..Default::default()
+        },
     )
     .unwrap();
     assert!(tracker.get_metainfo(&namespace, &digest).await.is_err());
@@ -149,15 +181,24 @@ async fn an_agent_without_a_valid_certificate_gets_nothing() {
         &cluster.origins[0].grpc_addr().to_string(),
     )
     .unwrap();
-    assert!(origin.download(&namespace, &digest).await.is_err(), "origin served a stranger");
+    assert!(
+        origin.download(&namespace, &digest).await.is_err(),
+        "origin served a stranger"
+    );
 
     // Over QUIC: dialling the origin's peer port never yields a piece.
-    let endpoint =
-        PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &rogue_tls, &QuicTuning::default())
-            .unwrap();
-    let store = BlobStore::open(StoreConfig { dir: rogue_dir.path().join("store"), ..StoreConfig::default() })
-        .await
-        .unwrap();
+    let endpoint = PeerEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &rogue_tls,
+        &QuicTuning::default(),
+    )
+    .unwrap();
+    let store = BlobStore::open(StoreConfig {
+        dir: rogue_dir.path().join("store"),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
     let local = PeerInfo {
         peer_id: PeerId::random(),
         addr: endpoint.local_addr().unwrap(),
@@ -177,7 +218,10 @@ async fn an_agent_without_a_valid_certificate_gets_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         *download.status.borrow(),
-        Status::Downloading { pieces: 0, total: metainfo.num_pieces() },
+        Status::Downloading {
+            pieces: 0,
+            total: metainfo.num_pieces()
+        },
         "a stranger received pieces"
     );
     assert!(!store.contains(&digest));
@@ -201,10 +245,16 @@ async fn an_origin_without_the_blob_answers_not_found_clearly() {
         .unwrap_err();
     assert_eq!(error.code(), Some(tonic::Code::NotFound), "{error}");
     let message = error.to_string();
-    assert!(message.contains(&missing.to_string()) && message.contains(NS), "{message}");
+    assert!(
+        message.contains(&missing.to_string()) && message.contains(NS),
+        "{message}"
+    );
 
     let status = cluster.pull(0, NS, &missing).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
-    assert!(status.message().contains(&missing.to_string()), "{status:?}");
+    assert!(
+        status.message().contains(&missing.to_string()),
+        "{status:?}"
+    );
     cluster.shutdown().await;
 }

@@ -354,6 +354,25 @@ pub struct DevPki {
 }
 
 impl DevPki {
+    /// A PKI written earlier by [`generate_dev_pki`] into `dir`, so a development cluster
+    /// keeps its certificates across restarts. Every file must be present.
+    pub fn open(dir: &Path) -> Result<Self, TlsError> {
+        let pki = Self {
+            dir: dir.to_owned(),
+        };
+        let mut expected = vec![(PemFile::Ca, pki.ca_cert_path())];
+        for role in Role::ALL {
+            expected.push((PemFile::Cert, pki.cert_path(role)));
+            expected.push((PemFile::Key, pki.key_path(role)));
+        }
+        for (kind, path) in expected {
+            if let Err(source) = std::fs::metadata(&path) {
+                return Err(TlsError::ReadFile { kind, path, source });
+            }
+        }
+        Ok(pki)
+    }
+
     /// The directory holding the files.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -55,8 +55,12 @@ fn main() -> anyhow::Result<()> {
     if unsafe_uid() != 0 {
         bail!("run as root: the benchmark creates network namespaces and tc qdiscs");
     }
-    let kraken = std::fs::canonicalize(&args.kraken)
-        .with_context(|| format!("{} not found: cargo build --release -p kraken", args.kraken.display()))?;
+    let kraken = std::fs::canonicalize(&args.kraken).with_context(|| {
+        format!(
+            "{} not found: cargo build --release -p kraken",
+            args.kraken.display()
+        )
+    })?;
     let work = tempfile::Builder::new().prefix("kraken-bench-").tempdir()?;
     let dir = work.path().to_owned();
     println!("working directory: {}", dir.display());
@@ -83,19 +87,58 @@ fn main() -> anyhow::Result<()> {
     let digest = sha256_file(&blob)?;
     let backend = dir.join("backend");
     let hex = digest.trim_start_matches("sha256:");
-    let stored = backend.join(NAMESPACE).join("blobs/sha256").join(&hex[..2]).join(hex);
+    let stored = backend
+        .join(NAMESPACE)
+        .join("blobs/sha256")
+        .join(&hex[..2])
+        .join(hex);
     std::fs::create_dir_all(stored.parent().unwrap_or(&backend))?;
     std::fs::rename(&blob, &stored)?;
 
     let mut children: Vec<Child> = Vec::new();
     let result = (|| -> anyhow::Result<()> {
-        let tracker_cfg = write_config(&dir, "tracker.yaml", &tracker_config(&pki, &tracker_host, &origin_host))?;
-        children.push(lab.spawn(&tracker_host, kraken.to_str().unwrap_or_default(), &["tracker", "--config", tracker_cfg.to_str().unwrap_or_default()], &dir.join("tracker.log"))?);
-        let origin_cfg = write_config(&dir, "origin.yaml", &origin_config(&pki, &origin_host, &dir, &backend))?;
-        children.push(lab.spawn(&origin_host, kraken.to_str().unwrap_or_default(), &["origin", "--config", origin_cfg.to_str().unwrap_or_default()], &dir.join("origin.log"))?);
+        let tracker_cfg = write_config(
+            &dir,
+            "tracker.yaml",
+            &tracker_config(&pki, &tracker_host, &origin_host),
+        )?;
+        children.push(lab.spawn(
+            &tracker_host,
+            kraken.to_str().unwrap_or_default(),
+            &[
+                "tracker",
+                "--config",
+                tracker_cfg.to_str().unwrap_or_default(),
+            ],
+            &dir.join("tracker.log"),
+        )?);
+        let origin_cfg = write_config(
+            &dir,
+            "origin.yaml",
+            &origin_config(&pki, &origin_host, &dir, &backend),
+        )?;
+        children.push(lab.spawn(
+            &origin_host,
+            kraken.to_str().unwrap_or_default(),
+            &[
+                "origin",
+                "--config",
+                origin_cfg.to_str().unwrap_or_default(),
+            ],
+            &dir.join("origin.log"),
+        )?);
         for (i, agent) in agents.iter().enumerate() {
-            let cfg = write_config(&dir, &format!("agent{i}.yaml"), &agent_config(&pki, agent, &tracker_host, &dir, i))?;
-            children.push(lab.spawn(agent, kraken.to_str().unwrap_or_default(), &["agent", "--config", cfg.to_str().unwrap_or_default()], &dir.join(format!("agent{i}.log")))?);
+            let cfg = write_config(
+                &dir,
+                &format!("agent{i}.yaml"),
+                &agent_config(&pki, agent, &tracker_host, &dir, i),
+            )?;
+            children.push(lab.spawn(
+                agent,
+                kraken.to_str().unwrap_or_default(),
+                &["agent", "--config", cfg.to_str().unwrap_or_default()],
+                &dir.join(format!("agent{i}.log")),
+            )?);
         }
         for (host, port) in [(&tracker_host, GRPC_PORT), (&origin_host, GRPC_PORT)]
             .into_iter()
@@ -106,13 +149,28 @@ fn main() -> anyhow::Result<()> {
         // Warm the origin (backend -> its disk) outside the timed run, as a preheat would.
         warm_origin(&lab, &kraken, &pki, &origin_host, &digest)?;
 
-        println!("\n== swarm: {} agents, {} MiB blob, {} Mbit/s up and down per host ==", args.agents, args.size_mib, args.mbit);
+        println!(
+            "\n== swarm: {} agents, {} MiB blob, {} Mbit/s up and down per host ==",
+            args.agents, args.size_mib, args.mbit
+        );
         let cpu_before = CpuSample::now()?;
         let times = run_concurrently(&lab, &agents, |agent| {
             let mut pull = lab.command(agent, kraken.to_str().unwrap_or_default());
-            pull.args(["pull", "--agent", &format!("127.0.0.1:{AGENT_GRPC_PORT}"), "--pki"])
-                .arg(&pki)
-                .args(["--namespace", NAMESPACE, "--output", "/dev/null", "--quiet", &digest]);
+            pull.args([
+                "pull",
+                "--agent",
+                &format!("127.0.0.1:{AGENT_GRPC_PORT}"),
+                "--pki",
+            ])
+            .arg(&pki)
+            .args([
+                "--namespace",
+                NAMESPACE,
+                "--output",
+                "/dev/null",
+                "--quiet",
+                &digest,
+            ]);
             pull
         })?;
         let cpu = CpuSample::now()?.busy_since(&cpu_before);
@@ -126,7 +184,10 @@ fn main() -> anyhow::Result<()> {
             let nginx = start_nginx(&lab, &origin_host, &dir, &www)?;
             children.push(nginx);
             wait_for_port(&lab, &origin_host, HTTP_PORT)?;
-            println!("\n== central HTTP (nginx): {} hosts, {} MiB blob, same caps ==", args.agents, args.baseline_size_mib);
+            println!(
+                "\n== central HTTP (nginx): {} hosts, {} MiB blob, same caps ==",
+                args.agents, args.baseline_size_mib
+            );
             let cpu_before = CpuSample::now()?;
             let url = format!("http://{}:{HTTP_PORT}/blob", origin_host.ip);
             let times = run_concurrently(&lab, &agents, |agent| {
@@ -249,38 +310,74 @@ fn wait_for_port(lab: &Lab, host: &Host, port: u16) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         let probe = lab
             .command(host, "bash")
-            .args(["-c", &format!("exec 3<>/dev/tcp/{}/{port}", probe_ip(host, port))])
+            .args([
+                "-c",
+                &format!("exec 3<>/dev/tcp/{}/{port}", probe_ip(host, port)),
+            ])
             .output()?;
         if probe.status.success() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("{} did not listen on port {port} within 30 s (see the logs)", host.name)
+    bail!(
+        "{} did not listen on port {port} within 30 s (see the logs)",
+        host.name
+    )
 }
 
 fn probe_ip(host: &Host, port: u16) -> String {
-    if port == AGENT_GRPC_PORT { "127.0.0.1".into() } else { host.ip.to_string() }
+    if port == AGENT_GRPC_PORT {
+        "127.0.0.1".into()
+    } else {
+        host.ip.to_string()
+    }
 }
 
-fn warm_origin(lab: &Lab, kraken: &Path, pki: &Path, origin: &Host, digest: &str) -> anyhow::Result<()> {
+fn warm_origin(
+    lab: &Lab,
+    kraken: &Path,
+    pki: &Path,
+    origin: &Host,
+    digest: &str,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let output = lab
         .command(origin, kraken.to_str().unwrap_or_default())
-        .args(["prefetch", "--origin", &format!("{}:{GRPC_PORT}", origin.ip), "--pki"])
+        .args([
+            "prefetch",
+            "--origin",
+            &format!("{}:{GRPC_PORT}", origin.ip),
+            "--pki",
+        ])
         .arg(pki)
         .args(["--namespace", NAMESPACE, digest])
         .output()?;
     check(output, "kraken prefetch")?;
-    println!("origin warmed from its backend in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "origin warmed from its backend in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn start_nginx(lab: &Lab, host: &Host, dir: &Path, www: &Path) -> anyhow::Result<Child> {
     if Command::new("nginx").arg("-v").output().is_err() {
         println!("installing nginx for the baseline");
-        check(Command::new("apt-get").args(["install", "-y", "-qq", "nginx-light"]).output()?, "apt-get install nginx")
-            .or_else(|_| check(Command::new("apt-get").args(["install", "-y", "-qq", "nginx"]).output()?, "apt-get install nginx"))?;
+        check(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "nginx-light"])
+                .output()?,
+            "apt-get install nginx",
+        )
+        .or_else(|_| {
+            check(
+                Command::new("apt-get")
+                    .args(["install", "-y", "-qq", "nginx"])
+                    .output()?,
+                "apt-get install nginx",
+            )
+        })?;
     }
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -295,7 +392,12 @@ fn start_nginx(lab: &Lab, host: &Host, dir: &Path, www: &Path) -> anyhow::Result
             www = www.display()
         ),
     )?;
-    lab.spawn(host, "nginx", &["-c", conf.to_str().unwrap_or_default()], &dir.join("nginx.log"))
+    lab.spawn(
+        host,
+        "nginx",
+        &["-c", conf.to_str().unwrap_or_default()],
+        &dir.join("nginx.log"),
+    )
 }
 
 /// Starts one command per agent at the same moment and returns each one's completion time.
@@ -334,12 +436,25 @@ fn report(name: &str, times: &[Duration], size: u64, agents: usize, mbit: u32, c
     let bound = (f / rate).max(f / rate).max(n * f / (rate + n * rate));
     let mut sorted: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
     for (i, t) in sorted.iter().enumerate() {
-        println!("  {name} agent {i:>2}: {t:7.2} s  ({:.2}x bound)", t / bound);
+        println!(
+            "  {name} agent {i:>2}: {t:7.2} s  ({:.2}x bound)",
+            t / bound
+        );
     }
     sorted.sort_by(f64::total_cmp);
     let pct = |p: f64| sorted[((sorted.len() as f64 - 1.0) * p).round() as usize];
-    println!("  physical bound: {bound:.2} s (max(F/u_s, F/d, N·F/(u_s+N·u)) at {mbit} Mbit/s nominal)");
-    println!("  {name} p50 {:.2} s = {:.2}x bound", pct(0.5), pct(0.5) / bound);
-    println!("  {name} p99 {:.2} s = {:.2}x bound", pct(0.99), pct(0.99) / bound);
+    println!(
+        "  physical bound: {bound:.2} s (max(F/u_s, F/d, N·F/(u_s+N·u)) at {mbit} Mbit/s nominal)"
+    );
+    println!(
+        "  {name} p50 {:.2} s = {:.2}x bound",
+        pct(0.5),
+        pct(0.5) / bound
+    );
+    println!(
+        "  {name} p99 {:.2} s = {:.2}x bound",
+        pct(0.99),
+        pct(0.99) / bound
+    );
     println!("  CPU busy during the run: {:.0}% of 2 cores", cpu * 100.0);
 }

@@ -25,6 +25,9 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Run a whole cluster in this process on loopback (tracker, origins, agents), with a
+    /// filesystem backend, in-memory peer store and generated mTLS certificates.
+    Devcluster(cmd::devcluster::DevClusterArgs),
     /// Run a tracker: hands out peers for each blob and fetches metainfo from the origins.
     Tracker(cmd::tracker::TrackerArgs),
     /// Run an origin: stores blobs, writes them to storage backends and seeds them.
@@ -51,6 +54,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Certs(args) => cmd::certs::run(args),
         Command::Config(command) => cmd::config::run(command),
+        Command::Devcluster(args) => {
+            runtime().and_then(|rt| rt.block_on(cmd::devcluster::run(args)))
+        }
         Command::Tracker(args) => runtime().and_then(|rt| rt.block_on(cmd::tracker::run(args))),
         Command::Origin(args) => runtime().and_then(|rt| rt.block_on(cmd::origin::run(args))),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(cmd::agent::run(args))),

@@ -173,3 +173,49 @@ fn config_check_needs_a_component_it_can_tell() {
     assert!(!out.status.success());
     assert_eq!(stderr.matches("origin.hosts").count(), 1, "{stderr}");
 }
+
+#[test]
+fn devcluster_starts_passes_its_self_check_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Below Linux's ephemeral range (32768+) so parallel tests' port-0 sockets cannot take it.
+    let base = 10_000 + (std::process::id() % 200) as u16 * 100;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kraken"))
+        .args(["devcluster", "--base-port", &base.to_string(), "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    let mut lines = stdout.lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.starts_with("self-check passed");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    // Keep draining stdout, as a terminal would.
+    let drain = std::thread::spawn(move || for _ in lines {});
+    let transcript = seen.join("\n");
+    assert!(transcript.contains("self-check passed"), "{transcript}");
+    assert!(
+        transcript.contains(&format!("tracker:        127.0.0.1:{}", base + 3)),
+        "{transcript}"
+    );
+    assert!(dir.path().join("pki/ca.pem").exists());
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    drain.join().unwrap();
+    assert!(status.success(), "devcluster exited with {status}");
+}

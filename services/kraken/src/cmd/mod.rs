@@ -4,6 +4,7 @@ pub(crate) mod agent;
 pub(crate) mod blob;
 pub(crate) mod certs;
 pub(crate) mod config;
+pub(crate) mod devcluster;
 pub(crate) mod origin;
 pub(crate) mod serve;
 pub(crate) mod tracker;

@@ -1,0 +1,508 @@
+//! A whole Kraken cluster in one process on loopback: tracker, origins and agents (proxy and
+//! build-index join them as they are built), a filesystem storage backend, the in-memory peer
+//! store and a generated mutual-TLS PKI, all under one data directory.
+//!
+//! `kraken devcluster` runs it with fixed, documented ports so a user can point tools at it; the
+//! workspace integration tests run it with ephemeral ports. It must never weaken anything to make
+//! a demo easier: every connection uses the same mutual TLS as a production cluster.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kraken_agent::Agent;
+use kraken_config::Pattern;
+use kraken_config::agent::AgentConfig;
+use kraken_config::backend::{BackendConfig, BackendKind, FsBackendConfig};
+use kraken_config::cluster::{HostList, UpstreamConfig};
+use kraken_config::origin::OriginConfig;
+use kraken_config::store::StoreConfig;
+use kraken_config::tls::TlsSection;
+use kraken_config::tracker::TrackerConfig;
+use kraken_core::{Digest, Namespace};
+use kraken_origin::{Origin, OriginClient};
+use kraken_proto::agent::v1::GetBlobRequest;
+use kraken_proto::agent::v1::agent_service_client::AgentServiceClient;
+use kraken_tls::{DevPki, DevPkiOptions, Role, TlsMaterial, generate_dev_pki};
+use kraken_transport::ring::{Member, Ring};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Where components listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// Any free ports (tests).
+    Ephemeral,
+    /// Kraken's devcluster layout from `base` (15000): origins' gRPC on base+2, +12, +22 and
+    /// QUIC on base+1, +11, +21; the tracker on base+3; agents' gRPC on base+1002, +1012, … and
+    /// QUIC on base+1001, +1011, ….
+    Fixed { base: u16 },
+}
+
+/// Why the cluster did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevClusterError {
+    #[error("creating the data directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting up the development PKI")]
+    Pki(#[from] kraken_tls::TlsError),
+    #[error("binding {what} on {addr} (is another cluster running? pick --base-port)")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting origin {index}")]
+    Origin {
+        index: usize,
+        #[source]
+        source: kraken_origin::OriginError,
+    },
+    #[error("starting agent {index}")]
+    Agent {
+        index: usize,
+        #[source]
+        source: kraken_agent::AgentError,
+    },
+    #[error("self-check: {0}")]
+    Check(String),
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct DevClusterBuilder {
+    dir: PathBuf,
+    origins: usize,
+    agents: usize,
+    max_replica: usize,
+    ports: Ports,
+}
+
+/// A running cluster. [`DevCluster::shutdown`] stops it gracefully.
+#[derive(Debug)]
+pub struct DevCluster {
+    pub dir: PathBuf,
+    pub pki: DevPki,
+    pub tracker_addr: SocketAddr,
+    pub origins: Vec<Origin>,
+    pub agents: Vec<Agent>,
+    origin_labels: Vec<String>,
+    max_replica: usize,
+    tracker_stop: CancellationToken,
+    tracker_task: JoinHandle<()>,
+}
+
+impl DevCluster {
+    /// Three origins (two replicas of each blob) and two agents under `dir`.
+    pub fn builder(dir: impl Into<PathBuf>) -> DevClusterBuilder {
+        DevClusterBuilder {
+            dir: dir.into(),
+            origins: 3,
+            agents: 2,
+            max_replica: 2,
+            ports: Ports::Ephemeral,
+        }
+    }
+}
+
+impl DevClusterBuilder {
+    pub fn origins(mut self, n: usize) -> Self {
+        self.origins = n.max(1);
+        self
+    }
+
+    pub fn agents(mut self, n: usize) -> Self {
+        self.agents = n;
+        self
+    }
+
+    pub fn max_replica(mut self, n: usize) -> Self {
+        self.max_replica = n.max(1);
+        self
+    }
+
+    pub fn ports(mut self, ports: Ports) -> Self {
+        self.ports = ports;
+        self
+    }
+
+    pub async fn start(self) -> Result<DevCluster, DevClusterError> {
+        kraken_tls::install_crypto_provider();
+        let dir = self.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| DevClusterError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        let pki_dir = dir.join("pki");
+        // Keep the PKI across restarts so clients configured once keep working.
+        let pki = match DevPki::open(&pki_dir) {
+            Ok(pki) => pki,
+            Err(_) => generate_dev_pki(
+                &pki_dir,
+                &DevPkiOptions {
+                    overwrite: true,
+                    ..DevPkiOptions::default()
+                },
+            )?,
+        };
+
+        // Origins first: the ring needs every origin's address before any of them starts.
+        let mut listeners = Vec::new();
+        for i in 0..self.origins {
+            listeners.push(bind(self.addr(Slot::OriginGrpc(i)), "origin gRPC").await?);
+        }
+        let origin_labels: Vec<String> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        let backend = dir.join("backend");
+        let mut origins = Vec::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let config = self.origin_config(&pki, &backend, &origin_labels, index);
+            let origin = Origin::start(config, tls(&pki, Role::Origin)?, listener)
+                .await
+                .map_err(|source| DevClusterError::Origin { index, source })?;
+            origins.push(origin);
+        }
+
+        let tracker_listener = bind(self.addr(Slot::Tracker), "tracker gRPC").await?;
+        let tracker_addr = local(&tracker_listener)?;
+        let tracker_stop = CancellationToken::new();
+        let tracker_config = TrackerConfig {
+            listen: kraken_config::tracker::TrackerListenConfig { grpc: tracker_addr },
+            origin: UpstreamConfig::of(origin_labels.clone()),
+            announce_interval: Duration::from_millis(500),
+            tls: tls_section(&pki, Role::Tracker),
+            ..TrackerConfig::default()
+        };
+        let stop = tracker_stop.clone();
+        let tracker_tls = tls(&pki, Role::Tracker)?;
+        let tracker_task = tokio::spawn(async move {
+            if let Err(error) = kraken_tracker::run(
+                tracker_config,
+                tracker_tls,
+                tracker_listener,
+                stop.cancelled_owned(),
+            )
+            .await
+            {
+                tracing::error!(%error, "tracker stopped with an error");
+            }
+        });
+
+        let mut agents = Vec::new();
+        for index in 0..self.agents {
+            let listener = bind(self.addr(Slot::AgentGrpc(index)), "agent gRPC").await?;
+            let config = self.agent_config(&pki, tracker_addr, index);
+            let agent = Agent::start(config, tls(&pki, Role::Agent)?, listener)
+                .await
+                .map_err(|source| DevClusterError::Agent { index, source })?;
+            agents.push(agent);
+        }
+        Ok(DevCluster {
+            dir,
+            pki,
+            tracker_addr,
+            origins,
+            agents,
+            origin_labels,
+            max_replica: self.max_replica,
+            tracker_stop,
+            tracker_task,
+        })
+    }
+
+    fn addr(&self, slot: Slot) -> SocketAddr {
+        let port = match self.ports {
+            Ports::Ephemeral => 0,
+            Ports::Fixed { base } => {
+                let offset = match slot {
+                    Slot::OriginGrpc(i) => 2 + 10 * i,
+                    Slot::OriginP2p(i) => 1 + 10 * i,
+                    Slot::Tracker => 3,
+                    Slot::AgentGrpc(i) => 1002 + 10 * i,
+                    Slot::AgentP2p(i) => 1001 + 10 * i,
+                    Slot::AgentRegistry(i) => 1000 + 10 * i,
+                };
+                base.saturating_add(offset as u16)
+            }
+        };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn origin_config(
+        &self,
+        pki: &DevPki,
+        backend: &Path,
+        labels: &[String],
+        index: usize,
+    ) -> OriginConfig {
+        let mut config = OriginConfig {
+            name: labels[index].clone(),
+            peer_ip: Some([127, 0, 0, 1].into()),
+            store: StoreConfig {
+                dir: self.dir.join(format!("origin{index}")),
+                ..StoreConfig::default()
+            },
+            backends: vec![BackendConfig {
+                namespace: Pattern::any(),
+                backend: BackendKind::Fs(FsBackendConfig {
+                    root: backend.to_owned(),
+                }),
+                bandwidth: Default::default(),
+            }],
+            tls: tls_section(pki, Role::Origin),
+            ..OriginConfig::default()
+        };
+        config.listen.grpc = labels[index]
+            .parse()
+            .unwrap_or_else(|_| self.addr(Slot::OriginGrpc(index)));
+        config.listen.p2p = self.addr(Slot::OriginP2p(index));
+        config.cluster.hosts = HostList {
+            static_hosts: labels.to_vec(),
+            dns: None,
+        };
+        config.hashring.max_replica = self.max_replica.min(labels.len());
+        config
+    }
+
+    fn agent_config(&self, pki: &DevPki, tracker: SocketAddr, index: usize) -> AgentConfig {
+        let mut config = AgentConfig {
+            peer_ip: Some([127, 0, 0, 1].into()),
+            tracker: UpstreamConfig::of([tracker.to_string()]),
+            build_index: UpstreamConfig::of([tracker.to_string()]),
+            store: StoreConfig {
+                dir: self.dir.join(format!("agent{index}")),
+                ..StoreConfig::default()
+            },
+            tls: tls_section(pki, Role::Agent),
+            ..AgentConfig::default()
+        };
+        config.listen.grpc = self.addr(Slot::AgentGrpc(index));
+        config.listen.registry = self.addr(Slot::AgentRegistry(index));
+        config.listen.p2p = self.addr(Slot::AgentP2p(index));
+        config
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    OriginGrpc(usize),
+    OriginP2p(usize),
+    Tracker,
+    AgentGrpc(usize),
+    AgentP2p(usize),
+    AgentRegistry(usize),
+}
+
+impl DevCluster {
+    /// The TLS material of a role of this cluster.
+    pub fn tls(&self, role: Role) -> Result<TlsMaterial, kraken_tls::TlsError> {
+        tls(&self.pki, role)
+    }
+
+    /// The origins owning `digest`, highest rendezvous score first.
+    pub fn owners(&self, digest: &Digest) -> Vec<&Origin> {
+        let ring = Ring::new(
+            self.origin_labels
+                .iter()
+                .map(|l| Member::new(l.clone(), 100)),
+        );
+        ring.owners(digest, self.max_replica)
+            .into_iter()
+            .filter_map(|m| {
+                self.origins
+                    .iter()
+                    .find(|o| o.grpc_addr().to_string() == m.label)
+            })
+            .collect()
+    }
+
+    /// A client of `origin` presenting the `client` role (what a CI uploader uses).
+    pub fn origin_client(&self, origin: &Origin) -> Result<OriginClient, DevClusterError> {
+        let tls = self.tls(Role::Client)?;
+        OriginClient::connect(&tls, &origin.grpc_addr().to_string())
+            .map_err(|e| DevClusterError::Check(e.to_string()))
+    }
+
+    /// Uploads `data` to the blob's owning origin and returns its digest.
+    pub async fn push(
+        &self,
+        namespace: &Namespace,
+        data: Bytes,
+    ) -> Result<Digest, DevClusterError> {
+        let digest = Digest::of(&data);
+        let Some(owner) = self.owners(&digest).first().copied() else {
+            return Err(DevClusterError::Check("no origin owns the blob".into()));
+        };
+        let size = data.len() as u64;
+        let chunks: Vec<std::io::Result<Bytes>> = data
+            .chunks(1 << 20)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        self.origin_client(owner)?
+            .upload_stream(
+                namespace,
+                &digest,
+                futures::stream::iter(chunks),
+                Some(size),
+            )
+            .await
+            .map_err(|e| DevClusterError::Check(format!("upload to {}: {e}", owner.grpc_addr())))?;
+        Ok(digest)
+    }
+
+    /// A gRPC client of agent `index` presenting the `client` role.
+    pub fn agent_client(
+        &self,
+        index: usize,
+    ) -> Result<AgentServiceClient<tonic::transport::Channel>, DevClusterError> {
+        let agent = self
+            .agents
+            .get(index)
+            .ok_or_else(|| DevClusterError::Check(format!("no agent {index}")))?;
+        let channel = kraken_transport::grpc::channel(
+            &self.tls(Role::Client)?,
+            &agent.grpc_addr().to_string(),
+            None,
+        )
+        .map_err(|e| DevClusterError::Check(e.to_string()))?;
+        Ok(AgentServiceClient::new(channel))
+    }
+
+    /// Downloads a blob through agent `index`, collecting it in memory.
+    pub async fn pull(
+        &self,
+        index: usize,
+        namespace: &Namespace,
+        digest: &Digest,
+    ) -> Result<Bytes, tonic::Status> {
+        let request = GetBlobRequest {
+            namespace: namespace.to_string(),
+            digest: digest.to_string(),
+            offset: 0,
+            length: None,
+        };
+        let mut client = self
+            .agent_client(index)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let mut stream = client.get_blob(request).await?.into_inner();
+        let mut data = Vec::new();
+        while let Some(message) = stream.message().await? {
+            data.extend_from_slice(&message.chunk);
+        }
+        Ok(data.into())
+    }
+
+    /// Pushes a small random blob and pulls it through every agent: proves the cluster works.
+    pub async fn self_check(&self) -> Result<Digest, DevClusterError> {
+        let namespace: Namespace = "kraken/self-check"
+            .parse()
+            .map_err(|e: kraken_core::NamespaceError| DevClusterError::Check(e.to_string()))?;
+        let data: Bytes = (0..(1u32 << 20))
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<_>>()
+            .into();
+        let digest = self.push(&namespace, data.clone()).await?;
+        for index in 0..self.agents.len() {
+            let copy = self
+                .pull(index, &namespace, &digest)
+                .await
+                .map_err(|s| DevClusterError::Check(format!("pull through agent {index}: {s}")))?;
+            if copy != data {
+                return Err(DevClusterError::Check(format!(
+                    "agent {index} returned different bytes"
+                )));
+            }
+        }
+        Ok(digest)
+    }
+
+    /// Addresses and example commands, for people.
+    pub fn summary(&self) -> String {
+        let pki = self.pki.dir().display();
+        let mut text = String::new();
+        text.push_str(&format!("data directory: {}\n", self.dir.display()));
+        text.push_str(&format!(
+            "PKI (mTLS):     {pki} (ca.pem, client.pem/.key for tools)\n"
+        ));
+        text.push_str(&format!("tracker:        {}\n", self.tracker_addr));
+        for (i, origin) in self.origins.iter().enumerate() {
+            text.push_str(&format!(
+                "origin {i}:       gRPC {}  QUIC {}\n",
+                origin.grpc_addr(),
+                origin.p2p_addr()
+            ));
+        }
+        for (i, agent) in self.agents.iter().enumerate() {
+            text.push_str(&format!(
+                "agent {i}:        gRPC {}  QUIC {}\n",
+                agent.grpc_addr(),
+                agent.p2p_addr()
+            ));
+        }
+        if let (Some(origin), Some(agent)) = (self.origins.first(), self.agents.first()) {
+            text.push_str(&format!(
+                "\npush a blob:  kraken push FILE --origin {} --namespace my/blobs --pki {pki}\n",
+                origin.grpc_addr()
+            ));
+            text.push_str(&format!(
+                "pull it:      kraken pull DIGEST --agent {} --namespace my/blobs --pki {pki} -o OUT\n",
+                agent.grpc_addr()
+            ));
+        }
+        text
+    }
+
+    /// Stops every component and waits for them.
+    pub async fn shutdown(self) {
+        for agent in self.agents {
+            let _ = agent.shutdown().await;
+        }
+        for origin in self.origins {
+            let _ = origin.shutdown().await;
+        }
+        self.tracker_stop.cancel();
+        let _ = self.tracker_task.await;
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, DevClusterError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DevClusterError::Bind {
+            what: what.to_owned(),
+            addr,
+            source,
+        })
+}
+
+fn local(listener: &TcpListener) -> Result<SocketAddr, DevClusterError> {
+    listener
+        .local_addr()
+        .map_err(|source| DevClusterError::Bind {
+            what: "listener".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            source,
+        })
+}
+
+fn tls(pki: &DevPki, role: Role) -> Result<TlsMaterial, kraken_tls::TlsError> {
+    TlsMaterial::load(&pki.tls_config(role))
+}
+
+fn tls_section(pki: &DevPki, role: Role) -> TlsSection {
+    TlsSection {
+        ca: Some(pki.ca_cert_path()),
+        cert: Some(pki.cert_path(role)),
+        key: Some(pki.key_path(role)),
+    }
+}
