@@ -53,6 +53,23 @@ impl Lab {
         run(&["ip", "link", "add", &lab.bridge, "type", "bridge"])?;
         run(&["ip", "addr", "add", "10.77.0.1/16", "dev", &lab.bridge])?;
         run(&["ip", "link", "set", &lab.bridge, "up"])?;
+        // With bridge netfilter on (a Docker engine turns it on and sets the FORWARD policy to
+        // DROP), traffic between the lab's hosts goes through iptables: let it pass, only
+        // within our bridge, and remove the rule on teardown.
+        for iptables in IPTABLES {
+            let _ = run(&[
+                iptables,
+                "-I",
+                "FORWARD",
+                "1",
+                "-i",
+                &lab.bridge,
+                "-o",
+                &lab.bridge,
+                "-j",
+                "ACCEPT",
+            ]);
+        }
         Ok(lab)
     }
 
@@ -146,9 +163,27 @@ impl Lab {
                 }
             }
         }
+        for iptables in IPTABLES {
+            while run(&[
+                iptables,
+                "-D",
+                "FORWARD",
+                "-i",
+                &self.bridge,
+                "-o",
+                &self.bridge,
+                "-j",
+                "ACCEPT",
+            ])
+            .is_ok()
+            {}
+        }
         let _ = run(&["ip", "link", "del", &self.bridge]);
     }
 }
+
+/// Both iptables front ends may hold rules (nft and legacy); missing ones are skipped.
+const IPTABLES: [&str; 2] = ["iptables", "iptables-legacy"];
 
 impl Drop for Lab {
     fn drop(&mut self) {

@@ -171,6 +171,11 @@ pub struct DispatchConfig {
     /// `piece_request_min_timeout`.
     #[serde(with = "humantime_serde")]
     pub piece_request_timeout_per_mb: Duration,
+    /// How long a request may wait in the uploader's queue before its piece starts arriving;
+    /// the timeouts above apply from the first byte. Not a Kraken key: Kraken timed queueing
+    /// and transfer together, so busy uploaders caused re-requests and duplicate traffic.
+    #[serde(with = "humantime_serde")]
+    pub piece_request_queue_timeout: Duration,
     /// Endgame starts when this many pieces or fewer are missing: they may then be requested
     /// from several peers at once, so one slow peer does not hold up the tail.
     pub endgame_threshold: usize,
@@ -186,6 +191,7 @@ impl Default for DispatchConfig {
             origin_pipeline_limit: 5,
             piece_request_min_timeout: Duration::from_secs(4),
             piece_request_timeout_per_mb: Duration::from_secs(4),
+            piece_request_queue_timeout: Duration::from_secs(30),
             // Kraken starts endgame when the missing pieces fit in one pipeline; with the many
             // small pieces our piece-length policy produces, a wider tail pays off (measured on
             // the swarm simulation in services/scheduler/tests).

@@ -382,6 +382,7 @@ impl ControlReceiver {
 }
 
 /// Sends one piece on its own unidirectional stream: a length-prefixed header, then the bytes.
+/// Returns once the peer acknowledged every byte.
 pub async fn send_piece(
     connection: &Connection,
     header: &pb::PieceHeader,
@@ -400,7 +401,14 @@ pub async fn send_piece(
     stream.write_chunk(prefix.freeze()).await.map_err(write)?;
     stream.write_chunk(data).await.map_err(write)?;
     stream.finish().map_err(|_| TransportError::Closed)?;
-    Ok(())
+    // Wait until the peer has the whole piece. Returning once it is merely buffered would let a
+    // caller start every queued piece at once (the send window holds many), and each would then
+    // crawl at a fraction of the link, so none could be re-shared early.
+    match stream.stopped().await {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(TransportError::Closed),
+        Err(error) => Err(TransportError::Stream(std::io::Error::other(error))),
+    }
 }
 
 /// Reads a piece stream's header. The payload follows; read it with [`read_piece_payload`].

@@ -22,40 +22,78 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let kraken = std::fs::canonicalize(&args.kraken)
-        .with_context(|| format!("{} not found: cargo build --release -p kraken", args.kraken.display()))?;
+    let kraken = std::fs::canonicalize(&args.kraken).with_context(|| {
+        format!(
+            "{} not found: cargo build --release -p kraken",
+            args.kraken.display()
+        )
+    })?;
     let work = tempfile::Builder::new().prefix("kraken-rss-").tempdir()?;
     let dir = work.path();
     let ports: Vec<u16> = (0..5).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
     let (origin_grpc, origin_p2p, tracker, agent_grpc, agent_p2p) =
         (ports[0], ports[1], ports[2], ports[3], ports[4]);
     let pki = dir.join("pki");
-    check(Command::new(&kraken).args(["certs", "--out"]).arg(&pki).output()?, "kraken certs")?;
+    check(
+        Command::new(&kraken)
+            .args(["certs", "--out"])
+            .arg(&pki)
+            .output()?,
+        "kraken certs",
+    )?;
 
     let size = args.size_mib << 20;
     let backend = dir.join("backend");
     let digest = place_blob(&backend, "bench/rss", size)?;
-    let tls = |role: &str| format!("tls: {{ca: {p}/ca.pem, cert: {p}/{role}.pem, key: {p}/{role}.key}}\nlog: {{level: warn}}\n", p = pki.display());
+    let tls = |role: &str| {
+        format!(
+            "tls: {{ca: {p}/ca.pem, cert: {p}/{role}.pem, key: {p}/{role}.key}}\nlog: {{level: warn}}\n",
+            p = pki.display()
+        )
+    };
     let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
         let path = dir.join(name);
         std::fs::write(&path, text)?;
         Ok(path)
     };
-    let origin_cfg = write("origin.yaml", format!(
-        "name: 127.0.0.1:{origin_grpc}\npeer_ip: 127.0.0.1\nlisten: {{grpc: 127.0.0.1:{origin_grpc}, p2p: 127.0.0.1:{origin_p2p}}}\n\
+    let origin_cfg = write(
+        "origin.yaml",
+        format!(
+            "name: 127.0.0.1:{origin_grpc}\npeer_ip: 127.0.0.1\nlisten: {{grpc: 127.0.0.1:{origin_grpc}, p2p: 127.0.0.1:{origin_p2p}}}\n\
          cluster: {{hosts: {{static: [\"127.0.0.1:{origin_grpc}\"]}}}}\nhashring: {{max_replica: 1}}\nstore: {{dir: {d}/origin}}\n\
          backends: [{{namespace: \".*\", backend: {{fs: {{root: {b}}}}}}}]\n{t}",
-        d = dir.display(), b = backend.display(), t = tls("origin")))?;
-    let tracker_cfg = write("tracker.yaml", format!(
-        "listen: {{grpc: 127.0.0.1:{tracker}}}\norigin: {{hosts: {{static: [\"127.0.0.1:{origin_grpc}\"]}}}}\n{t}", t = tls("tracker")))?;
-    let agent_cfg = write("agent.yaml", format!(
-        "peer_ip: 127.0.0.1\nlisten: {{registry: 127.0.0.1:0, grpc: 127.0.0.1:{agent_grpc}, p2p: 127.0.0.1:{agent_p2p}}}\n\
+            d = dir.display(),
+            b = backend.display(),
+            t = tls("origin")
+        ),
+    )?;
+    let tracker_cfg = write(
+        "tracker.yaml",
+        format!(
+            "listen: {{grpc: 127.0.0.1:{tracker}}}\norigin: {{hosts: {{static: [\"127.0.0.1:{origin_grpc}\"]}}}}\n{t}",
+            t = tls("tracker")
+        ),
+    )?;
+    let agent_cfg = write(
+        "agent.yaml",
+        format!(
+            "peer_ip: 127.0.0.1\nlisten: {{registry: 127.0.0.1:0, grpc: 127.0.0.1:{agent_grpc}, p2p: 127.0.0.1:{agent_p2p}}}\n\
          tracker: {{hosts: {{static: [\"127.0.0.1:{tracker}\"]}}}}\nbuild_index: {{hosts: {{static: [\"127.0.0.1:{tracker}\"]}}}}\n\
-         store: {{dir: {d}/agent}}\n{t}", d = dir.display(), t = tls("agent")))?;
+         store: {{dir: {d}/agent}}\n{t}",
+            d = dir.display(),
+            t = tls("agent")
+        ),
+    )?;
 
     let mut children = Children(Vec::new());
     let spawn = |what: &str, config: &Path| -> anyhow::Result<Child> {
-        Command::new(&kraken).args([what, "--config"]).arg(config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(Into::into)
+        Command::new(&kraken)
+            .args([what, "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(Into::into)
     };
     children.0.push(spawn("origin", &origin_cfg)?);
     children.0.push(spawn("tracker", &tracker_cfg)?);
@@ -65,20 +103,63 @@ fn main() -> anyhow::Result<()> {
     for port in [origin_grpc, tracker, agent_grpc] {
         wait_for_port(port)?;
     }
-    check(Command::new(&kraken).args(["prefetch", "--origin", &format!("127.0.0.1:{origin_grpc}"), "--pki"]).arg(&pki)
-        .args(["--namespace", "bench/rss", &digest]).output()?, "kraken prefetch")?;
+    check(
+        Command::new(&kraken)
+            .args([
+                "prefetch",
+                "--origin",
+                &format!("127.0.0.1:{origin_grpc}"),
+                "--pki",
+            ])
+            .arg(&pki)
+            .args(["--namespace", "bench/rss", &digest])
+            .output()?,
+        "kraken prefetch",
+    )?;
     let idle = status_kib(agent_pid, "VmRSS")?;
 
     let started = Instant::now();
-    check(Command::new(&kraken).args(["pull", "--agent", &format!("127.0.0.1:{agent_grpc}"), "--pki"]).arg(&pki)
-        .args(["--namespace", "bench/rss", "--output", "/dev/null", "--quiet", &digest]).output()?, "kraken pull")?;
+    check(
+        Command::new(&kraken)
+            .args([
+                "pull",
+                "--agent",
+                &format!("127.0.0.1:{agent_grpc}"),
+                "--pki",
+            ])
+            .arg(&pki)
+            .args([
+                "--namespace",
+                "bench/rss",
+                "--output",
+                "/dev/null",
+                "--quiet",
+                &digest,
+            ])
+            .output()?,
+        "kraken pull",
+    )?;
     let elapsed = started.elapsed();
     let peak = status_kib(agent_pid, "VmHWM")?;
-    println!("agent pulling a {} MiB blob through the swarm (real processes, loopback):", args.size_mib);
-    println!("  pull took {:.1} s ({:.0} MB/s)", elapsed.as_secs_f64(), size as f64 / elapsed.as_secs_f64() / 1e6);
-    println!("  agent RSS idle (baseline)  {:>6.1} MB", idle as f64 / 1024.0);
-    println!("  agent peak RSS (VmHWM)     {:>6.1} MB  = {:.1}x idle, {:.3} of the blob size; target <= 100 MB",
-        peak as f64 / 1024.0, peak as f64 / idle.max(1) as f64, peak as f64 * 1024.0 / size as f64);
+    println!(
+        "agent pulling a {} MiB blob through the swarm (real processes, loopback):",
+        args.size_mib
+    );
+    println!(
+        "  pull took {:.1} s ({:.0} MB/s)",
+        elapsed.as_secs_f64(),
+        size as f64 / elapsed.as_secs_f64() / 1e6
+    );
+    println!(
+        "  agent RSS idle (baseline)  {:>6.1} MB",
+        idle as f64 / 1024.0
+    );
+    println!(
+        "  agent peak RSS (VmHWM)     {:>6.1} MB  = {:.1}x idle, {:.3} of the blob size; target <= 100 MB",
+        peak as f64 / 1024.0,
+        peak as f64 / idle.max(1) as f64,
+        peak as f64 * 1024.0 / size as f64
+    );
     Ok(())
 }
 
@@ -101,7 +182,9 @@ fn check(output: std::process::Output, what: &str) -> anyhow::Result<()> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn wait_for_port(port: u16) -> anyhow::Result<()> {
@@ -151,7 +234,11 @@ fn place_blob(backend: &Path, namespace: &str, size: u64) -> anyhow::Result<Stri
     file.flush()?;
     let digest = hasher.finish();
     let hex = digest.hex();
-    let path = backend.join(namespace).join("blobs/sha256").join(&hex[..2]).join(&hex);
+    let path = backend
+        .join(namespace)
+        .join("blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex);
     std::fs::create_dir_all(path.parent().unwrap_or(backend))?;
     std::fs::rename(&tmp, &path)?;
     Ok(digest.to_string())

@@ -42,6 +42,12 @@ struct Args {
     /// Keep the working directory (configs, logs) after the run.
     #[arg(long)]
     keep: bool,
+    /// `scheduler:` section for the agents, as YAML flow text (to try settings).
+    #[arg(long)]
+    agent_scheduler: Option<String>,
+    /// `scheduler:` section for the origin, as YAML flow text.
+    #[arg(long)]
+    origin_scheduler: Option<String>,
 }
 
 const NAMESPACE: &str = "bench/blob";
@@ -49,6 +55,7 @@ const GRPC_PORT: u16 = 15000;
 const P2P_PORT: u16 = 16000;
 const AGENT_GRPC_PORT: u16 = 17000;
 const HTTP_PORT: u16 = 8080;
+const METRICS_PORT: u16 = 9100;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -175,6 +182,7 @@ fn main() -> anyhow::Result<()> {
         })?;
         let cpu = CpuSample::now()?.busy_since(&cpu_before);
         report("swarm", &times, size, args.agents, args.mbit, cpu);
+        swarm_counters(&lab, &origin_host, &agents);
 
         if !args.no_baseline {
             let base_size = args.baseline_size_mib << 20;
@@ -285,7 +293,7 @@ fn origin_config(pki: &Path, origin: &Host, dir: &Path, backend: &Path) -> Strin
         "name: {o}:{GRPC_PORT}\npeer_ip: {o}\nlisten:\n  grpc: {o}:{GRPC_PORT}\n  p2p: {o}:{P2P_PORT}\n\
          cluster:\n  hosts:\n    static: [\"{o}:{GRPC_PORT}\"]\nhashring:\n  max_replica: 1\n\
          store:\n  dir: {dir}/origin-store\nbackends:\n  - namespace: \".*\"\n    backend:\n      fs:\n        root: {backend}\n\
-         {tls}log:\n  level: warn\n",
+         {tls}log:\n  level: warn\nmetrics:\n  listen: {o}:{METRICS_PORT}\n",
         o = origin.ip,
         dir = dir.display(),
         backend = backend.display(),
@@ -297,7 +305,7 @@ fn agent_config(pki: &Path, agent: &Host, tracker: &Host, dir: &Path, index: usi
     format!(
         "peer_ip: {a}\nlisten:\n  registry: 127.0.0.1:18000\n  grpc: 0.0.0.0:{AGENT_GRPC_PORT}\n  p2p: {a}:{P2P_PORT}\n\
          tracker:\n  hosts:\n    static: [\"{t}:{GRPC_PORT}\"]\nbuild_index:\n  hosts:\n    static: [\"{t}:{GRPC_PORT}\"]\n\
-         store:\n  dir: {dir}/agent{index}-store\n{tls}log:\n  level: warn\n",
+         store:\n  dir: {dir}/agent{index}-store\n{tls}log:\n  level: warn\nmetrics:\n  listen: {a}:{METRICS_PORT}\n",
         a = agent.ip,
         t = tracker.ip,
         dir = dir.display(),
@@ -398,6 +406,51 @@ fn start_nginx(lab: &Lab, host: &Host, dir: &Path, www: &Path) -> anyhow::Result
         &["-c", conf.to_str().unwrap_or_default()],
         &dir.join("nginx.log"),
     )
+}
+
+/// Scrapes every host's Prometheus endpoint and prints the P2P counters that explain a result.
+fn swarm_counters(lab: &Lab, origin: &Host, agents: &[Host]) {
+    let scrape = |host: &Host| -> Vec<(String, f64)> {
+        let output = lab
+            .command(host, "curl")
+            .args(["-s", &format!("http://{}:{METRICS_PORT}/metrics", host.ip)])
+            .output();
+        let Ok(output) = output else {
+            return Vec::new();
+        };
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| l.starts_with("kraken_p2p_"))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    };
+    let sum = |samples: &[Vec<(String, f64)>], name: &str| -> f64 {
+        samples
+            .iter()
+            .flatten()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let origin_samples = [scrape(origin)];
+    let agent_samples: Vec<_> = agents.iter().map(scrape).collect();
+    println!(
+        "  counters: origin sent {} pieces; agents sent {}, received {}, requested {}, duplicates {}, timeouts {} (queued {}), from origins {}, refused links {} (origin {}), dial failures {}",
+        sum(&origin_samples, "kraken_p2p_pieces_sent_total"),
+        sum(&agent_samples, "kraken_p2p_pieces_sent_total"),
+        sum(&agent_samples, "kraken_p2p_pieces_received_total"),
+        sum(&agent_samples, "kraken_p2p_requests_total"),
+        sum(&agent_samples, "kraken_p2p_duplicate_pieces_total"),
+        sum(&agent_samples, "kraken_p2p_request_timeouts_total"),
+        sum(&agent_samples, "kraken_p2p_request_queue_timeouts_total"),
+        sum(&agent_samples, "kraken_p2p_pieces_from_origins_total"),
+        sum(&agent_samples, "kraken_p2p_refused_links_total"),
+        sum(&origin_samples, "kraken_p2p_refused_links_total"),
+        sum(&agent_samples, "kraken_p2p_dial_failures_total"),
+    );
 }
 
 /// Starts one command per agent at the same moment and returns each one's completion time.

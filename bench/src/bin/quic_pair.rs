@@ -40,7 +40,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(run(args))
 }
 
@@ -49,11 +52,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ca = DevCa::new()?;
     let material = |role| -> anyhow::Result<TlsMaterial> {
         let issued = ca.issue(role, &LeafOptions::default())?;
-        Ok(TlsMaterial::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem)?)
+        Ok(TlsMaterial::from_pem(
+            ca.cert_pem(),
+            &issued.cert_pem,
+            &issued.key_pem,
+        )?)
     };
     let (origin_tls, agent_tls) = (material(Role::Origin)?, material(Role::Agent)?);
     let size = args.size_mib << 20;
-    println!("loopback pair, {} MiB, best of {} runs, 2 cores shared by both ends", args.size_mib, args.runs);
+    println!(
+        "loopback pair, {} MiB, best of {} runs, 2 cores shared by both ends",
+        args.size_mib, args.runs
+    );
 
     let best = |rates: Vec<f64>| rates.into_iter().fold(0.0f64, f64::max);
     let mut quic = Vec::new();
@@ -64,7 +74,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let (quic, tcp) = (best(quic), best(tcp));
     println!("transport (one single-threaded runtime per side, like two processes)");
-    println!("transport  QUIC+mTLS {:>7.0} MB/s   TLS/TCP {:>7.0} MB/s   QUIC/TCP {:.2}x", quic / 1e6, tcp / 1e6, quic / tcp);
+    println!(
+        "transport  QUIC+mTLS {:>7.0} MB/s   TLS/TCP {:>7.0} MB/s   QUIC/TCP {:.2}x",
+        quic / 1e6,
+        tcp / 1e6,
+        quic / tcp
+    );
 
     let dir = tempfile::tempdir()?;
     let blob = make_blob(size);
@@ -72,11 +87,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut p2p = Vec::new();
     let mut https = Vec::new();
     for run in 0..args.runs {
-        p2p.push(p2p_end_to_end(&origin_tls, &agent_tls, &dir.path().join(format!("p2p{run}")), &blob).await?);
-        https.push(https_end_to_end(&origin_tls, &agent_tls, &dir.path().join(format!("https{run}")), &blob, &digest).await?);
+        p2p.push(
+            p2p_end_to_end(
+                &origin_tls,
+                &agent_tls,
+                &dir.path().join(format!("p2p{run}")),
+                &blob,
+            )
+            .await?,
+        );
+        https.push(
+            https_end_to_end(
+                &origin_tls,
+                &agent_tls,
+                &dir.path().join(format!("https{run}")),
+                &blob,
+                &digest,
+            )
+            .await?,
+        );
     }
     let (p2p, https) = (best(p2p), best(https));
-    println!("end to end P2P (QUIC) {:>7.0} MB/s   HTTPS   {:>7.0} MB/s   P2P/HTTPS {:.2}x", p2p / 1e6, https / 1e6, p2p / https);
+    println!(
+        "end to end P2P (QUIC) {:>7.0} MB/s   HTTPS   {:>7.0} MB/s   P2P/HTTPS {:.2}x",
+        p2p / 1e6,
+        https / 1e6,
+        p2p / https
+    );
     Ok(())
 }
 
@@ -95,20 +132,30 @@ fn make_blob(size: u64) -> Bytes {
 
 /// Runs `side` on its own thread with a single-threaded runtime, as a separate process would.
 fn on_own_thread<T: Send + 'static>(
-    side: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>>>> + Send + 'static,
+    side: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>>>>
+    + Send
+    + 'static,
 ) -> std::thread::JoinHandle<anyhow::Result<T>> {
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(side())
     })
 }
 
 fn join<T>(handle: std::thread::JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
-    handle.join().map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
 }
 
 /// Memory to memory over one QUIC stream, each end on its own single-threaded runtime.
-async fn quic_transport(server: &TlsMaterial, client: &TlsMaterial, size: u64) -> anyhow::Result<f64> {
+async fn quic_transport(
+    server: &TlsMaterial,
+    client: &TlsMaterial,
+    size: u64,
+) -> anyhow::Result<f64> {
     let (server, client) = (server.clone(), client.clone());
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let receiver = on_own_thread(move || {
@@ -142,7 +189,10 @@ async fn quic_transport(server: &TlsMaterial, client: &TlsMaterial, size: u64) -
             let stats = connection.stats();
             eprintln!(
                 "  (quic: path MTU {} bytes, {} datagrams sent, {} lost, congestion events {})",
-                stats.path.current_mtu, stats.udp_tx.datagrams, stats.path.lost_packets, stats.path.congestion_events
+                stats.path.current_mtu,
+                stats.udp_tx.datagrams,
+                stats.path.lost_packets,
+                stats.path.congestion_events
             );
             anyhow::Ok(started)
         })
@@ -153,9 +203,15 @@ async fn quic_transport(server: &TlsMaterial, client: &TlsMaterial, size: u64) -
 }
 
 /// Memory to memory over TLS on TCP, each end on its own single-threaded runtime.
-async fn tls_tcp_transport(server: &TlsMaterial, client: &TlsMaterial, size: u64) -> anyhow::Result<f64> {
+async fn tls_tcp_transport(
+    server: &TlsMaterial,
+    client: &TlsMaterial,
+    size: u64,
+) -> anyhow::Result<f64> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server.server_config(&[])?));
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client.client_config(&[], ServerCheck::Hostname)?));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        client.client_config(&[], ServerCheck::Hostname)?,
+    ));
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
@@ -205,8 +261,16 @@ struct StaticPeer(PeerInfo);
 
 #[async_trait]
 impl Announcer for StaticPeer {
-    async fn announce(&self, _: &Namespace, _: &Digest, _: &PeerInfo) -> Result<AnnounceReply, AnnounceError> {
-        Ok(AnnounceReply { peers: vec![self.0], interval: Duration::from_secs(5) })
+    async fn announce(
+        &self,
+        _: &Namespace,
+        _: &Digest,
+        _: &PeerInfo,
+    ) -> Result<AnnounceReply, AnnounceError> {
+        Ok(AnnounceReply {
+            peers: vec![self.0],
+            interval: Duration::from_secs(5),
+        })
     }
 }
 
@@ -218,8 +282,17 @@ async fn scheduler(
 ) -> anyhow::Result<(Scheduler, BlobStore, SocketAddr)> {
     let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse()?, tls, &QuicTuning::default())?;
     let addr = endpoint.local_addr()?;
-    let store = BlobStore::open(StoreConfig { dir: dir.to_owned(), ..StoreConfig::default() }).await?;
-    let local = PeerInfo { peer_id: PeerId::random(), addr, complete: false, origin };
+    let store = BlobStore::open(StoreConfig {
+        dir: dir.to_owned(),
+        ..StoreConfig::default()
+    })
+    .await?;
+    let local = PeerInfo {
+        peer_id: PeerId::random(),
+        addr,
+        complete: false,
+        origin,
+    };
     let mut config = DriverConfig::from_config(&Default::default(), origin);
     if std::env::var("NO_SUPER_SEED").is_ok() {
         config.super_seed = false;
@@ -228,7 +301,14 @@ async fn scheduler(
         config.swarm.origin_pipeline_limit = limit;
         config.swarm.pipeline_limit = limit;
     }
-    let scheduler = Scheduler::start(local, config, endpoint, store.clone(), BandwidthLimiter::unlimited(), announcer);
+    let scheduler = Scheduler::start(
+        local,
+        config,
+        endpoint,
+        store.clone(),
+        BandwidthLimiter::unlimited(),
+        announcer,
+    );
     Ok((scheduler, store, addr))
 }
 
@@ -241,7 +321,11 @@ async fn p2p_end_to_end(
 ) -> anyhow::Result<f64> {
     let (seeder, seeder_store, _) = scheduler(server, &dir.join("seeder"), true, None).await?;
     let digest = Digest::of(blob);
-    let metainfo = seeder_store.put_bytes(&digest, blob.clone(), &CommitOptions::default()).await?.metainfo().clone();
+    let metainfo = seeder_store
+        .put_bytes(&digest, blob.clone(), &CommitOptions::default())
+        .await?
+        .metainfo()
+        .clone();
     let (leecher, leecher_store, _) = scheduler(
         client,
         &dir.join("leecher"),
@@ -256,7 +340,8 @@ async fn p2p_end_to_end(
     let total = metainfo.num_pieces();
     let all_pieces = tokio::spawn(async move {
         loop {
-            if let kraken_scheduler::Status::Downloading { pieces, .. } = *watcher.borrow_and_update()
+            if let kraken_scheduler::Status::Downloading { pieces, .. } =
+                *watcher.borrow_and_update()
                 && pieces == total
             {
                 return Some(started.elapsed());
@@ -303,7 +388,8 @@ async fn https_end_to_end(
         let mut tls = acceptor.accept(tcp).await?;
         let mut request = vec![0u8; 4096];
         let _ = tls.read(&mut request).await?;
-        tls.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes()).await?;
+        tls.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes())
+            .await?;
         let mut file = tokio::fs::File::open(&source).await?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -316,12 +402,15 @@ async fn https_end_to_end(
         tls.shutdown().await?;
         anyhow::Ok(())
     });
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client.client_config(&[b"http/1.1"], ServerCheck::Hostname)?));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        client.client_config(&[b"http/1.1"], ServerCheck::Hostname)?,
+    ));
     let started = Instant::now();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let mut tls = connector.connect("localhost".try_into()?, tcp).await?;
-    tls.write_all(b"GET /blob HTTP/1.1\r\nHost: localhost\r\n\r\n").await?;
+    tls.write_all(b"GET /blob HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await?;
     let mut out = tokio::fs::File::create(dir.join("downloaded")).await?;
     let mut buf = vec![0u8; 1 << 20];
     let mut header_done = false;
@@ -336,7 +425,9 @@ async fn https_end_to_end(
         let mut data = &buf[..n];
         if !header_done {
             pending.extend_from_slice(data);
-            let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
             header_done = true;
             let rest = pending.split_off(end + 4);
             hasher.update(&rest);
@@ -350,7 +441,10 @@ async fn https_end_to_end(
     }
     out.sync_all().await?;
     // Hashing inline above mirrors the agent's verification before it serves the blob.
-    anyhow::ensure!(body == len && hasher.finish() == *digest, "HTTPS copy differs");
+    anyhow::ensure!(
+        body == len && hasher.finish() == *digest,
+        "HTTPS copy differs"
+    );
     let rate = len as f64 / started.elapsed().as_secs_f64();
     server.await??;
     Ok(rate)

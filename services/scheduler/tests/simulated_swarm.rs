@@ -399,7 +399,10 @@ fn base() -> SimConfig {
         upload_slots: 8,
         origin_upload_slots: 16,
         max_min_fair: true,
-        super_seed_window: std::env::var("WINDOW").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
+        super_seed_window: std::env::var("WINDOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
         seed: 1,
     }
 }

@@ -110,7 +110,10 @@ impl BlobStore {
             progress: watch::Sender::new(Bitfield::new(metainfo.num_pieces())),
             state: Mutex::new(DownloadState::Downloading),
             last_write: Mutex::new(now),
-            prefix: Mutex::new(PrefixHash { hasher: Sha256Hasher::new(), next: 0 }),
+            prefix: Mutex::new(PrefixHash {
+                hasher: Sha256Hasher::new(),
+                next: 0,
+            }),
         });
         lock(&self.inner.downloads).insert(digest, shared.clone());
         tracing::debug!(
@@ -453,7 +456,9 @@ impl DownloadShared {
             *last_write = (*last_write).max(now);
         }
         // Set only after the bytes are in the file: whoever sees the bit can read the piece.
-        Ok(self.progress.send_if_modified(|pieces| pieces.set(index, true)))
+        Ok(self
+            .progress
+            .send_if_modified(|pieces| pieces.set(index, true)))
     }
 
     /// Extends the prefix hash over every consecutive piece now held. `just_written` is a
@@ -462,7 +467,9 @@ impl DownloadShared {
     /// (the commit finishes whatever is left). Blocking; run it off the piece-write path, so a
     /// long catch-up never delays the next request.
     fn advance_prefix(&self, just_written: Option<(u32, &[u8])>) -> Result<()> {
-        let Ok(mut prefix) = self.prefix.try_lock() else { return Ok(()) };
+        let Ok(mut prefix) = self.prefix.try_lock() else {
+            return Ok(());
+        };
         let mut buf = Vec::new();
         loop {
             let next = prefix.next;
@@ -494,7 +501,10 @@ impl DownloadShared {
         let mut prefix = lock(&self.prefix);
         let PrefixHash { hasher, next } = std::mem::replace(
             &mut *prefix,
-            PrefixHash { hasher: Sha256Hasher::new(), next: 0 },
+            PrefixHash {
+                hasher: Sha256Hasher::new(),
+                next: 0,
+            },
         );
         drop(prefix);
         let mut hasher = hasher;

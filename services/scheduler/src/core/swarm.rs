@@ -43,10 +43,14 @@ pub struct SwarmConfig {
     pub pipeline_limit: u32,
     /// Concurrent piece requests to one origin.
     pub origin_pipeline_limit: u32,
-    /// A request is abandoned (and the piece re-requested elsewhere) after
-    /// `max(min_timeout, timeout_per_mb × piece MiB)`.
+    /// Once a piece starts arriving, its request is abandoned (and the piece re-requested
+    /// elsewhere) after `max(min_timeout, timeout_per_mb × piece MiB)`.
     pub piece_request_min_timeout: Duration,
     pub piece_request_timeout_per_mb: Duration,
+    /// How long a request may wait in the peer's upload queue before its piece starts
+    /// arriving. Queueing is normal on a busy uploader; timing it like a stalled transfer made
+    /// requesters re-request pieces that were about to come, doubling traffic.
+    pub piece_request_queue_timeout: Duration,
     /// Whether duplicate requests are allowed near the end.
     pub endgame: bool,
     /// Endgame starts once at most this many pieces are missing.
@@ -63,6 +67,7 @@ impl Default for SwarmConfig {
             origin_pipeline_limit: 5,
             piece_request_min_timeout: Duration::from_secs(4),
             piece_request_timeout_per_mb: Duration::from_secs(4),
+            piece_request_queue_timeout: Duration::from_secs(30),
             endgame: true,
             endgame_threshold: 16,
             seed: rand::random(),
@@ -105,6 +110,8 @@ pub struct SwarmStats {
     pub duplicate_pieces: u64,
     pub bad_pieces: u64,
     pub timeouts: u64,
+    /// Of `timeouts`, requests whose piece never started arriving (stuck in a queue).
+    pub queue_timeouts: u64,
     /// Pieces received from origins.
     pub pieces_from_origins: u64,
 }
@@ -149,6 +156,7 @@ struct Peer {
 struct Inflight {
     link: LinkId,
     deadline: Instant,
+    started: bool,
 }
 
 impl Swarm {
@@ -337,6 +345,25 @@ impl Swarm {
         self.schedule(now);
     }
 
+    /// The bytes of `piece` started arriving from `link`: from now on the request is timed as
+    /// a transfer, no longer as a queued request.
+    pub fn piece_started(&mut self, link: LinkId, piece: u32, now: Instant) {
+        let Some(timeout) = self
+            .inflight
+            .get(piece as usize)
+            .map(|_| self.timeout_for(piece))
+        else {
+            return;
+        };
+        if let Some(request) = self.inflight[piece as usize]
+            .iter_mut()
+            .find(|r| r.link == link && !r.started)
+        {
+            request.started = true;
+            request.deadline = now + timeout;
+        }
+    }
+
     /// `link` could not serve `piece` (it answered with an error, or the stream broke). The
     /// peer evidently does not hold it after all.
     pub fn request_failed(&mut self, link: LinkId, piece: u32, now: Instant) {
@@ -358,13 +385,16 @@ impl Swarm {
     pub fn tick(&mut self, now: Instant) {
         for piece in 0..self.inflight.len() {
             let piece = piece as u32;
-            let expired: Vec<LinkId> = self.inflight[piece as usize]
+            let expired: Vec<(LinkId, bool)> = self.inflight[piece as usize]
                 .iter()
                 .filter(|r| r.deadline <= now)
-                .map(|r| r.link)
+                .map(|r| (r.link, r.started))
                 .collect();
-            for link in expired {
+            for (link, started) in expired {
                 self.stats.timeouts += 1;
+                if !started {
+                    self.stats.queue_timeouts += 1;
+                }
                 self.drop_inflight(piece, |r| r.link == link);
                 self.origin_fallback.set(piece, true);
                 if let Some(peer) = self.peers.get_mut(&link) {
@@ -453,12 +483,20 @@ impl Swarm {
     }
 
     fn send_request(&mut self, link: LinkId, piece: u32, now: Instant) {
-        let deadline = now + self.timeout_for(piece);
+        let deadline = now
+            + self
+                .config
+                .piece_request_queue_timeout
+                .max(self.timeout_for(piece));
         let slot = &mut self.inflight[piece as usize];
         if slot.is_empty() {
             self.requested += 1;
         }
-        slot.push(Inflight { link, deadline });
+        slot.push(Inflight {
+            link,
+            deadline,
+            started: false,
+        });
         if let Some(peer) = self.peers.get_mut(&link) {
             peer.inflight += 1;
         }
@@ -608,6 +646,25 @@ mod tests {
         }));
         assert!(!requests(&actions).is_empty(), "re-requested: {actions:?}");
         assert_eq!(swarm.stats().timeouts, 1);
+    }
+
+    #[test]
+    fn queued_requests_get_longer_than_started_transfers() {
+        let start = Instant::now();
+        let config = SwarmConfig {
+            piece_request_min_timeout: Duration::from_secs(4),
+            piece_request_queue_timeout: Duration::from_secs(30),
+            ..config()
+        };
+        let mut swarm = Swarm::new(config, 20, 10, Bitfield::new(2));
+        swarm.add_peer(LinkId(1), Bitfield::full(2), false, start);
+        drain(&mut swarm);
+        assert_eq!(swarm.next_deadline(), Some(start + Duration::from_secs(30)));
+        let later = start + Duration::from_secs(10);
+        swarm.piece_started(LinkId(1), 0, later);
+        assert_eq!(swarm.next_deadline(), Some(later + Duration::from_secs(4)));
+        swarm.tick(later + Duration::from_secs(5));
+        assert_eq!(swarm.stats().timeouts, 1, "the started transfer stalled");
     }
 
     #[test]

@@ -199,6 +199,11 @@ pub(super) async fn accept_pieces(inner: Arc<Inner>, connection: Connection) {
                 let _ = stream.stop(1u32.into());
                 return;
             };
+            let started = Event::PieceStarted {
+                connection_id,
+                piece: header.piece,
+            };
+            let _ = torrent.events.send(started).await;
             match quic::read_piece_payload(&mut stream, header.length, &inner.limiter).await {
                 Ok(data) => {
                     metrics::counter!("kraken_p2p_received_bytes_total")

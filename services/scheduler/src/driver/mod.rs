@@ -80,6 +80,7 @@ impl DriverConfig {
                 origin_pipeline_limit: dispatch.origin_pipeline_limit as u32,
                 piece_request_min_timeout: dispatch.piece_request_min_timeout,
                 piece_request_timeout_per_mb: dispatch.piece_request_timeout_per_mb,
+                piece_request_queue_timeout: dispatch.piece_request_queue_timeout,
                 endgame: !dispatch.disable_endgame,
                 endgame_threshold: dispatch.endgame_threshold as u32,
                 seed: rand::random(),

@@ -42,6 +42,11 @@ pub(super) enum Event {
     LinkClosed {
         link: LinkId,
     },
+    /// A piece stream's header arrived: the peer started sending.
+    PieceStarted {
+        connection_id: usize,
+        piece: u32,
+    },
     PieceArrived {
         connection_id: usize,
         piece: u32,
@@ -195,6 +200,16 @@ impl Torrent {
             Event::Dialed { peer, result } => self.on_dialed(peer, result),
             Event::Message { link, message } => self.on_message(link, message),
             Event::LinkClosed { link } => self.remove_link(link),
+            Event::PieceStarted {
+                connection_id,
+                piece,
+            } => {
+                if let (Some(&link), Some(swarm)) =
+                    (self.by_connection.get(&connection_id), &mut self.swarm)
+                {
+                    swarm.piece_started(link, piece, now.into_std());
+                }
+            }
             Event::PieceArrived {
                 connection_id,
                 piece,
@@ -270,6 +285,7 @@ impl Torrent {
             }
             if let Err(refusal) = conns.check_accept(&self.digest, peer_id, &peer.neighbors, now) {
                 drop(conns);
+                metrics::counter!("kraken_p2p_refused_links_total").increment(1);
                 return refuse(sender, Code::TooManyConnections, refusal.to_string());
             }
             conns.established(&self.digest, peer_id);
@@ -640,6 +656,9 @@ impl Torrent {
             Ok(()) => {
                 tracing::info!(digest = %self.digest, "download complete and verified");
                 metrics::counter!("kraken_p2p_downloads_completed_total").increment(1);
+                if let Some(swarm) = &self.swarm {
+                    record_swarm_stats(swarm);
+                }
                 self.swarm = None;
                 self.download = None;
                 self.status.send_replace(Status::Complete);
@@ -811,6 +830,16 @@ impl Torrent {
         self.inner.torrent_closed(&self.digest);
         tracing::debug!(digest = %self.digest, "torrent closed");
     }
+}
+
+/// Adds a finished download's counters to the process metrics.
+fn record_swarm_stats(swarm: &Swarm) {
+    let stats = swarm.stats();
+    metrics::counter!("kraken_p2p_requests_total").increment(stats.requests_sent);
+    metrics::counter!("kraken_p2p_duplicate_pieces_total").increment(stats.duplicate_pieces);
+    metrics::counter!("kraken_p2p_request_timeouts_total").increment(stats.timeouts);
+    metrics::counter!("kraken_p2p_request_queue_timeouts_total").increment(stats.queue_timeouts);
+    metrics::counter!("kraken_p2p_pieces_from_origins_total").increment(stats.pieces_from_origins);
 }
 
 fn message(kind: Kind) -> pb::Message {
