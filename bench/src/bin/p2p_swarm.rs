@@ -305,11 +305,12 @@ fn agent_config(pki: &Path, agent: &Host, tracker: &Host, dir: &Path, index: usi
     format!(
         "peer_ip: {a}\nlisten:\n  registry: 127.0.0.1:18000\n  grpc: 0.0.0.0:{AGENT_GRPC_PORT}\n  p2p: {a}:{P2P_PORT}\n\
          tracker:\n  hosts:\n    static: [\"{t}:{GRPC_PORT}\"]\nbuild_index:\n  hosts:\n    static: [\"{t}:{GRPC_PORT}\"]\n\
-         store:\n  dir: {dir}/agent{index}-store\n{tls}log:\n  level: warn\nmetrics:\n  listen: {a}:{METRICS_PORT}\n",
+         store:\n  dir: {dir}/agent{index}-store\n{tls}log:\n  level: \"{log}\"\nmetrics:\n  listen: {a}:{METRICS_PORT}\n",
         a = agent.ip,
         t = tracker.ip,
         dir = dir.display(),
-        tls = tls(pki, "agent")
+        tls = tls(pki, "agent"),
+        log = std::env::var("KB_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
     )
 }
 
