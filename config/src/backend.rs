@@ -142,16 +142,17 @@ pub struct S3BackendConfig {
     pub root_directory: String,
     /// Object naming scheme.
     pub name_path: NamePath,
-    /// Key of the credentials in `auth.s3`. Empty: the SDK's default chain (environment,
-    /// instance profile).
+    /// Key of the credentials in `auth.s3`. Empty: the standard `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` (and optional `AWS_SESSION_TOKEN`) environment variables.
     pub username: String,
     /// Endpoint URL of an S3-compatible server, e.g. `http://127.0.0.1:9000`. Absent: AWS.
     pub endpoint: Option<String>,
     /// Address buckets as `endpoint/bucket` rather than `bucket.endpoint` (MinIO needs this).
     pub force_path_style: bool,
-    /// Use plain HTTP to the endpoint.
+    /// Use plain HTTP to the endpoint (an `https://` endpoint is rewritten to `http://`).
     pub disable_ssl: bool,
-    /// Part size of multipart uploads (S3's minimum is 5MiB).
+    /// Part size of multipart uploads (S3's minimum is 5MiB). An upload holds at most two
+    /// parts in memory; parts grow for blobs that would need more than S3's 10,000.
     #[serde(with = "crate::units::bytes")]
     pub upload_part_size: ByteSize,
     /// Blobs at least this large are uploaded in parts.
@@ -280,9 +281,11 @@ pub struct HttpBackendConfig {
     /// URL with one `%s` replaced by the digest's hex, e.g.
     /// `http://blobs.example.com/download?sha256=%s`.
     pub download_url: String,
-    /// Retries of failed downloads.
+    /// Retries of transient failures (refused connections, timeouts, 5xx, 429); a 404 is
+    /// never retried.
     pub download_backoff: BackoffConfig,
-    /// Timeout of a whole download.
+    /// Timeout of a whole request, body included (Kraken's semantics): size it for the
+    /// largest blob at the slowest expected rate.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -351,13 +354,17 @@ impl Validate for BackoffConfig {
     }
 }
 
-/// `registry_blob:` / `registry_tag:` — a Docker registry read through its v2 API.
+/// `registry_blob:` / `registry_tag:` — a Docker registry read through its v2 API. Basic
+/// credentials answer a `Basic` challenge directly and a `Bearer` one through the registry's
+/// token server (Docker Hub's scheme); tokens are cached until shortly before they expire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryBackendConfig {
     /// Registry `host[:port]`, e.g. `index.docker.io` or `127.0.0.1:5000`.
     pub address: String,
-    /// Timeout of one request.
+    /// Longest the registry may stay silent within one request: connecting, sending the
+    /// response headers, or between two chunks of a body. A large layer that keeps arriving
+    /// is never cut off.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// TLS and credentials.

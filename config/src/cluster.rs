@@ -10,7 +10,9 @@ use crate::tree::KeyPath;
 use crate::validate::{Validate, ValidationError, ensure, host_port, nested, positive_duration};
 
 /// A set of `host:port` addresses, given either as a static list or as a DNS name that
-/// resolves to every member (re-resolved on each ring refresh).
+/// resolves to every member (re-resolved every `hashring.refresh_interval`, 10 s for clients).
+/// A DNS member is labelled `ip:port` (on the ring and in `Locations`) and its certificate is
+/// checked against the DNS name; an origin in a DNS ring sets `name` to its own `ip:port`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HostList {
@@ -91,7 +93,9 @@ impl Validate for ClusterConfig {
     }
 }
 
-/// `cluster.healthcheck:` — periodic health probes of every ring member.
+/// `cluster.healthcheck:` — periodic health probes of every ring member: a
+/// `grpc.health.v1.Health/Check` over mutual TLS (Kraken sent `GET /health`). An unhealthy
+/// member is reported as such by `Locations` and gets no replica copies.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ActiveHealthCheckConfig {

@@ -3,11 +3,17 @@
 //! - [`grpc`]: every gRPC server is built here, so every one of them has mutual TLS, gRPC health,
 //!   server reflection (v1 and v1alpha), request timeouts, per-connection concurrency limits and
 //!   load shedding, and shuts down gracefully; and every client channel presents our certificate.
+//! - [`cluster`]: who is in a cluster (static list or DNS, re-resolved), who owns a digest
+//!   ([`ring`], rendezvous hashing) and who is healthy ([`health`]: passive checks from a
+//!   client's own requests, active gRPC health probes among origins). Origins, trackers, agents
+//!   and the proxy all route through a [`cluster::HostPool`].
 //!
 //! This crate must never offer a plaintext or unverified connection: there is no fallback from
 //! TLS to plain text (Kraken silently retried over HTTP on any TLS error).
 
 pub mod bandwidth;
+pub mod cluster;
 pub mod grpc;
+pub mod health;
 pub mod quic;
 pub mod ring;

@@ -1,12 +1,14 @@
 //! The agent's tracker client: announces (the scheduler's [`Announcer`]) and metainfo lookups.
 //!
 //! Each blob has a home tracker, the first by rendezvous hash of the digest over the configured
-//! hosts, so with in-memory peer stores every announce of a blob meets the others at the same
-//! tracker. A network error fails over to the next host in rank order, and passive health
-//! checks ([`crate::health`]) keep a dead tracker from costing every request a timeout.
+//! hosts (a static list, or a DNS name re-resolved periodically), so with in-memory peer stores
+//! every announce of a blob meets the others at the same tracker. A network error fails over to
+//! the next host in rank order, and passive health checks (the cluster-wide
+//! [`HostPool`](kraken_transport::cluster::HostPool)) keep a dead tracker from costing every
+//! request a timeout.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,14 +18,16 @@ use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo, WireError};
 use kraken_proto::tracker::v1::{self as pb, tracker_service_client::TrackerServiceClient};
 use kraken_scheduler::{AnnounceError, AnnounceReply, Announcer};
 use kraken_tls::TlsMaterial;
-use kraken_transport::grpc::{self, GrpcError};
-use kraken_transport::ring::{Member, Ring};
+use kraken_transport::cluster::{ClusterError, HostPool, PoolOptions};
+use kraken_transport::grpc::GrpcError;
+use kraken_transport::health::is_network_error;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::health::PassiveHealth;
 use crate::metrics as m;
+
+pub use kraken_transport::cluster::HostStatus;
 
 /// Metadata key of the tracker's retry hint on `UNAVAILABLE` from `GetMetaInfo`.
 const RETRY_AFTER_MS: &str = "retry-after-ms";
@@ -43,6 +47,8 @@ pub enum TrackerError {
         #[source]
         source: Arc<GrpcError>,
     },
+    #[error("the tracker hosts are unusable")]
+    Cluster(#[source] Arc<ClusterError>),
     #[error("no peer, origin or storage backend has blob {digest}")]
     NotFound { digest: Digest },
     #[error(
@@ -119,16 +125,6 @@ impl TrackerClientOptions {
     }
 }
 
-/// A tracker host as the health check sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostStatus {
-    /// `host:port`.
-    pub host: String,
-    pub healthy: bool,
-    /// Network errors since start.
-    pub failures: u64,
-}
-
 /// Client of the tracker ring. Cheap to clone; clones share channels and health state.
 #[derive(Clone)]
 pub struct TrackerClient {
@@ -136,10 +132,7 @@ pub struct TrackerClient {
 }
 
 struct Inner {
-    ring: Ring,
-    /// Indexed like `ring.members()`.
-    clients: Vec<TrackerServiceClient<Channel>>,
-    health: Mutex<PassiveHealth>,
+    trackers: HostPool,
     options: TrackerClientOptions,
 }
 
@@ -162,72 +155,42 @@ enum CallError {
 }
 
 impl TrackerClient {
-    /// Channels to every host of `upstream` (connected lazily). A `dns` host list is one
-    /// member: the channel resolves the name, and health applies to the name as a whole.
+    /// Channels to every host of `upstream` (connected lazily). A `dns` host list is
+    /// resolved in the background (now and every ring refresh; this needs a tokio runtime):
+    /// each address is a member, its certificate checked against the name.
     pub fn new(
         upstream: &UpstreamConfig,
         tls: &TlsMaterial,
         options: TrackerClientOptions,
     ) -> Result<Self, TrackerError> {
-        let mut hosts = upstream.hosts.static_hosts.clone();
-        if let Some(dns) = &upstream.hosts.dns {
-            hosts.push(dns.clone());
-        }
-        let ring = Ring::new(hosts.iter().map(|h| Member::new(h.clone(), 100)));
-        if ring.is_empty() {
-            return Err(TrackerError::NoHosts);
-        }
-        let clients = ring
-            .members()
-            .iter()
-            .map(|member| {
-                grpc::channel(tls, &member.label, None)
-                    .map(TrackerServiceClient::new)
-                    .map_err(|source| TrackerError::Channel {
-                        host: member.label.clone(),
-                        source: Arc::new(source),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let health = PassiveHealth::new(
-            clients.len(),
-            upstream.healthcheck.fails,
-            upstream.healthcheck.fail_timeout,
-        );
+        let trackers = HostPool::new(
+            &upstream.hosts,
+            tls,
+            PoolOptions::upstream("tracker", &upstream.healthcheck),
+        )
+        .map_err(|error| match error {
+            ClusterError::NoHosts => TrackerError::NoHosts,
+            other => TrackerError::Cluster(Arc::new(other)),
+        })?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                ring,
-                clients,
-                health: Mutex::new(health),
-                options,
-            }),
+            inner: Arc::new(Inner { trackers, options }),
         })
     }
 
-    /// Every host with its health, in configuration order of first appearance.
+    /// Every host with its health, in configuration (or resolution) order.
     pub fn hosts(&self) -> Vec<HostStatus> {
-        let health = self.health();
-        let now = Instant::now();
-        self.inner
-            .ring
-            .members()
-            .iter()
-            .enumerate()
-            .map(|(index, member)| HostStatus {
-                host: member.label.clone(),
-                healthy: health.is_healthy(index, now),
-                failures: health.total_failures(index),
-            })
-            .collect()
+        self.inner.trackers.statuses()
     }
 
-    /// The tracker a blob's requests go to while it is healthy.
-    pub fn home_of(&self, digest: &Digest) -> &str {
+    /// The tracker a blob's requests go to while it is healthy (empty until a DNS host list
+    /// resolved).
+    pub fn home_of(&self, digest: &Digest) -> String {
         self.inner
-            .ring
+            .trackers
             .ranked(digest)
-            .first()
-            .map_or("", |member| member.label.as_str())
+            .into_iter()
+            .next()
+            .map_or_else(String::new, |host| host.label)
     }
 
     /// Records `me` as a peer of the blob and returns the peers to dial.
@@ -346,28 +309,47 @@ impl TrackerClient {
         F: Fn(TrackerServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let ring = &self.inner.ring;
-        let ranked = ring.ranked(digest);
-        let order = {
-            let ranked_indices = ranked
-                .iter()
-                .filter_map(|member| ring.members().iter().position(|m| m.label == member.label));
-            self.health().order(ranked_indices, Instant::now())
-        };
+        let trackers = &self.inner.trackers;
+        if !trackers.members().is_resolved() {
+            // DNS has not answered yet: as unreachable as a tracker can be.
+            trackers
+                .ready(self.inner.options.request_timeout)
+                .await
+                .map_err(|error| {
+                    CallError::Unreachable(TrackerError::Unreachable {
+                        tried: 0,
+                        host: trackers.name().to_owned(),
+                        source: Status::unavailable(error_chain(&error)),
+                    })
+                })?;
+        }
+        let order = trackers.order(digest);
         let mut last_error = None;
-        for index in &order {
-            let host = &ring.members()[*index].label;
-            let client = self.inner.clients[*index].clone();
+        for host in &order {
+            let client = match trackers.channel(host) {
+                Ok(channel) => TrackerServiceClient::new(channel),
+                Err(ClusterError::Channel { host, source }) => {
+                    return Err(CallError::Unreachable(TrackerError::Channel {
+                        host,
+                        source: Arc::new(source),
+                    }));
+                }
+                Err(other) => {
+                    return Err(CallError::Unreachable(TrackerError::Cluster(Arc::new(
+                        other,
+                    ))));
+                }
+            };
             let outcome =
                 tokio::time::timeout(self.inner.options.request_timeout, call(client)).await;
             let status = match outcome {
                 Ok(Ok(response)) => {
-                    self.health().succeeded(*index);
+                    trackers.record_success(host);
                     record(method, "ok");
                     return Ok((host.clone(), response.into_inner()));
                 }
                 Ok(Err(status)) if !is_network_error(&status) => {
-                    self.health().succeeded(*index);
+                    trackers.record_success(host);
                     record(method, answer_label(&status));
                     return Err(CallError::Answered {
                         host: host.clone(),
@@ -382,7 +364,7 @@ impl TrackerClient {
             };
             record(method, "network_error");
             tracing::debug!(%host, method, error = %status, "tracker request failed; trying the next");
-            if self.health().failed(*index, Instant::now()) {
+            if trackers.record_network_error(host) {
                 metrics::counter!(m::TRACKER_MARKED_UNHEALTHY).increment(1);
                 tracing::warn!(%host, "tracker marked unhealthy after repeated network errors");
             }
@@ -395,13 +377,6 @@ impl TrackerClient {
             host,
             source,
         }))
-    }
-
-    fn health(&self) -> MutexGuard<'_, PassiveHealth> {
-        match self.inner.health.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
     }
 }
 
@@ -439,19 +414,6 @@ fn parse_metainfo(
         )));
     }
     Ok(metainfo)
-}
-
-/// Whether a status means the host could not be reached or did not answer in time, as opposed
-/// to an answer. `UNAVAILABLE` carrying a retry hint is an answer ("not yet").
-fn is_network_error(status: &Status) -> bool {
-    match status.code() {
-        Code::Unavailable => status.metadata().get(RETRY_AFTER_MS).is_none(),
-        Code::DeadlineExceeded => true,
-        Code::Unknown | Code::Internal | Code::Cancelled => {
-            std::error::Error::source(status).is_some_and(|s| s.is::<tonic::transport::Error>())
-        }
-        _ => false,
-    }
 }
 
 fn answer_label(status: &Status) -> &'static str {
@@ -548,10 +510,6 @@ mod tests {
             .metadata_mut()
             .insert(RETRY_AFTER_MS, "1500".parse().unwrap());
         assert_eq!(retry_hint(&status), Some(Duration::from_millis(1500)));
-        assert!(
-            !is_network_error(&status),
-            "a hint means the tracker answered"
-        );
         status
             .metadata_mut()
             .insert(RETRY_AFTER_MS, "99999999".parse().unwrap());
@@ -560,14 +518,5 @@ mod tests {
             .metadata_mut()
             .insert(RETRY_AFTER_MS, "soon".parse().unwrap());
         assert_eq!(retry_hint(&status), None);
-    }
-
-    #[test]
-    fn network_errors_are_told_from_answers() {
-        assert!(is_network_error(&Status::unavailable("connection refused")));
-        assert!(is_network_error(&Status::deadline_exceeded("slow")));
-        assert!(!is_network_error(&Status::not_found("nope")));
-        assert!(!is_network_error(&Status::permission_denied("role")));
-        assert!(!is_network_error(&Status::internal("bug")));
     }
 }

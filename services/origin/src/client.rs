@@ -10,8 +10,8 @@ use futures::{Stream, StreamExt};
 use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo, WireError, parse_digest};
 use kraken_proto::origin::v1::blob_service_client::BlobServiceClient;
 use kraken_proto::origin::v1::{
-    DownloadRequest, GetMetaInfoRequest, GetPeerContextRequest, LocationsRequest, StatRequest,
-    UploadHeader, UploadRequest, upload_request,
+    DownloadRequest, DuplicateHeader, DuplicateRequest, GetMetaInfoRequest, GetPeerContextRequest,
+    LocationsRequest, StatRequest, UploadHeader, UploadRequest, duplicate_request, upload_request,
 };
 use kraken_tls::TlsMaterial;
 use kraken_transport::grpc::{GrpcError, channel};
@@ -29,8 +29,12 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ClientError>> + Se
 /// Why a call to an origin failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The origin is fetching the blob from its backend: ask again after this long.
-    #[error("the origin is fetching the blob from its backend; retry in {} ms", .0.as_millis())]
+    /// The origin asks to be asked again after this long: it is fetching the blob from its
+    /// backend, or its backend is unavailable.
+    #[error(
+        "the origin is fetching the blob from its backend or waiting for it; retry in {} ms",
+        .0.as_millis()
+    )]
     Retry(Duration),
     /// Any other answer; `NOT_FOUND` means neither the origin nor its backend has the blob.
     #[error("the origin answered {:?}: {}", .0.code(), .0.message())]
@@ -47,6 +51,16 @@ pub enum ClientError {
     Missing(&'static str),
     #[error("cannot set up a channel to the origin")]
     Channel(#[source] GrpcError),
+    #[error("cannot reach the origin cluster")]
+    Cluster(#[source] kraken_transport::cluster::ClusterError),
+    /// Every origin that could serve the request failed with a network error.
+    #[error("no origin answered ({tried} tried); the last one, {host}, failed")]
+    Unreachable {
+        tried: usize,
+        host: String,
+        #[source]
+        last: Box<ClientError>,
+    },
 }
 
 impl ClientError {
@@ -64,12 +78,23 @@ impl ClientError {
         Self::Status(status)
     }
 
-    /// The gRPC code behind the error (`UNAVAILABLE` for [`ClientError::Retry`]).
+    /// The gRPC code behind the error (`UNAVAILABLE` for [`ClientError::Retry`] and
+    /// [`ClientError::Unreachable`]).
     pub fn code(&self) -> Option<Code> {
         match self {
-            Self::Retry(_) => Some(Code::Unavailable),
+            Self::Retry(_) | Self::Unreachable { .. } => Some(Code::Unavailable),
             Self::Status(status) => Some(status.code()),
             _ => None,
+        }
+    }
+
+    /// Whether the origin could not be reached (as opposed to an answer): worth trying
+    /// another origin.
+    pub fn is_network_error(&self) -> bool {
+        match self {
+            Self::Status(status) => kraken_transport::health::is_network_error(status),
+            Self::Channel(_) | Self::Cluster(_) | Self::Unreachable { .. } => true,
+            _ => false,
         }
     }
 }
@@ -243,6 +268,71 @@ impl OriginClient {
             }
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(ClientError::from_status(status)),
+        }
+    }
+
+    /// Size and state of a blob on the origin's own disk; `None` if it does not hold it (its
+    /// backend is not asked).
+    pub async fn stat_local(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+    ) -> Result<Option<BlobStat>, ClientError> {
+        let request = StatRequest {
+            namespace: namespace.to_string(),
+            digest: digest.to_string(),
+            local_only: true,
+        };
+        match self.inner.clone().stat(request).await {
+            Ok(response) => {
+                let stat = response.into_inner();
+                Ok(Some(BlobStat {
+                    size: stat.size,
+                    local: stat.local,
+                    persisted: stat.persisted,
+                }))
+            }
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(ClientError::from_status(status)),
+        }
+    }
+
+    /// Sends a replica copy of a blob (origin to origin). With `write_back_delay` the
+    /// receiver pins the copy and writes it back itself after that delay unless the backend
+    /// has it by then; without, the sender owns the write-back. Returns whether the receiver
+    /// stored it (false: it already had it).
+    pub async fn duplicate<R>(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+        reader: R,
+        size: u64,
+        write_back_delay: Option<Duration>,
+    ) -> Result<bool, ClientError>
+    where
+        R: AsyncRead + Send + 'static,
+    {
+        let header = DuplicateRequest {
+            part: Some(duplicate_request::Part::Header(DuplicateHeader {
+                namespace: namespace.to_string(),
+                digest: digest.to_string(),
+                size: Some(size),
+                write_back_delay: write_back_delay
+                    .and_then(|d| prost_types::Duration::try_from(d).ok()),
+            })),
+        };
+        let (failed, source_error) = oneshot::channel();
+        let body = futures::stream::once(async { header }).chain(
+            message_chunks(read_chunks(reader), failed).map(|chunk| DuplicateRequest {
+                part: Some(duplicate_request::Part::Chunk(chunk)),
+            }),
+        );
+        let mut client = self.inner.clone();
+        tokio::select! {
+            response = client.duplicate(body) => {
+                Ok(response.map_err(ClientError::from_status)?.into_inner().created)
+            }
+            Ok(error) = source_error => Err(ClientError::Source(error)),
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kraken_core::{Digest, Namespace, NamespaceError, WireError};
 use kraken_store::{StoreError, UploadIdError};
+use kraken_transport::cluster::ClusterError;
 use kraken_transport::grpc::GrpcError;
 use kraken_transport::quic::TransportError;
 use tonic::metadata::MetadataValue;
@@ -17,6 +18,9 @@ use crate::metrics as m;
 /// Metadata key of the delay (milliseconds, decimal) after which an `UNAVAILABLE` request is
 /// worth retrying: the origin is fetching the blob from its backend.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+/// What callers are told to wait when the backend is unavailable.
+const BACKEND_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Metadata key of the offset a resumable upload must continue at, sent with
 /// `FAILED_PRECONDITION` when a chunk arrives at the wrong offset.
 pub const UPLOAD_OFFSET: &str = "upload-offset";
@@ -104,6 +108,13 @@ pub enum OriginError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     NoBackend(#[from] NoBackend),
+    /// The durable write-back queue cannot record or remove a task (disk full, permissions).
+    #[error("write-back queue file {}", path.display())]
+    WriteBackQueue {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     // Start-up.
     #[error("invalid origin configuration: {0}")]
@@ -120,6 +131,8 @@ pub enum OriginError {
     OpenStore(#[source] StoreError),
     #[error("cannot set up the QUIC peer endpoint")]
     Transport(#[source] TransportError),
+    #[error("cannot set up the origin cluster (`cluster.hosts`)")]
+    Cluster(#[source] ClusterError),
     #[error("the gRPC server failed")]
     Grpc(#[source] GrpcError),
     #[error("a background task failed")]
@@ -148,14 +161,19 @@ impl OriginError {
             }
             Self::NotPersisted(_)
             | Self::NoBackend(_)
+            | Self::Backend(BackendError::ReadOnly { .. })
             | Self::Store(StoreError::WrongOffset { .. }) => Code::FailedPrecondition,
             Self::Store(StoreError::AlreadyExists(_)) => Code::AlreadyExists,
-            Self::Unimplemented(_) => Code::Unimplemented,
+            Self::Unimplemented(_) | Self::Backend(BackendError::Unsupported { .. }) => {
+                Code::Unimplemented
+            }
             Self::StreamIdle(_) => Code::DeadlineExceeded,
             Self::Stream(status) | Self::Denied(status) => status.code(),
             Self::Store(_)
             | Self::ReadBlob { .. }
             | Self::Backend(BackendError::Other { .. })
+            | Self::WriteBackQueue { .. }
+            | Self::Cluster(_)
             | Self::Config(_)
             | Self::BackendConfig(_)
             | Self::Listener { .. }
@@ -185,6 +203,11 @@ impl OriginError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Fetching { retry_after, .. } => Some(*retry_after),
+            // This origin is up, its backend is not: callers should come back later rather than
+            // count a network error against this origin and fail over (every origin shares
+            // the backend).
+            Self::Backend(BackendError::Unavailable { .. }) => Some(BACKEND_RETRY_AFTER),
+            Self::FetchFailed { source, .. } => source.retry_after(),
             _ => None,
         }
     }
@@ -319,6 +342,21 @@ mod tests {
         });
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.metadata().get(RETRY_AFTER_MS).unwrap(), "500");
+        // A backend outage is an answer from a live origin, not a network error.
+        let status = Status::from(OriginError::FetchFailed {
+            digest: digest(),
+            source: Arc::new(OriginError::Backend(BackendError::Unavailable {
+                backend: "s3",
+                operation: "download".into(),
+                source: "connection refused".into(),
+            })),
+        });
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.metadata().get(RETRY_AFTER_MS).unwrap(), "1000");
+        assert!(!kraken_transport::health::is_network_error(&status));
+        assert!(kraken_transport::health::is_network_error(&Status::from(
+            OriginError::ShuttingDown
+        )));
 
         let upload = UploadId::random();
         let status = Status::from(OriginError::Store(StoreError::WrongOffset {

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::backend::{Backend, BackendError, Backends};
 use crate::error::OriginError;
 use crate::metrics as m;
+use crate::replicate::{Persistence, Replicator};
 use crate::staging::StagedUpload;
 
 /// What callers are told to wait before asking again.
@@ -40,6 +41,8 @@ pub(crate) struct BackendFetcher {
     /// Fetched blobs are committed unpinned: the backend already holds them.
     options: CommitOptions,
     fetches: Arc<Mutex<HashMap<Digest, Fetch>>>,
+    /// Copies each fetched blob to the other owners, so one backend download serves them all.
+    replicator: Option<Replicator>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -73,9 +76,16 @@ impl BackendFetcher {
             backends,
             options: options.persist(false),
             fetches: Arc::new(Mutex::new(HashMap::new())),
+            replicator: None,
             tasks: TaskTracker::new(),
             shutdown,
         }
+    }
+
+    /// Fetched blobs are then copied to the other owners of their digest.
+    pub(crate) fn with_replicator(mut self, replicator: Replicator) -> Self {
+        self.replicator = Some(replicator);
+        self
     }
 
     /// `Ok` if the store holds the blob; otherwise starts (or joins) a fetch from the backend
@@ -164,6 +174,7 @@ impl BackendFetcher {
         let store = self.store.clone();
         let options = self.options.clone();
         let fetches = self.fetches.clone();
+        let replicator = self.replicator.clone();
         let shutdown = self.shutdown.clone();
         let span = tracing::info_span!("backend_fetch", %digest, %namespace);
         metrics::gauge!(m::BACKEND_FETCHES_IN_FLIGHT).increment(1.0);
@@ -181,6 +192,9 @@ impl BackendFetcher {
                         metrics::counter!(m::BACKEND_FETCHES, "outcome" => "stored").increment(1);
                         tracing::info!(size, elapsed = ?started.elapsed(), "blob fetched from backend");
                         fetches.remove(&digest);
+                        if let Some(replicator) = &replicator {
+                            replicator.replicate(&namespace, &digest, Persistence::Persisted);
+                        }
                     }
                     Err(error) => {
                         metrics::counter!(m::BACKEND_FETCHES, "outcome" => "failed").increment(1);

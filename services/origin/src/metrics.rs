@@ -15,8 +15,20 @@ pub(crate) const BACKEND_FETCHES: &str = "kraken_origin_backend_fetches_total";
 pub(crate) const BACKEND_FETCH_BYTES: &str = "kraken_origin_backend_fetch_bytes_total";
 /// Fetches from backends running now.
 pub(crate) const BACKEND_FETCHES_IN_FLIGHT: &str = "kraken_origin_backend_fetches_in_flight";
-/// Write-backs after uploads; label `outcome`: `written`, `present` (the backend had it) or
-/// `failed` (the blob stays pinned in the store).
+/// Write-back attempts; label `outcome`: `written`, `present` (the backend had it), `lost`
+/// (neither the store nor the backend has it: the task is dropped) or `failed` (retried later;
+/// the blob stays pinned in the store).
 pub(crate) const WRITEBACKS: &str = "kraken_origin_writebacks_total";
+/// Write-backs queued (durably); label `source`: `upload` or `replica`.
+pub(crate) const WRITEBACKS_QUEUED: &str = "kraken_origin_writebacks_queued_total";
+/// Failed write-back attempts that were rescheduled with backoff.
+pub(crate) const WRITEBACK_RETRIES: &str = "kraken_origin_writeback_retries_total";
+/// Write-backs pending now (waiting, backing off or running).
+pub(crate) const WRITEBACK_QUEUE_DEPTH: &str = "kraken_origin_writeback_queue_depth";
+/// Copies to the other owners of a blob; label `outcome`: `copied`, `present` (the owner had
+/// it), `dropped` (the replication queue was full) or `failed`.
+pub(crate) const REPLICATIONS: &str = "kraken_origin_replications_total";
+/// Bytes sent to other owners by `Duplicate`.
+pub(crate) const REPLICATION_BYTES: &str = "kraken_origin_replication_bytes_total";
 /// Failed requests; label `code`: the gRPC status code in snake_case.
 pub(crate) const ERRORS: &str = "kraken_origin_errors_total";

@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kraken_config::origin::OriginConfig;
+use kraken_core::{Digest, Namespace};
 use kraken_core::{PeerId, PeerInfo};
 use kraken_proto::origin::v1::blob_service_server::BlobServiceServer;
 use kraken_scheduler::{DriverConfig, Scheduler};
 use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::TlsMaterial;
 use kraken_transport::bandwidth::BandwidthLimiter;
+use kraken_transport::cluster::{HostPool, PoolOptions};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
 use kraken_transport::quic::{PeerEndpoint, QuicTuning};
-use kraken_transport::ring::{Member, Ring};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,8 +24,9 @@ use tonic_health::server::HealthReporter;
 use crate::backend::Backends;
 use crate::error::OriginError;
 use crate::fetch::BackendFetcher;
+use crate::replicate::{Persistence, Replicator};
 use crate::service::{OriginService, Shared};
-use crate::writeback::WriteBack;
+use crate::writeback::{TaskSource, WriteBackQueue};
 
 /// How long a gRPC request may take before tonic cancels it. Generous because an `Upload`'s
 /// response future spans the whole transfer of a blob of any size; client streams are bounded
@@ -32,6 +34,8 @@ use crate::writeback::WriteBack;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// How long shutdown waits for in-flight requests (e.g. long downloads) before cutting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// What [`Origin::kill`] leaves the gRPC server to tell open connections to go away.
+const KILL_GRACE: Duration = Duration::from_millis(100);
 
 /// A running origin. Stop it with [`Origin::shutdown`]; dropping it only signals its tasks to
 /// stop.
@@ -47,6 +51,7 @@ pub struct Origin {
     shutdown: CancellationToken,
     server: Option<JoinHandle<Result<(), GrpcError>>>,
     cleanup: Option<JoinHandle<()>>,
+    health_checks: Option<JoinHandle<()>>,
 }
 
 impl Origin {
@@ -60,12 +65,27 @@ impl Origin {
         tls: TlsMaterial,
         grpc_listener: TcpListener,
     ) -> Result<Origin, OriginError> {
+        let backends = Backends::from_config(
+            &config.backends,
+            &config.auth,
+            config.cluster.hosts.static_hosts.len(),
+        )?;
+        Self::start_with_backends(config, tls, grpc_listener, backends).await
+    }
+
+    /// [`start`](Self::start) with backends built by the caller instead of from
+    /// `config.backends` (kinds built outside this crate, and fault injection in tests).
+    pub async fn start_with_backends(
+        config: OriginConfig,
+        tls: TlsMaterial,
+        grpc_listener: TcpListener,
+        backends: Backends,
+    ) -> Result<Origin, OriginError> {
         kraken_tls::install_crypto_provider();
         let piece_lengths = config
             .metainfogen
             .piece_length_policy()
             .map_err(|e| OriginError::Config(format!("metainfogen.piece_lengths: {e}")))?;
-        let backends = Backends::from_config(&config.backends)?;
         if backends.is_empty() {
             tracing::warn!(
                 "no storage backends are configured: uploaded blobs stay pinned on this origin \
@@ -121,6 +141,35 @@ impl Origin {
             piece_hash: config.metainfogen.piece_hash,
             persist: true,
         };
+        let cluster = cluster(&config, &tls)?;
+        let health_checks = (!config.cluster.hosts.is_empty()).then(|| {
+            cluster.spawn_active_checks(
+                &config.cluster.healthcheck,
+                Some(config.name.clone()),
+                shutdown.child_token(),
+            )
+        });
+        let replicator = Replicator::start(
+            config.name.clone(),
+            store.clone(),
+            cluster.clone(),
+            config.hashring.max_replica,
+            config.writeback.replica_delay,
+            shutdown.child_token(),
+        );
+        let (writeback, replayed) = WriteBackQueue::open(
+            config.writeback.dir_or_default(&config.store.dir),
+            store.clone(),
+            backends.clone(),
+            &config.writeback,
+            shutdown.child_token(),
+        )
+        .await?;
+        // An upload acknowledged just before the last stop may not have reached the other
+        // owners: copy it again (owners holding it already are skipped after a Stat).
+        for task in replayed.iter().filter(|t| t.source == TaskSource::Upload) {
+            replicator.replicate(&task.namespace, &task.digest, Persistence::Pending);
+        }
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             store: store.clone(),
@@ -129,11 +178,13 @@ impl Origin {
                 backends.clone(),
                 commit.clone(),
                 shutdown.child_token(),
-            ),
-            writeback: WriteBack::new(store.clone(), backends.clone()),
+            )
+            .with_replicator(replicator.clone()),
+            writeback,
+            replicator,
             backends,
             commit,
-            ring: ring(&config),
+            cluster,
             max_replica: config.hashring.max_replica,
             scheduler: scheduler.clone(),
         });
@@ -160,6 +211,7 @@ impl Origin {
             shutdown,
             server: Some(server),
             cleanup: Some(cleanup),
+            health_checks,
         })
     }
 
@@ -193,9 +245,20 @@ impl Origin {
         &self.shared.backends
     }
 
+    /// The origin ring as this origin sees it: members, owners and their health.
+    pub fn cluster(&self) -> &HostPool {
+        &self.shared.cluster
+    }
+
+    /// The write-backs still to do, oldest namespace first (tests and tooling).
+    pub fn pending_write_backs(&self) -> Vec<(Namespace, Digest)> {
+        self.shared.writeback.pending()
+    }
+
     /// Stops gracefully: reports NOT_SERVING, stops accepting gRPC requests and lets in-flight
-    /// ones finish (up to a grace period), then stops the scheduler, backend fetches and the
-    /// store's cleanup task (which flushes access times on the way out).
+    /// ones finish (up to a grace period), then stops the scheduler, backend fetches,
+    /// replication, write-backs (pending ones stay queued on disk) and the store's cleanup task
+    /// (which flushes access times on the way out).
     pub async fn shutdown(mut self) -> Result<(), OriginError> {
         self.health
             .set_service_status("", ServingStatus::NotServing)
@@ -204,28 +267,54 @@ impl Origin {
             .set_not_serving::<BlobServiceServer<OriginService>>()
             .await;
         self.shutdown.cancel();
-        let served = match self.server.take() {
-            Some(mut server) => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-                Ok(Ok(result)) => result.map_err(OriginError::Grpc),
-                Ok(Err(join)) => Err(OriginError::Task(join)),
-                Err(_) => {
-                    tracing::warn!(
-                        grace = ?SHUTDOWN_GRACE,
-                        "gRPC requests still running after the grace period; cutting them"
-                    );
-                    server.abort();
-                    Ok(())
-                }
-            },
-            None => Ok(()),
-        };
+        let served = self.stop_server(SHUTDOWN_GRACE).await;
         self.scheduler.shutdown().await;
+        self.stop_background().await?;
+        tracing::info!(grpc_addr = %self.grpc_addr, "origin stopped");
+        served
+    }
+
+    /// Stops at once, as close to a crash as an in-process origin gets (failure tests): the
+    /// swarm's QUIC connections are closed first, open gRPC connections are told to go away
+    /// and the server is cut after a moment, and background work stops where it is. What a
+    /// crash keeps, this keeps: committed blobs and the write-back tasks on disk.
+    pub async fn kill(mut self) {
+        self.shutdown.cancel();
+        self.scheduler.shutdown().await;
+        let _ = self.stop_server(KILL_GRACE).await;
+        let _ = self.stop_background().await;
+        tracing::info!(grpc_addr = %self.grpc_addr, "origin killed");
+    }
+
+    async fn stop_server(&mut self, grace: Duration) -> Result<(), OriginError> {
+        let Some(mut server) = self.server.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(grace, &mut server).await {
+            Ok(Ok(result)) => result.map_err(OriginError::Grpc),
+            Ok(Err(join)) => Err(OriginError::Task(join)),
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "gRPC requests still running after the grace period; cutting them"
+                );
+                server.abort();
+                Ok(())
+            }
+        }
+    }
+
+    async fn stop_background(&mut self) -> Result<(), OriginError> {
         self.shared.fetcher.wait().await;
+        self.shared.replicator.wait().await;
+        self.shared.writeback.wait().await;
+        if let Some(checks) = self.health_checks.take() {
+            let _ = checks.await;
+        }
         if let Some(cleanup) = self.cleanup.take() {
             cleanup.await.map_err(OriginError::Task)?;
         }
-        tracing::info!(grpc_addr = %self.grpc_addr, "origin stopped");
-        served
+        Ok(())
     }
 }
 
@@ -235,20 +324,16 @@ impl Drop for Origin {
     }
 }
 
-/// The ring of origins: `cluster.hosts.static` with their `hashring.weights`. Members given by
-/// DNS are not resolved yet; such an origin reports itself as the only owner.
-fn ring(config: &OriginConfig) -> Ring {
-    if config.cluster.hosts.dns.is_some() {
-        tracing::warn!("cluster.hosts.dns is not resolved yet: Locations reports only this origin");
-    }
-    Ring::new(
-        config
-            .cluster
-            .hosts
-            .static_hosts
-            .iter()
-            .map(|host| Member::new(host.clone(), config.hashring.weight_of(host))),
-    )
+/// The ring of origins (`cluster.hosts`, static or DNS, with `hashring.weights`), health
+/// checked actively. Without hosts the origin is a ring of one: itself.
+fn cluster(config: &OriginConfig, tls: &TlsMaterial) -> Result<HostPool, OriginError> {
+    let hosts = if config.cluster.hosts.is_empty() {
+        kraken_config::cluster::HostList::of([config.name.clone()])
+    } else {
+        config.cluster.hosts.clone()
+    };
+    HostPool::new(&hosts, tls, PoolOptions::ring("origin", &config.hashring))
+        .map_err(OriginError::Cluster)
 }
 
 /// The IP peers dial: `peer_ip`; else the host of `name` if it is an IP literal; else the IP
@@ -303,15 +388,25 @@ mod tests {
         assert_eq!(ip("origin1:15002", None, any), "127.0.0.1");
     }
 
-    #[test]
-    fn the_ring_uses_static_hosts_and_weights() {
+    #[tokio::test]
+    async fn the_ring_uses_the_cluster_hosts_and_weights_or_just_this_origin() {
+        kraken_tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = kraken_tls::generate_dev_pki(dir.path(), &Default::default()).unwrap();
+        let tls = TlsMaterial::load(&pki.tls_config(kraken_tls::Role::Origin)).unwrap();
         let mut config = config("a:1", None);
+        let alone = cluster(&config, &tls).unwrap();
+        assert_eq!(alone.members().labels().collect::<Vec<_>>(), ["a:1"]);
+
         config.cluster.hosts.static_hosts = vec!["a:1".into(), "b:1".into()];
         config.hashring.weights.insert("b:1".into(), 300);
-        let ring = ring(&config);
+        let ring = cluster(&config, &tls).unwrap();
         assert_eq!(
-            ring.members(),
-            &[Member::new("a:1", 100), Member::new("b:1", 300)]
+            ring.members().ring().members(),
+            &[
+                kraken_transport::ring::Member::new("a:1", 100),
+                kraken_transport::ring::Member::new("b:1", 300)
+            ]
         );
     }
 }

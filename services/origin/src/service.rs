@@ -23,18 +23,20 @@ use kraken_proto::origin::v1::{
 use kraken_scheduler::Scheduler;
 use kraken_store::{BlobStore, CommitOptions, CommitOutcome, StoreError, UploadId};
 use kraken_tls::{Role, require_role};
-use kraken_transport::ring::Ring;
+use kraken_transport::cluster::HostPool;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 use tracing::field::{Empty, display};
 
 use crate::backend::Backends;
 use crate::error::OriginError;
 use crate::fetch::{BackendFetcher, Presence, stat_with_timeout};
 use crate::metrics as m;
+use crate::replicate::{Persistence, Replicator};
 use crate::staging::StagedUpload;
-use crate::writeback::WriteBack;
+use crate::writeback::{TaskSource, WriteBackQueue};
 
 /// Largest message this origin sends, and what clients should send.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -54,10 +56,12 @@ pub(crate) struct Shared {
     pub(crate) store: BlobStore,
     pub(crate) backends: Backends,
     pub(crate) fetcher: BackendFetcher,
-    pub(crate) writeback: WriteBack,
+    pub(crate) writeback: WriteBackQueue,
+    pub(crate) replicator: Replicator,
     /// How uploads are committed (pinned until written back).
     pub(crate) commit: CommitOptions,
-    pub(crate) ring: Ring,
+    /// The origin ring with active health checks.
+    pub(crate) cluster: HostPool,
     pub(crate) max_replica: usize,
     pub(crate) scheduler: Scheduler,
 }
@@ -111,25 +115,25 @@ impl OriginService {
         Ok(staged)
     }
 
-    /// Verifies and commits an upload (pinned), then writes it back to the namespace's
-    /// backend. Returns the size and whether this upload stored the blob.
+    /// Verifies and commits an upload (pinned), durably queues its write-back to the
+    /// namespace's backend and starts copying it to the other owners. Returns the size and
+    /// whether this upload stored the blob. Once this returns, the blob survives a restart and
+    /// a backend outage: the caller may acknowledge the upload.
     async fn commit_and_write_back(
         &self,
         namespace: &Namespace,
         digest: &Digest,
         upload: &UploadId,
     ) -> Result<(u64, bool), OriginError> {
-        let outcome = self
-            .shared
-            .store
-            .commit_upload(upload, digest, &self.shared.commit)
-            .await?;
-        let created = record_commit(&outcome);
-        self.shared
-            .writeback
-            .after_upload(namespace, digest, created)
-            .await;
-        Ok((outcome.metainfo().length(), created))
+        // Detached from the request: a client that disconnects now must not cut the sequence
+        // between the commit (pinned blob) and its queued write-back.
+        let shared = self.shared.clone();
+        let (namespace, digest, upload) = (namespace.clone(), *digest, *upload);
+        let committing =
+            async move { commit_and_queue(&shared, &namespace, &digest, &upload).await };
+        tokio::spawn(committing.instrument(tracing::Span::current()))
+            .await
+            .map_err(OriginError::Task)?
     }
 
     /// The blob's metainfo, computing (and saving) it for an entry stored without one.
@@ -449,23 +453,31 @@ impl BlobService for OriginService {
             parse_digest("digest", &request.get_ref().digest).map_err(OriginError::from)?;
         tracing::Span::current().record("digest", display(digest));
         let shared = &self.shared;
-        // Health checks of the members come later; until then every owner is reported healthy.
-        let origins = if shared.ring.is_empty() {
-            vec![OriginLocation {
-                address: shared.name.clone(),
-                healthy: true,
-            }]
-        } else {
-            shared
-                .ring
-                .owners(&digest, shared.max_replica)
-                .into_iter()
-                .map(|member| OriginLocation {
-                    address: member.label.clone(),
+        let ranked = shared.cluster.ranked(&digest);
+        if ranked.is_empty() {
+            // A DNS ring not resolved yet: this origin is the one member it knows of.
+            return Ok(Response::new(LocationsResponse {
+                origins: vec![OriginLocation {
+                    address: shared.name.clone(),
                     healthy: true,
-                })
-                .collect()
-        };
+                }],
+            }));
+        }
+        let mut owners: Vec<_> = ranked.iter().take(shared.max_replica.max(1)).collect();
+        // As Kraken: when every owner is down, the next healthy member stands in (it fetches
+        // the blob from the backend), rather than sending callers to dead hosts only.
+        if !owners.iter().any(|o| o.healthy)
+            && let Some(stand_in) = ranked.iter().skip(owners.len()).find(|m| m.healthy)
+        {
+            owners.push(stand_in);
+        }
+        let origins = owners
+            .into_iter()
+            .map(|member| OriginLocation {
+                address: member.label.clone(),
+                healthy: member.healthy,
+            })
+            .collect();
         Ok(Response::new(LocationsResponse { origins }))
     }
 
@@ -514,15 +526,15 @@ impl BlobService for OriginService {
                 .into());
             }
         };
-        let (_namespace, digest) = blob_ref(&header.namespace, &header.digest)?;
-        if let Some(delay) = &header.write_back_delay
-            && (delay.seconds < 0 || delay.nanos < 0)
-        {
-            return Err(OriginError::InvalidRequest(
-                "field `write_back_delay` must not be negative".to_owned(),
-            )
-            .into());
-        }
+        let (namespace, digest) = blob_ref(&header.namespace, &header.digest)?;
+        let write_back_delay = match header.write_back_delay {
+            None => None,
+            Some(delay) => Some(Duration::try_from(delay).map_err(|_| {
+                OriginError::InvalidRequest(
+                    "field `write_back_delay` must not be negative".to_owned(),
+                )
+            })?),
+        };
         let staged = self
             .receive(
                 &mut stream,
@@ -535,18 +547,33 @@ impl BlobService for OriginService {
             )
             .await?;
         // A replica asked to write back later is the fallback copy should the sender die
-        // first: pinned until then. The delayed write-back itself comes with the durable
-        // write-back queue; without a delay the sender owns the write-back.
-        let pin = header.write_back_delay.is_some();
-        let options = self.shared.commit.clone().persist(pin);
-        let committed = self
-            .shared
-            .store
-            .commit_upload(staged.id(), &digest, &options)
-            .await;
+        // first: pinned, with a durable write-back due after the delay (by then the sender
+        // has normally written it back, and the task only finds it present). Without a delay
+        // the sender owns the write-back, or the backend already has the blob.
+        let shared = self.shared.clone();
+        let staged_id = *staged.id();
+        // Detached from the request, like an upload's commit: a sender that goes away now must
+        // not leave a pinned replica without its write-back task.
+        let committing = async move {
+            let options = shared.commit.clone().persist(write_back_delay.is_some());
+            let outcome = shared
+                .store
+                .commit_upload(&staged_id, &digest, &options)
+                .await?;
+            let created = record_commit(&outcome);
+            if let Some(delay) = write_back_delay
+                && !shared.backends.is_empty()
+            {
+                shared
+                    .writeback
+                    .enqueue(&namespace, &digest, TaskSource::Replica, delay)
+                    .await?;
+            }
+            Ok::<bool, OriginError>(created)
+        };
+        let committed = tokio::spawn(committing.instrument(tracing::Span::current())).await;
         staged.disarm();
-        let outcome = committed.map_err(OriginError::from)?;
-        let created = record_commit(&outcome);
+        let created = committed.map_err(OriginError::Task)??;
         Ok(Response::new(DuplicateResponse { created }))
     }
 
@@ -586,6 +613,33 @@ impl BlobService for OriginService {
             cached: presence == Presence::Local,
         }))
     }
+}
+
+/// Verifies and commits an upload (pinned), durably queues its write-back and starts copying
+/// it to the other owners; see [`OriginService::commit_and_write_back`].
+async fn commit_and_queue(
+    shared: &Shared,
+    namespace: &Namespace,
+    digest: &Digest,
+    upload: &UploadId,
+) -> Result<(u64, bool), OriginError> {
+    let outcome = shared
+        .store
+        .commit_upload(upload, digest, &shared.commit)
+        .await?;
+    let created = record_commit(&outcome);
+    // Without any backend there is nothing to write to: the blob just stays pinned (the
+    // origin warned at start-up).
+    if !shared.backends.is_empty() {
+        shared
+            .writeback
+            .enqueue(namespace, digest, TaskSource::Upload, Duration::ZERO)
+            .await?;
+    }
+    shared
+        .replicator
+        .replicate(namespace, digest, Persistence::Pending);
+    Ok((outcome.metainfo().length(), created))
 }
 
 /// Counts a commit; whether it stored the blob.

@@ -1,18 +1,16 @@
 //! What the tracker needs from the origin cluster: which origins own a blob (they are handed
 //! out as seeders) and the blob's metainfo.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kraken_config::TrackerConfig;
-use kraken_config::cluster::PassiveHealthCheckConfig;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo};
 use kraken_proto::origin::v1::blob_service_client::BlobServiceClient;
 use kraken_proto::origin::v1::{GetMetaInfoRequest, GetPeerContextRequest, LocationsRequest};
 use kraken_tls::TlsMaterial;
-use tokio::time::Instant;
+use kraken_transport::cluster::{ClusterError, HostPool, PoolOptions};
 use tonic::transport::Channel;
 
 use crate::cache::CoalescingCache;
@@ -31,6 +29,8 @@ const METAINFO_TIMEOUT: Duration = Duration::from_secs(10);
 const LOCATIONS_CACHE_CAPACITY: usize = 65_536;
 /// Origins whose identity is remembered at once; clusters have a handful.
 const PEER_CONTEXT_CACHE_CAPACITY: usize = 1_024;
+/// How long a lookup waits for a DNS list of origins to resolve the first time.
+const MEMBERS_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Why the origins did not give an answer.
 ///
@@ -94,76 +94,52 @@ pub trait OriginDirectory: Send + Sync + fmt::Debug {
 
 /// Asks the origins over mutual-TLS gRPC (`kraken.origin.v1.BlobService`).
 ///
-/// Owners come from `Locations` on the configured origins, tried in order (origins that
-/// recently failed with network errors last) and cached for `origin_locations_cache_ttl`;
-/// each owner's seeder identity from its `GetPeerContext`, cached for
-/// `origin_peer_context_cache_ttl`. Concurrent misses for the same key share one call.
+/// The origins come from the shared cluster membership (static list, or a DNS name
+/// re-resolved every ring refresh) with passive health checks. Owners come from `Locations`,
+/// asked of the origins in ring order for the digest (origins that recently failed with
+/// network errors last) and cached for `origin_locations_cache_ttl`; each owner's seeder
+/// identity from its `GetPeerContext`, cached for `origin_peer_context_cache_ttl`. Concurrent
+/// misses for the same key share one call.
 #[derive(Clone)]
 pub struct GrpcOriginDirectory {
     inner: Arc<Directory>,
 }
 
 struct Directory {
-    tls: TlsMaterial,
-    seeds: Seeds,
-    clients: Mutex<HashMap<ClientKey, BlobServiceClient<Channel>>>,
+    origins: HostPool,
     locations: CoalescingCache<Digest, Arc<[String]>, OriginError>,
     peer_contexts: CoalescingCache<String, PeerInfo, OriginError>,
-    health: PassiveHealth,
-}
-
-/// An origin's `host:port` and the TLS name its certificate is checked against (its host
-/// when `None`).
-type ClientKey = (String, Option<String>);
-
-/// The origins asked for `Locations`.
-#[derive(Debug, Clone)]
-enum Seeds {
-    Static(Vec<String>),
-    /// Every address `name:port` resolves to; certificates are checked against `name`.
-    Dns {
-        name: String,
-        port: u16,
-    },
 }
 
 impl fmt::Debug for GrpcOriginDirectory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GrpcOriginDirectory")
-            .field("seeds", &self.inner.seeds)
+            .field("origins", &self.inner.origins)
             .finish_non_exhaustive()
     }
 }
 
 impl GrpcOriginDirectory {
-    /// A directory of the origins in `config.origin`, reached with `tls`.
+    /// A directory of the origins in `config.origin`, reached with `tls`. A DNS host list
+    /// needs a tokio runtime (it is re-resolved in the background).
     pub fn from_config(config: &TrackerConfig, tls: TlsMaterial) -> Result<Self, OriginError> {
-        let hosts = &config.origin.hosts;
-        let seeds = match (&hosts.static_hosts[..], &hosts.dns) {
-            ([], None) => return Err(OriginError::NotConfigured),
-            ([], Some(dns)) => {
-                let address_error = |reason: &str| OriginError::Address {
-                    origin: dns.clone(),
-                    reason: reason.to_owned(),
-                };
-                let (name, port) = dns
-                    .rsplit_once(':')
-                    .ok_or_else(|| address_error("expected name:port"))?;
-                let port = port
-                    .parse()
-                    .map_err(|_| address_error("the port is not a number"))?;
-                Seeds::Dns {
-                    name: name.to_owned(),
-                    port,
-                }
-            }
-            (hosts, _) => Seeds::Static(hosts.to_vec()),
-        };
+        let options = PoolOptions::upstream("origin", &config.origin.healthcheck);
+        let origins =
+            HostPool::new(&config.origin.hosts, &tls, options).map_err(|error| match error {
+                ClusterError::NoHosts => OriginError::NotConfigured,
+                other => OriginError::Address {
+                    origin: config
+                        .origin
+                        .hosts
+                        .dns
+                        .clone()
+                        .unwrap_or_else(|| config.origin.hosts.static_hosts.join(",")),
+                    reason: chain(&other),
+                },
+            })?;
         Ok(Self {
             inner: Arc::new(Directory {
-                tls,
-                seeds,
-                clients: Mutex::new(HashMap::new()),
+                origins,
                 locations: CoalescingCache::new(
                     config.origin_locations_cache_ttl,
                     LOCATIONS_CACHE_CAPACITY,
@@ -172,7 +148,6 @@ impl GrpcOriginDirectory {
                     config.origin_peer_context_cache_ttl,
                     PEER_CONTEXT_CACHE_CAPACITY,
                 ),
-                health: PassiveHealth::new(&config.origin.healthcheck),
             }),
         })
     }
@@ -214,12 +189,12 @@ impl OriginDirectory for GrpcOriginDirectory {
         }
         let mut not_found = None;
         let mut last_failure = None;
-        for origin in inner.health.order(owners.iter().cloned()) {
+        for origin in inner.origins.order_hosts(owners.iter().cloned()) {
             let request = GetMetaInfoRequest {
                 namespace: namespace.to_string(),
                 digest: digest.to_string(),
             };
-            let mut client = match inner.client(&origin, None) {
+            let mut client = match inner.client(&origin) {
                 Ok(client) => client,
                 Err(error) => {
                     last_failure = Some(error);
@@ -229,14 +204,14 @@ impl OriginDirectory for GrpcOriginDirectory {
             let reply = call(METAINFO_TIMEOUT, client.get_meta_info(request)).await;
             match reply {
                 Ok(reply) => {
-                    inner.health.record_success(&origin);
+                    inner.origins.record_success(&origin);
                     match validate_metainfo(&origin, digest, reply.metainfo.as_ref()) {
                         Ok(metainfo) => return Ok(metainfo),
                         Err(error) => last_failure = Some(error),
                     }
                 }
                 Err(status) if status.code() == tonic::Code::NotFound => {
-                    inner.health.record_success(&origin);
+                    inner.origins.record_success(&origin);
                     // Keep asking: another owner may hold a replica that was never written
                     // back, e.g. after this one lost its disk.
                     not_found = Some(OriginError::NotFound {
@@ -249,7 +224,7 @@ impl OriginDirectory for GrpcOriginDirectory {
                     // The owner is fetching the blob from its backend: it exists, and asking
                     // the others would only start more backend fetches.
                     Some(retry_after) if status.code() == tonic::Code::Unavailable => {
-                        inner.health.record_success(&origin);
+                        inner.origins.record_success(&origin);
                         return Err(OriginError::Fetching {
                             digest: *digest,
                             origin,
@@ -257,7 +232,7 @@ impl OriginDirectory for GrpcOriginDirectory {
                         });
                     }
                     _ => {
-                        inner.health.record_outcome(&origin, &status);
+                        inner.origins.record_status(&origin, &status);
                         last_failure = Some(OriginError::Call { origin, status });
                     }
                 },
@@ -296,15 +271,18 @@ impl Directory {
         self: Arc<Self>,
         digest: Digest,
     ) -> Result<Arc<[String]>, OriginError> {
-        let seeds = self.seed_addresses().await?;
-        let order = self
-            .health
-            .order(seeds.iter().map(|(address, _)| address.clone()));
-        let domains: HashMap<String, Option<String>> = seeds.into_iter().collect();
+        self.origins
+            .ready(MEMBERS_PATIENCE)
+            .await
+            .map_err(|error| OriginError::Address {
+                origin: self.origins.name().to_owned(),
+                reason: chain(&error),
+            })?;
+        // The digest's owners first: they answer from the same ring as everyone else.
+        let order = self.origins.order(&digest);
         let mut last_failure = None;
         for origin in &order {
-            let domain = domains.get(origin).cloned().flatten();
-            let mut client = match self.client(origin, domain.as_deref()) {
+            let mut client = match self.client(origin) {
                 Ok(client) => client,
                 Err(error) => {
                     last_failure = Some(error);
@@ -316,7 +294,7 @@ impl Directory {
             };
             match call(LOOKUP_TIMEOUT, client.locations(request)).await {
                 Ok(reply) => {
-                    self.health.record_success(origin);
+                    self.origins.record_success(origin);
                     // Unhealthy owners are left out unless all are, in which case trying them
                     // is better than handing out no origin at all.
                     let healthy: Vec<String> = reply
@@ -335,7 +313,7 @@ impl Directory {
                     return Ok(owners.into());
                 }
                 Err(status) => {
-                    self.health.record_outcome(origin, &status);
+                    self.origins.record_status(origin, &status);
                     tracing::debug!(origin, %status, "Locations failed; trying the next origin");
                     last_failure = Some(OriginError::Call {
                         origin: origin.clone(),
@@ -367,7 +345,7 @@ impl Directory {
     }
 
     async fn fetch_peer_context(self: Arc<Self>, origin: String) -> Result<PeerInfo, OriginError> {
-        let mut client = self.client(&origin, None)?;
+        let mut client = self.client(&origin)?;
         let reply = match call(
             LOOKUP_TIMEOUT,
             client.get_peer_context(GetPeerContextRequest {}),
@@ -376,11 +354,11 @@ impl Directory {
         {
             Ok(reply) => reply,
             Err(status) => {
-                self.health.record_outcome(&origin, &status);
+                self.origins.record_status(&origin, &status);
                 return Err(OriginError::Call { origin, status });
             }
         };
-        self.health.record_success(&origin);
+        self.origins.record_success(&origin);
         let invalid = |reason: String| OriginError::InvalidResponse {
             origin: origin.clone(),
             what: "peer context",
@@ -398,45 +376,16 @@ impl Directory {
         })
     }
 
-    /// The configured origins with the TLS name to check for each.
-    async fn seed_addresses(&self) -> Result<Vec<(String, Option<String>)>, OriginError> {
-        match &self.seeds {
-            Seeds::Static(hosts) => Ok(hosts.iter().map(|h| (h.clone(), None)).collect()),
-            Seeds::Dns { name, port } => {
-                let resolved = tokio::net::lookup_host((name.as_str(), *port))
-                    .await
-                    .map_err(|e| OriginError::Address {
-                        origin: format!("{name}:{port}"),
-                        reason: format!("DNS lookup failed: {e}"),
-                    })?;
-                Ok(resolved
-                    .map(|addr| (addr.to_string(), Some(name.clone())))
-                    .collect())
-            }
-        }
-    }
-
-    fn client(
-        &self,
-        origin: &str,
-        domain: Option<&str>,
-    ) -> Result<BlobServiceClient<Channel>, OriginError> {
-        let key = (origin.to_owned(), domain.map(str::to_owned));
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        // Channels connect lazily and reconnect on their own, so one per origin lives for the
-        // life of the tracker.
-        let channel = kraken_transport::grpc::channel(&self.tls, origin, domain).map_err(|e| {
-            OriginError::Address {
+    /// A client of `origin` over the pool's channel (one per origin, for the life of the
+    /// tracker: channels connect lazily and reconnect on their own).
+    fn client(&self, origin: &str) -> Result<BlobServiceClient<Channel>, OriginError> {
+        self.origins
+            .channel(origin)
+            .map(BlobServiceClient::new)
+            .map_err(|e| OriginError::Address {
                 origin: origin.to_owned(),
                 reason: chain(&e),
-            }
-        })?;
-        let client = BlobServiceClient::new(channel);
-        clients.insert(key, client.clone());
-        Ok(client)
+            })
     }
 }
 
@@ -518,120 +467,9 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Passive health checks: `fails` network errors within `fail_timeout` move an origin to the
-/// back of the line for `fail_timeout`, so a dead origin stops costing every lookup a
-/// connect timeout. It is never dropped: when every origin is down, all are still tried.
-struct PassiveHealth {
-    fails: usize,
-    fail_timeout: Duration,
-    hosts: Mutex<HashMap<String, HostHealth>>,
-}
-
-#[derive(Default)]
-struct HostHealth {
-    failures: Vec<Instant>,
-    down_until: Option<Instant>,
-}
-
-impl PassiveHealth {
-    fn new(config: &PassiveHealthCheckConfig) -> Self {
-        Self {
-            fails: usize::try_from(config.fails.max(1)).unwrap_or(usize::MAX),
-            fail_timeout: config.fail_timeout,
-            hosts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, HostHealth>> {
-        self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// `hosts` with the ones currently marked down moved to the end, order otherwise kept.
-    fn order(&self, hosts: impl IntoIterator<Item = String>) -> Vec<String> {
-        let now = Instant::now();
-        let states = self.lock();
-        let (up, down): (Vec<String>, Vec<String>) = hosts.into_iter().partition(|host| {
-            states
-                .get(host)
-                .and_then(|state| state.down_until)
-                .is_none_or(|until| until <= now)
-        });
-        up.into_iter().chain(down).collect()
-    }
-
-    fn record_success(&self, host: &str) {
-        self.lock().remove(host);
-    }
-
-    /// Counts `status` against `host` if it looks like the network or the process failing,
-    /// not like an answer.
-    fn record_outcome(&self, host: &str, status: &tonic::Status) {
-        use tonic::Code;
-        if !matches!(
-            status.code(),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-        ) {
-            return;
-        }
-        let now = Instant::now();
-        let mut states = self.lock();
-        let state = states.entry(host.to_owned()).or_default();
-        state
-            .failures
-            .retain(|at| now.duration_since(*at) < self.fail_timeout);
-        state.failures.push(now);
-        if state.failures.len() >= self.fails {
-            state.failures.clear();
-            state.down_until = Some(now + self.fail_timeout);
-            tracing::warn!(
-                origin = host,
-                for_ = ?self.fail_timeout,
-                "origin marked unhealthy after repeated network errors"
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn failing_hosts_move_to_the_back_for_the_fail_timeout() {
-        let health = PassiveHealth::new(&PassiveHealthCheckConfig {
-            fails: 2,
-            fail_timeout: Duration::from_secs(60),
-        });
-        let hosts = || ["a".to_owned(), "b".to_owned(), "c".to_owned()];
-        let down = tonic::Status::unavailable("connection refused");
-        health.record_outcome("a", &down);
-        assert_eq!(
-            health.order(hosts()),
-            ["a", "b", "c"],
-            "one failure is not enough"
-        );
-        // Answers that are not network errors never count.
-        health.record_outcome("a", &tonic::Status::not_found("no such blob"));
-        assert_eq!(health.order(hosts()), ["a", "b", "c"]);
-        health.record_outcome("a", &down);
-        assert_eq!(health.order(hosts()), ["b", "c", "a"]);
-
-        tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(
-            health.order(hosts()),
-            ["a", "b", "c"],
-            "back after fail_timeout"
-        );
-
-        health.record_outcome("b", &down);
-        health.record_success("b");
-        health.record_outcome("b", &down);
-        assert_eq!(
-            health.order(hosts()),
-            ["a", "b", "c"],
-            "a success resets the count"
-        );
-    }
 
     #[test]
     fn reads_retry_after_metadata() {

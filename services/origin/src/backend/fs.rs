@@ -47,11 +47,7 @@ impl FsBackend {
     }
 
     fn not_found(namespace: &Namespace, digest: &Digest) -> BackendError {
-        BackendError::NotFound {
-            backend: KIND,
-            namespace: namespace.clone(),
-            digest: *digest,
-        }
+        BackendError::not_found(KIND, namespace, digest)
     }
 }
 
@@ -212,7 +208,7 @@ fn collect_blobs(
                 .and_then(|name| Digest::from_hex(name).ok());
             if let (true, Some(digest)) = (is_file, digest) {
                 found.push(StoredBlob {
-                    namespace: namespace.clone(),
+                    namespace: Some(namespace.clone()),
                     digest,
                 });
             }
@@ -433,7 +429,7 @@ mod tests {
                 .await
                 .unwrap();
             all.push(StoredBlob {
-                namespace: ns(namespace),
+                namespace: Some(ns(namespace)),
                 digest,
             });
         }
@@ -441,11 +437,13 @@ mod tests {
         assert_eq!(backend.list("").await.unwrap(), all);
         let library = backend.list("library/").await.unwrap();
         assert_eq!(library.len(), 2);
-        assert!(
-            library
-                .iter()
-                .all(|b| b.namespace.as_str().starts_with("library/"))
-        );
+        assert!(library.iter().all(|b| {
+            b.namespace
+                .as_ref()
+                .unwrap()
+                .as_str()
+                .starts_with("library/")
+        }));
         assert!(backend.list("nothing").await.unwrap().is_empty());
         assert!(
             FsBackend::new(dir.path().join("missing"))
