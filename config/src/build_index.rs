@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{AuthConfig, BackendConfig, Stored, validate_backends};
-use crate::cluster::{HostList, UpstreamConfig};
+use crate::cluster::{HashRingConfig, HostList, UpstreamConfig};
 use crate::pattern::Pattern;
 use crate::telemetry::{LogConfig, MetricsConfig, Telemetry, TracingConfig};
 use crate::tls::TlsSection;
@@ -29,6 +29,9 @@ pub struct BuildIndexConfig {
     pub auth: AuthConfig,
     /// The local origin cluster, asked whether a tag's blobs exist before it is accepted.
     pub origin: UpstreamConfig,
+    /// How blobs map onto `origin.hosts`: keep it equal to the origins' own `hashring` (a
+    /// larger `max_replica` only adds owners to fall back to; rendezvous ranks are stable).
+    pub hashring: HashRingConfig,
     /// The other build-index hosts of this cluster, which receive a copy of every tag write.
     /// Empty for a single build-index.
     pub cluster: HostList,
@@ -56,6 +59,7 @@ impl Default for BuildIndexConfig {
             backends: Vec::new(),
             auth: AuthConfig::default(),
             origin: UpstreamConfig::default(),
+            hashring: HashRingConfig::default(),
             cluster: HostList::default(),
             remotes: BTreeMap::new(),
             replication: ReplicationConfig::default(),
@@ -108,6 +112,7 @@ impl Validate for BuildIndexConfig {
             "is on but `backends` is empty: add a backend for tags, or turn write_through off",
         )?;
         nested("origin", &self.origin)?;
+        nested("hashring", &self.hashring)?;
         self.cluster
             .validate_optional()
             .map_err(|e| e.within("cluster"))?;

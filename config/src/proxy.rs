@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::UpstreamConfig;
+use crate::cluster::{HashRingConfig, UpstreamConfig};
 use crate::store::StoreConfig;
 use crate::telemetry::{LogConfig, MetricsConfig, Telemetry, TracingConfig};
 use crate::tls::TlsSection;
@@ -20,6 +20,9 @@ pub struct ProxyConfig {
     pub listen: ProxyListenConfig,
     /// The origin cluster blobs are uploaded to.
     pub origin: UpstreamConfig,
+    /// How blobs map onto `origin.hosts`: keep it equal to the origins' own `hashring` (a
+    /// larger `max_replica` only adds owners to fall back to; rendezvous ranks are stable).
+    pub hashring: HashRingConfig,
     /// Build-index hosts tags are written to.
     pub build_index: UpstreamConfig,
     /// Staging store for uploads in progress.
@@ -50,6 +53,7 @@ impl Validate for ProxyConfig {
     fn validate(&self) -> Result<(), ValidationError> {
         nested("listen", &self.listen)?;
         nested("origin", &self.origin)?;
+        nested("hashring", &self.hashring)?;
         nested("build_index", &self.build_index)?;
         nested("store", &self.store)?;
         nested("upload", &self.upload)?;

@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+pub mod oci_layout;
+
 /// Whether `program` can be run (is on `PATH`).
 pub fn have(program: &str) -> bool {
     Command::new(program).arg("--version").output().is_ok()
@@ -40,4 +42,36 @@ pub fn venv_tool(name: &str) -> std::path::PathBuf {
         venv.display()
     );
     tool
+}
+
+/// Whether a Docker engine answers (`docker info` succeeds): the CLI alone is not enough.
+pub fn docker_engine() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs `program args…`, returning (success, stdout, stderr). Panics only if it cannot start.
+pub fn run(program: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (tests/run.sh installs it)"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Like [`run`], panicking with the command and its output when it fails.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = run(program, args);
+    assert!(
+        ok,
+        "`{program} {}` failed:\n{stdout}\n{stderr}",
+        args.join(" ")
+    );
+    stdout
 }

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::AgentError;
 use crate::fetch::{BlobStream, Fetcher};
+use crate::registry::{self, RegistryState};
 use crate::service::AgentGrpc;
+use crate::tags::TagClient;
 use crate::tracker::{TrackerClient, TrackerClientOptions};
 
 /// How long `shutdown` lets in-flight gRPC calls finish before giving up on them.
@@ -37,8 +39,11 @@ pub struct Agent {
     scheduler: Scheduler,
     tracker: TrackerClient,
     fetcher: Arc<Fetcher>,
+    tags: Option<TagClient>,
+    config: Arc<AgentConfig>,
     shutdown: CancellationToken,
     grpc: Option<JoinHandle<Result<(), GrpcError>>>,
+    registry: Option<(SocketAddr, JoinHandle<std::io::Result<()>>)>,
     cleanup: Option<JoinHandle<()>>,
 }
 
@@ -78,6 +83,12 @@ impl Agent {
                 source: Box::new(source),
             })?;
         let server = GrpcServer::new(&tls, GrpcServerLimits::default())?;
+        // No build-index: the agent still serves blobs and manifests by digest.
+        let tags = if config.build_index.hosts.is_empty() {
+            None
+        } else {
+            Some(TagClient::new(&config.build_index, &tls)?)
+        };
         let store = BlobStore::open(config.store.clone()).await?;
         let shutdown = CancellationToken::new();
         let cleanup = store.spawn_cleanup(shutdown.child_token());
@@ -118,6 +129,7 @@ impl Agent {
         let header_wait = GrpcServerLimits::default().request_timeout / 3;
         let server = server.add_service(AgentServiceServer::new(AgentGrpc::new(
             fetcher.clone(),
+            tags.clone(),
             header_wait,
         )));
         let stop = shutdown.clone();
@@ -142,10 +154,38 @@ impl Agent {
             scheduler,
             tracker,
             fetcher,
+            tags,
+            config: Arc::new(config),
             shutdown,
             grpc: Some(grpc),
+            registry: None,
             cleanup: Some(cleanup),
         })
+    }
+
+    /// Serves the read-only Docker/OCI registry API on `listener` (the config's
+    /// `listen.registry` in production) until shutdown; returns the bound address.
+    pub fn serve_registry(&mut self, listener: TcpListener) -> Result<SocketAddr, AgentError> {
+        let addr = listener.local_addr().map_err(AgentError::ListenerAddr)?;
+        let state = RegistryState {
+            fetcher: self.fetcher.clone(),
+            tags: self.tags.clone(),
+            config: self.config.clone(),
+        };
+        let server = registry::spawn(listener, state, self.shutdown.child_token());
+        tracing::info!(registry = %addr, "agent registry API serving");
+        self.registry = Some((addr, server));
+        Ok(addr)
+    }
+
+    /// Where the registry API listens, once [`serve_registry`](Self::serve_registry) ran.
+    pub fn registry_addr(&self) -> Option<SocketAddr> {
+        self.registry.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// The build-index client resolving tags, when `build_index.hosts` is set.
+    pub fn tags(&self) -> Option<&TagClient> {
+        self.tags.as_ref()
     }
 
     /// Where `AgentService` listens.
@@ -214,6 +254,19 @@ impl Agent {
                     })
                 }
                 Err(_) => tracing::warn!("gRPC calls still running after the grace period"),
+            }
+        }
+        if let Some((_, registry)) = self.registry.take() {
+            match tokio::time::timeout(SHUTDOWN_GRACE, registry).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => tracing::warn!(%error, "registry API server failed"),
+                Ok(Err(source)) => {
+                    result = result.and(Err(AgentError::Task {
+                        task: "registry API server",
+                        source,
+                    }))
+                }
+                Err(_) => tracing::warn!("registry requests still running after the grace period"),
             }
         }
         self.scheduler.shutdown().await;

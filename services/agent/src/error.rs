@@ -9,6 +9,7 @@ use kraken_transport::grpc::GrpcError;
 use kraken_transport::quic::TransportError;
 use tonic::{Code, Status};
 
+use crate::tags::TagError;
 use crate::tracker::{TrackerError, error_chain};
 
 /// Why an agent operation failed.
@@ -32,8 +33,14 @@ pub enum AgentError {
         length: Option<u64>,
         size: u64,
     },
-    #[error("resolving tags needs the build-index, which this agent is not connected to yet")]
+    #[error("resolving tags needs a build-index: set `build_index.hosts` in the agent's config")]
     TagsUnsupported,
+    #[error("field `tag`: {0}")]
+    InvalidTag(String),
+    #[error(transparent)]
+    Tags(#[from] crate::tags::TagError),
+    #[error("blob {digest} is not a manifest: {reason}")]
+    NotAManifest { digest: Digest, reason: String },
     #[error("tracker")]
     Tracker(#[source] Box<TrackerError>),
     #[error("download of {digest} failed: {reason}")]
@@ -96,13 +103,23 @@ impl AgentError {
             }
             Self::NotFound { .. } => Code::NotFound,
             Self::OutOfRange { .. } => Code::OutOfRange,
-            Self::TagsUnsupported => Code::FailedPrecondition,
+            Self::TagsUnsupported | Self::NotAManifest { .. } => Code::FailedPrecondition,
+            Self::InvalidTag(_) => Code::InvalidArgument,
+            Self::Tags(error) => match error {
+                TagError::NotFound { .. } => Code::NotFound,
+                TagError::Unreachable { .. } => Code::Unavailable,
+                TagError::NoHosts => Code::FailedPrecondition,
+                TagError::Channel { .. }
+                | TagError::Rejected { .. }
+                | TagError::BadDigest { .. } => Code::Internal,
+            },
             Self::Tracker(error) => match **error {
                 TrackerError::NotFound { .. } => Code::NotFound,
                 TrackerError::Unreachable { .. } => Code::Unavailable,
                 TrackerError::MetaInfoTimeout { .. } => Code::DeadlineExceeded,
                 TrackerError::LookupAborted => Code::Unavailable,
                 TrackerError::NoHosts
+                | TrackerError::Cluster(_)
                 | TrackerError::Channel { .. }
                 | TrackerError::Rejected { .. }
                 | TrackerError::BadResponse { .. } => Code::Internal,

@@ -14,9 +14,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::Stream;
 use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::{Stream, StreamExt};
 use kraken_core::{Bitfield, Digest, MetaInfo, Namespace};
+use kraken_oci::{MAX_MANIFEST_SIZE, Manifest};
 use kraken_scheduler::{Download, Scheduler, SchedulerError, Status};
 use kraken_store::{BlobReader, BlobStore, DownloadHandle, DownloadState, StoreError};
 use tokio::sync::mpsc;
@@ -244,6 +245,75 @@ impl Fetcher {
         metrics::counter!(m::BLOB_REQUESTS, "method" => method, "source" => stream.source.label())
             .increment(1);
         Ok(stream)
+    }
+
+    /// A manifest's bytes and parsed form, fetched like any blob (through the swarm unless
+    /// held). A blob too large or not parseable as a manifest is [`AgentError::NotAManifest`].
+    pub(crate) async fn manifest(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+    ) -> Result<(Bytes, Manifest), AgentError> {
+        let mut stream = self.fetch(namespace, digest, 0, None, "manifest").await?;
+        let size = stream.blob_size();
+        if size > MAX_MANIFEST_SIZE as u64 {
+            return Err(AgentError::NotAManifest {
+                digest: *digest,
+                reason: format!(
+                    "{size} bytes is above the {MAX_MANIFEST_SIZE} byte manifest limit"
+                ),
+            });
+        }
+        let mut body = BytesMut::with_capacity(size as usize);
+        while let Some(chunk) = stream.next().await {
+            body.extend_from_slice(&chunk?);
+        }
+        let body = body.freeze();
+        let manifest = Manifest::parse(None, &body).map_err(|error| AgentError::NotAManifest {
+            digest: *digest,
+            reason: error.to_string(),
+        })?;
+        Ok((body, manifest))
+    }
+
+    /// Every blob of the image `digest` names, manifests first: for an index, each child
+    /// manifest and then its config and layers. Foreign layers are skipped (they are not in the
+    /// registry). Each digest appears once.
+    pub(crate) async fn image_blobs(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+    ) -> Result<Vec<Digest>, AgentError> {
+        let (_, manifest) = self.manifest(namespace, digest).await?;
+        let mut blobs = vec![*digest];
+        if manifest.is_index() {
+            for child in manifest.references() {
+                let (_, child_manifest) = self.manifest(namespace, &child).await?;
+                blobs.push(child);
+                blobs.extend(child_manifest.references());
+            }
+        } else {
+            blobs.extend(manifest.references());
+        }
+        let mut seen = std::collections::HashSet::new();
+        blobs.retain(|digest| seen.insert(*digest));
+        Ok(blobs)
+    }
+
+    /// The blob's size without downloading it: from the store when held, else from its
+    /// metainfo (what a registry `HEAD` answers).
+    pub(crate) async fn size(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+    ) -> Result<u64, AgentError> {
+        if let Some(info) = self.store.stat(digest).await? {
+            return Ok(info.size);
+        }
+        let info = self
+            .until_shutdown(self.metainfo(namespace, digest))
+            .await?;
+        Ok(info.length())
     }
 
     /// Downloads a blob into the store (unless held), reporting progress until it is verified.

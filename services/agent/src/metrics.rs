@@ -16,3 +16,6 @@ pub(crate) const METAINFO_WAIT_SECONDS: &str = "kraken_agent_metainfo_wait_secon
 pub(crate) const TRACKER_REQUESTS: &str = "kraken_agent_tracker_requests_total";
 /// Times a tracker host was marked unhealthy by the passive health check.
 pub(crate) const TRACKER_MARKED_UNHEALTHY: &str = "kraken_agent_tracker_marked_unhealthy_total";
+/// Requests to the registry HTTP API. Labels: `route` (manifest, blob, tags, write, other),
+/// `status` (the HTTP status code).
+pub(crate) const REGISTRY_REQUESTS: &str = "kraken_agent_registry_requests_total";

@@ -5,19 +5,21 @@ use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use kraken_core::{Digest, Namespace};
+use kraken_oci::TaggedName;
 use kraken_proto::agent::v1::{
     EvictRequest, EvictResponse, GetBlobRequest, GetBlobResponse, PreloadProgress, PreloadRequest,
     StatRequest, StatResponse, agent_service_server::AgentService, preload_request::Target,
 };
 use kraken_store::DownloadState;
 use kraken_tls::{Role, require_role};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::error::AgentError;
 use crate::fetch::{BlobStream, Fetcher, Progress};
 use crate::metrics as m;
+use crate::tags::TagClient;
 
 /// Roles that may read blobs, preload them and stat them: the host's own tooling (a `client`
 /// certificate) and agents. The proxy and origins have no business with an agent's cache.
@@ -29,6 +31,8 @@ pub const EVICT_ROLES: &[Role] = &[Role::Client];
 #[derive(Clone)]
 pub(crate) struct AgentGrpc {
     fetcher: Arc<Fetcher>,
+    /// Resolves `repository:tag` for Preload; `None` without a build-index.
+    tags: Option<TagClient>,
     /// How long a streaming call may take to resolve its blob before the response starts
     /// anyway (the outcome then arrives in-stream). Below the server's request timeout, which
     /// only covers the time to the response headers.
@@ -36,9 +40,14 @@ pub(crate) struct AgentGrpc {
 }
 
 impl AgentGrpc {
-    pub(crate) fn new(fetcher: Arc<Fetcher>, header_wait: Duration) -> Self {
+    pub(crate) fn new(
+        fetcher: Arc<Fetcher>,
+        tags: Option<TagClient>,
+        header_wait: Duration,
+    ) -> Self {
         Self {
             fetcher,
+            tags,
             header_wait,
         }
     }
@@ -79,7 +88,23 @@ impl AgentService for AgentGrpc {
         require_role(&request, READ_ROLES)?;
         let blob = match request.into_inner().target {
             Some(Target::Blob(blob)) => blob,
-            Some(Target::Tag(_)) => return Err(failed("preload", AgentError::TagsUnsupported)),
+            Some(Target::Tag(tag)) => {
+                let Some(tags) = self.tags.clone() else {
+                    return Err(failed("preload", AgentError::TagsUnsupported));
+                };
+                let tagged: TaggedName =
+                    tag.parse().map_err(|e: kraken_oci::TaggedNameError| {
+                        failed("preload", AgentError::InvalidTag(e.to_string()))
+                    })?;
+                let fetcher = self.fetcher.clone();
+                let work = preload_image(fetcher, tags, tagged);
+                let to_stream = |progress: mpsc::Receiver<Result<PreloadProgress, AgentError>>| {
+                    tokio_stream::wrappers::ReceiverStream::new(progress)
+                        .map(|update| update.map_err(|e| failed("preload", e)))
+                        .boxed()
+                };
+                return respond("preload", self.header_wait, work, to_stream).await;
+            }
             None => {
                 return Err(failed(
                     "preload",
@@ -250,6 +275,46 @@ fn parse_namespace(text: &str) -> Result<Namespace, AgentError> {
 
 fn parse_digest(text: &str) -> Result<Digest, AgentError> {
     Ok(kraken_core::parse_digest("digest", text)?)
+}
+
+/// Preloads every blob of the image `tagged` points at (manifests first, then configs and
+/// layers), one after the other. Progress events name the blob they are about; only the last
+/// blob's final event has `done` set, so a client waiting for `done` waits for the whole image.
+async fn preload_image(
+    fetcher: Arc<Fetcher>,
+    tags: TagClient,
+    tagged: TaggedName,
+) -> Result<mpsc::Receiver<Result<PreloadProgress, AgentError>>, AgentError> {
+    let namespace = tagged.repository.clone();
+    let digest = tags.resolve(&namespace, tagged.tag.as_str()).await?;
+    let blobs = fetcher.image_blobs(&namespace, &digest).await?;
+    tracing::info!(tag = %tagged, %digest, blobs = blobs.len(), "preloading image");
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let last = blobs.len().saturating_sub(1);
+        for (index, blob) in blobs.iter().enumerate() {
+            let mut progress = match fetcher.preload(&namespace, blob).await {
+                Ok(progress) => progress,
+                Err(error) => {
+                    let _ = tx.send(Err(error)).await;
+                    return;
+                }
+            };
+            while let Some(update) = progress.recv().await {
+                let event = update.map(|p| PreloadProgress {
+                    digest: blob.to_string(),
+                    bytes_done: p.bytes_done,
+                    bytes_total: p.bytes_total,
+                    done: p.done && index == last,
+                });
+                let failed = event.is_err();
+                if tx.send(event).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
 }
 
 #[cfg(test)]

@@ -1,29 +1,35 @@
-//! A whole Kraken cluster in one process on loopback: tracker, origins and agents (proxy and
-//! build-index join them as they are built), a filesystem storage backend, the in-memory peer
+//! A whole Kraken cluster in one process on loopback: tracker, origins, build-index, proxy and
+//! agents (each agent with its registry API), a filesystem storage backend, the in-memory peer
 //! store and a generated mutual-TLS PKI, all under one data directory.
 //!
 //! `kraken devcluster` runs it with fixed, documented ports so a user can point tools at it; the
 //! workspace integration tests run it with ephemeral ports. It must never weaken anything to make
 //! a demo easier: every connection uses the same mutual TLS as a production cluster.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use kraken_agent::Agent;
+use kraken_buildindex::BuildIndex;
 use kraken_config::Pattern;
 use kraken_config::agent::AgentConfig;
 use kraken_config::backend::{BackendConfig, BackendKind, FsBackendConfig};
+use kraken_config::build_index::BuildIndexConfig;
 use kraken_config::cluster::{HostList, UpstreamConfig};
 use kraken_config::origin::OriginConfig;
+use kraken_config::proxy::ProxyConfig;
 use kraken_config::store::StoreConfig;
 use kraken_config::tls::TlsSection;
 use kraken_config::tracker::TrackerConfig;
 use kraken_core::{Digest, Namespace};
-use kraken_origin::{Origin, OriginClient};
+use kraken_origin::{Backends, Origin, OriginClient};
 use kraken_proto::agent::v1::GetBlobRequest;
 use kraken_proto::agent::v1::agent_service_client::AgentServiceClient;
+use kraken_proxy::Proxy;
 use kraken_tls::{DevPki, DevPkiOptions, Role, TlsMaterial, generate_dev_pki};
 use kraken_transport::ring::{Member, Ring};
 use tokio::net::TcpListener;
@@ -35,9 +41,10 @@ use tokio_util::sync::CancellationToken;
 pub enum Ports {
     /// Any free ports (tests).
     Ephemeral,
-    /// Kraken's devcluster layout from `base` (15000): origins' gRPC on base+2, +12, +22 and
-    /// QUIC on base+1, +11, +21; the tracker on base+3; agents' gRPC on base+1002, +1012, … and
-    /// QUIC on base+1001, +1011, ….
+    /// Kraken's devcluster layout from `base` (15000): the proxy's registry on base; origins'
+    /// gRPC on base+2, +12, +22 and QUIC on base+1, +11, +21; the tracker on base+3; the
+    /// build-index on base+4; the proxy's gRPC on base+5; agents' registry on base+1000,
+    /// +1010, …, gRPC on base+1002, +1012, … and QUIC on base+1001, +1011, ….
     Fixed { base: u16 },
 }
 
@@ -65,6 +72,10 @@ pub enum DevClusterError {
         #[source]
         source: kraken_origin::OriginError,
     },
+    #[error("starting the build-index")]
+    BuildIndex(#[source] kraken_buildindex::BuildIndexError),
+    #[error("starting the proxy")]
+    Proxy(#[source] kraken_proxy::ProxyError),
     #[error("starting agent {index}")]
     Agent {
         index: usize,
@@ -73,6 +84,78 @@ pub enum DevClusterError {
     },
     #[error("self-check: {0}")]
     Check(String),
+    #[error("no running origin listens on {0}")]
+    NoSuchOrigin(SocketAddr),
+    #[error("wiping {path}")]
+    Wipe {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Adjusts origin `index`'s configuration before it starts (tests: short health-check and
+/// retry intervals, bandwidth caps, …).
+pub type OriginConfigHook = Arc<dyn Fn(usize, &mut OriginConfig) + Send + Sync>;
+
+/// How the origins are set up; kept by the cluster so that a stopped origin restarts the same.
+#[derive(Clone, Default)]
+struct OriginSetup {
+    hook: Option<OriginConfigHook>,
+    /// Backends shared by every origin instead of the fs backend under the data directory.
+    backends: Option<Backends>,
+}
+
+impl fmt::Debug for OriginSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OriginSetup")
+            .field("hook", &self.hook.as_ref().map(|_| "Fn"))
+            .field("backends", &self.backends)
+            .finish()
+    }
+}
+
+/// How [`DevCluster::stop_origin`] stops an origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// [`Origin::shutdown`]: drains requests, reports NOT_SERVING first.
+    Graceful,
+    /// [`Origin::kill`]: as abrupt as an in-process origin gets.
+    Kill,
+}
+
+/// An origin taken out by [`DevCluster::stop_origin`]: its addresses and data stay reserved
+/// for [`DevCluster::restart_origin`].
+#[derive(Debug)]
+pub struct StoppedOrigin {
+    index: usize,
+    grpc_addr: SocketAddr,
+    p2p_addr: SocketAddr,
+    store_dir: PathBuf,
+}
+
+impl StoppedOrigin {
+    /// Its gRPC address, which is also its ring label.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Its store directory (blobs and, by default, the write-back queue).
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// Deletes everything the origin kept on disk, as if its disk had been replaced.
+    pub fn wipe_store(&self) -> Result<(), DevClusterError> {
+        match std::fs::remove_dir_all(&self.store_dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DevClusterError::Wipe {
+                path: self.store_dir.clone(),
+                source,
+            }),
+        }
+    }
 }
 
 /// What to start.
@@ -83,6 +166,7 @@ pub struct DevClusterBuilder {
     agents: usize,
     max_replica: usize,
     ports: Ports,
+    origin_setup: OriginSetup,
 }
 
 /// A running cluster. [`DevCluster::shutdown`] stops it gracefully.
@@ -93,8 +177,12 @@ pub struct DevCluster {
     pub tracker_addr: SocketAddr,
     pub origins: Vec<Origin>,
     pub agents: Vec<Agent>,
+    pub build_index: BuildIndex,
+    pub proxy: Proxy,
     origin_labels: Vec<String>,
     max_replica: usize,
+    /// What started the origins, to restart one the same way.
+    builder: DevClusterBuilder,
     tracker_stop: CancellationToken,
     tracker_task: JoinHandle<()>,
 }
@@ -108,6 +196,7 @@ impl DevCluster {
             agents: 2,
             max_replica: 2,
             ports: Ports::Ephemeral,
+            origin_setup: OriginSetup::default(),
         }
     }
 }
@@ -130,6 +219,23 @@ impl DevClusterBuilder {
 
     pub fn ports(mut self, ports: Ports) -> Self {
         self.ports = ports;
+        self
+    }
+
+    /// Runs `hook` on each origin's configuration (with the origin's index) before it starts,
+    /// and again on restarts.
+    pub fn configure_origins(
+        mut self,
+        hook: impl Fn(usize, &mut OriginConfig) + Send + Sync + 'static,
+    ) -> Self {
+        self.origin_setup.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Every origin uses `backends` (e.g. a backend a test can make fail) instead of the fs
+    /// backend under the data directory.
+    pub fn origin_backends(mut self, backends: Backends) -> Self {
+        self.origin_setup.backends = Some(backends);
         self
     }
 
@@ -163,14 +269,10 @@ impl DevClusterBuilder {
             .filter_map(|l| l.local_addr().ok())
             .map(|a| a.to_string())
             .collect();
-        let backend = dir.join("backend");
         let mut origins = Vec::new();
         for (index, listener) in listeners.into_iter().enumerate() {
-            let config = self.origin_config(&pki, &backend, &origin_labels, index);
-            let origin = Origin::start(config, tls(&pki, Role::Origin)?, listener)
-                .await
-                .map_err(|source| DevClusterError::Origin { index, source })?;
-            origins.push(origin);
+            let config = self.origin_config(&pki, &origin_labels, index);
+            origins.push(self.start_origin(&pki, config, listener, index).await?);
         }
 
         let tracker_listener = bind(self.addr(Slot::Tracker), "tracker gRPC").await?;
@@ -198,12 +300,55 @@ impl DevClusterBuilder {
             }
         });
 
+        let build_index = {
+            let listener = bind(self.addr(Slot::BuildIndex), "build-index gRPC").await?;
+            let mut config = BuildIndexConfig {
+                origin: UpstreamConfig::of(origin_labels.clone()),
+                // Tags are written through to their own fs backend: the blob backend's layout
+                // is keyed by digest.
+                backends: vec![BackendConfig {
+                    namespace: Pattern::any(),
+                    backend: BackendKind::Fs(FsBackendConfig {
+                        root: dir.join("tag-backend"),
+                    }),
+                    bandwidth: Default::default(),
+                }],
+                tls: tls_section(&pki, Role::BuildIndex),
+                ..BuildIndexConfig::default()
+            };
+            config.hashring.max_replica = self.max_replica.min(origin_labels.len());
+            config.tag_store.dir = dir.join("build-index/tags");
+            config.replication.dir = dir.join("build-index/replication");
+            BuildIndex::start(config, tls(&pki, Role::BuildIndex)?, listener)
+                .await
+                .map_err(DevClusterError::BuildIndex)?
+        };
+        let proxy = {
+            let registry = bind(self.addr(Slot::ProxyRegistry), "proxy registry").await?;
+            let grpc = bind(self.addr(Slot::ProxyGrpc), "proxy gRPC").await?;
+            let mut config = ProxyConfig {
+                origin: UpstreamConfig::of(origin_labels.clone()),
+                build_index: UpstreamConfig::of([build_index.addr().to_string()]),
+                tls: tls_section(&pki, Role::Proxy),
+                ..ProxyConfig::default()
+            };
+            config.hashring.max_replica = self.max_replica.min(origin_labels.len());
+            config.store.dir = dir.join("proxy");
+            Proxy::start(config, tls(&pki, Role::Proxy)?, registry, grpc)
+                .await
+                .map_err(DevClusterError::Proxy)?
+        };
+
         let mut agents = Vec::new();
         for index in 0..self.agents {
             let listener = bind(self.addr(Slot::AgentGrpc(index)), "agent gRPC").await?;
-            let config = self.agent_config(&pki, tracker_addr, index);
-            let agent = Agent::start(config, tls(&pki, Role::Agent)?, listener)
+            let registry = bind(self.addr(Slot::AgentRegistry(index)), "agent registry").await?;
+            let config = self.agent_config(&pki, tracker_addr, build_index.addr(), index);
+            let mut agent = Agent::start(config, tls(&pki, Role::Agent)?, listener)
                 .await
+                .map_err(|source| DevClusterError::Agent { index, source })?;
+            agent
+                .serve_registry(registry)
                 .map_err(|source| DevClusterError::Agent { index, source })?;
             agents.push(agent);
         }
@@ -213,8 +358,11 @@ impl DevClusterBuilder {
             tracker_addr,
             origins,
             agents,
+            build_index,
+            proxy,
             origin_labels,
             max_replica: self.max_replica,
+            builder: self,
             tracker_stop,
             tracker_task,
         })
@@ -228,6 +376,9 @@ impl DevClusterBuilder {
                     Slot::OriginGrpc(i) => 2 + 10 * i,
                     Slot::OriginP2p(i) => 1 + 10 * i,
                     Slot::Tracker => 3,
+                    Slot::ProxyRegistry => 0,
+                    Slot::BuildIndex => 4,
+                    Slot::ProxyGrpc => 5,
                     Slot::AgentGrpc(i) => 1002 + 10 * i,
                     Slot::AgentP2p(i) => 1001 + 10 * i,
                     Slot::AgentRegistry(i) => 1000 + 10 * i,
@@ -238,13 +389,25 @@ impl DevClusterBuilder {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    fn origin_config(
+    async fn start_origin(
         &self,
         pki: &DevPki,
-        backend: &Path,
-        labels: &[String],
+        config: OriginConfig,
+        listener: TcpListener,
         index: usize,
-    ) -> OriginConfig {
+    ) -> Result<Origin, DevClusterError> {
+        let tls = tls(pki, Role::Origin)?;
+        let started = match &self.origin_setup.backends {
+            Some(backends) => {
+                Origin::start_with_backends(config, tls, listener, backends.clone()).await
+            }
+            None => Origin::start(config, tls, listener).await,
+        };
+        started.map_err(|source| DevClusterError::Origin { index, source })
+    }
+
+    fn origin_config(&self, pki: &DevPki, labels: &[String], index: usize) -> OriginConfig {
+        let backend = self.dir.join("backend");
         let mut config = OriginConfig {
             name: labels[index].clone(),
             peer_ip: Some([127, 0, 0, 1].into()),
@@ -254,9 +417,7 @@ impl DevClusterBuilder {
             },
             backends: vec![BackendConfig {
                 namespace: Pattern::any(),
-                backend: BackendKind::Fs(FsBackendConfig {
-                    root: backend.to_owned(),
-                }),
+                backend: BackendKind::Fs(FsBackendConfig { root: backend }),
                 bandwidth: Default::default(),
             }],
             tls: tls_section(pki, Role::Origin),
@@ -271,14 +432,23 @@ impl DevClusterBuilder {
             dns: None,
         };
         config.hashring.max_replica = self.max_replica.min(labels.len());
+        if let Some(hook) = &self.origin_setup.hook {
+            hook(index, &mut config);
+        }
         config
     }
 
-    fn agent_config(&self, pki: &DevPki, tracker: SocketAddr, index: usize) -> AgentConfig {
+    fn agent_config(
+        &self,
+        pki: &DevPki,
+        tracker: SocketAddr,
+        build_index: SocketAddr,
+        index: usize,
+    ) -> AgentConfig {
         let mut config = AgentConfig {
             peer_ip: Some([127, 0, 0, 1].into()),
             tracker: UpstreamConfig::of([tracker.to_string()]),
-            build_index: UpstreamConfig::of([tracker.to_string()]),
+            build_index: UpstreamConfig::of([build_index.to_string()]),
             store: StoreConfig {
                 dir: self.dir.join(format!("agent{index}")),
                 ..StoreConfig::default()
@@ -298,32 +468,138 @@ enum Slot {
     OriginGrpc(usize),
     OriginP2p(usize),
     Tracker,
+    ProxyRegistry,
+    ProxyGrpc,
+    BuildIndex,
     AgentGrpc(usize),
     AgentP2p(usize),
     AgentRegistry(usize),
 }
 
 impl DevCluster {
+    /// Where the proxy serves the Docker/OCI registry API (push and pull), plain HTTP.
+    pub fn proxy_registry_addr(&self) -> SocketAddr {
+        self.proxy.registry_addr()
+    }
+
+    /// Where the build-index serves `TagService` (gRPC, mutual TLS).
+    pub fn build_index_addr(&self) -> SocketAddr {
+        self.build_index.addr()
+    }
+
+    /// Where agent `index` serves its read-only registry API (plain HTTP on loopback).
+    ///
+    /// # Panics
+    /// If there is no agent `index` (a test's mistake).
+    pub fn agent_registry_addr(&self, index: usize) -> SocketAddr {
+        #[allow(clippy::expect_used)]
+        self.agents[index]
+            .registry_addr()
+            .expect("devcluster agents always serve the registry API")
+    }
+
     /// The TLS material of a role of this cluster.
     pub fn tls(&self, role: Role) -> Result<TlsMaterial, kraken_tls::TlsError> {
         tls(&self.pki, role)
     }
 
-    /// The origins owning `digest`, highest rendezvous score first.
-    pub fn owners(&self, digest: &Digest) -> Vec<&Origin> {
-        let ring = Ring::new(
-            self.origin_labels
-                .iter()
-                .map(|l| Member::new(l.clone(), 100)),
-        );
+    /// The ring labels (gRPC addresses) of the origins owning `digest`, highest rendezvous
+    /// score first, running or not.
+    pub fn owner_addrs(&self, digest: &Digest) -> Vec<SocketAddr> {
+        // The origins' own ring (with any configured weights) when one is running.
+        let ring = match self.origins.first() {
+            Some(origin) => origin.cluster().members().ring().clone(),
+            None => Ring::new(
+                self.origin_labels
+                    .iter()
+                    .map(|l| Member::new(l.clone(), 100)),
+            ),
+        };
         ring.owners(digest, self.max_replica)
             .into_iter()
-            .filter_map(|m| {
-                self.origins
-                    .iter()
-                    .find(|o| o.grpc_addr().to_string() == m.label)
-            })
+            .filter_map(|m| m.label.parse().ok())
             .collect()
+    }
+
+    /// The running origins owning `digest`, highest rendezvous score first.
+    pub fn owners(&self, digest: &Digest) -> Vec<&Origin> {
+        self.owner_addrs(digest)
+            .into_iter()
+            .filter_map(|addr| self.origin(addr))
+            .collect()
+    }
+
+    /// The running origin listening on `grpc_addr`.
+    pub fn origin(&self, grpc_addr: SocketAddr) -> Option<&Origin> {
+        self.origins.iter().find(|o| o.grpc_addr() == grpc_addr)
+    }
+
+    /// Stops the origin listening on `grpc_addr` and takes it out of [`DevCluster::origins`];
+    /// its addresses, store and write-back queue stay for [`restart_origin`](Self::restart_origin).
+    pub async fn stop_origin(
+        &mut self,
+        grpc_addr: SocketAddr,
+        how: Stop,
+    ) -> Result<StoppedOrigin, DevClusterError> {
+        let position = self
+            .origins
+            .iter()
+            .position(|o| o.grpc_addr() == grpc_addr)
+            .ok_or(DevClusterError::NoSuchOrigin(grpc_addr))?;
+        let index = self
+            .origin_labels
+            .iter()
+            .position(|l| *l == grpc_addr.to_string())
+            .ok_or(DevClusterError::NoSuchOrigin(grpc_addr))?;
+        let origin = self.origins.remove(position);
+        let stopped = StoppedOrigin {
+            index,
+            grpc_addr,
+            p2p_addr: origin.p2p_addr(),
+            store_dir: origin.store().config().dir.clone(),
+        };
+        match how {
+            Stop::Graceful => {
+                if let Err(error) = origin.shutdown().await {
+                    tracing::warn!(%grpc_addr, %error, "origin stopped with an error");
+                }
+            }
+            Stop::Kill => origin.kill().await,
+        }
+        Ok(stopped)
+    }
+
+    /// Starts a stopped origin again on the same addresses, with the same configuration and
+    /// whatever its store directory holds now.
+    pub async fn restart_origin(&mut self, stopped: StoppedOrigin) -> Result<(), DevClusterError> {
+        let mut config = self
+            .builder
+            .origin_config(&self.pki, &self.origin_labels, stopped.index);
+        // Same QUIC port: trackers cache an origin's seeder address.
+        config.listen.p2p = stopped.p2p_addr;
+        let mut last = None;
+        // The old sockets may take a moment to be released.
+        for _ in 0..50 {
+            let started = match bind(stopped.grpc_addr, "origin gRPC").await {
+                Ok(listener) => {
+                    self.builder
+                        .start_origin(&self.pki, config.clone(), listener, stopped.index)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            match started {
+                Ok(origin) => {
+                    self.origins.push(origin);
+                    return Ok(());
+                }
+                Err(error) => {
+                    last = Some(error);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or(DevClusterError::NoSuchOrigin(stopped.grpc_addr)))
     }
 
     /// A client of `origin` presenting the `client` role (what a CI uploader uses).
@@ -435,6 +711,15 @@ impl DevCluster {
             "PKI (mTLS):     {pki} (ca.pem, client.pem/.key for tools)\n"
         ));
         text.push_str(&format!("tracker:        {}\n", self.tracker_addr));
+        text.push_str(&format!(
+            "build-index:    gRPC {}\n",
+            self.build_index.addr()
+        ));
+        text.push_str(&format!(
+            "proxy:          registry http://{}  gRPC {}\n",
+            self.proxy.registry_addr(),
+            self.proxy.grpc_addr()
+        ));
         for (i, origin) in self.origins.iter().enumerate() {
             text.push_str(&format!(
                 "origin {i}:       gRPC {}  QUIC {}\n",
@@ -444,9 +729,21 @@ impl DevCluster {
         }
         for (i, agent) in self.agents.iter().enumerate() {
             text.push_str(&format!(
-                "agent {i}:        gRPC {}  QUIC {}\n",
+                "agent {i}:        registry http://{}  gRPC {}  QUIC {}\n",
+                agent
+                    .registry_addr()
+                    .map_or_else(|| "-".to_owned(), |a| a.to_string()),
                 agent.grpc_addr(),
                 agent.p2p_addr()
+            ));
+        }
+        if let Some(registry) = self.agents.first().and_then(Agent::registry_addr) {
+            let proxy = self.proxy.registry_addr();
+            text.push_str(&format!(
+                "\npush an image: docker tag IMAGE {proxy}/my/app:v1 && docker push {proxy}/my/app:v1\n"
+            ));
+            text.push_str(&format!(
+                "pull it:       docker pull {registry}/my/app:v1   (or skopeo/podman with --tls-verify=false)\n"
             ));
         }
         if let (Some(origin), Some(agent)) = (self.origins.first(), self.agents.first()) {
@@ -467,6 +764,8 @@ impl DevCluster {
         for agent in self.agents {
             let _ = agent.shutdown().await;
         }
+        let _ = self.proxy.shutdown().await;
+        let _ = self.build_index.shutdown().await;
         for origin in self.origins {
             let _ = origin.shutdown().await;
         }

@@ -34,6 +34,10 @@ enum Command {
     Origin(cmd::origin::OriginArgs),
     /// Run an agent: downloads blobs through the swarm and serves them on this host.
     Agent(cmd::agent::AgentArgs),
+    /// Run a build-index: stores tags and checks their blobs are on the origins.
+    BuildIndex(cmd::build_index::BuildIndexArgs),
+    /// Run a proxy: the Docker/OCI registry API that pushes go to.
+    Proxy(cmd::proxy::ProxyArgs),
     /// Upload a file to the origins as a blob; prints its digest.
     Push(cmd::blob::PushArgs),
     /// Download a blob through an agent (and so through the swarm).
@@ -60,6 +64,10 @@ fn main() -> ExitCode {
         Command::Tracker(args) => runtime().and_then(|rt| rt.block_on(cmd::tracker::run(args))),
         Command::Origin(args) => runtime().and_then(|rt| rt.block_on(cmd::origin::run(args))),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(cmd::agent::run(args))),
+        Command::BuildIndex(args) => {
+            runtime().and_then(|rt| rt.block_on(cmd::build_index::run(args)))
+        }
+        Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(cmd::proxy::run(args))),
         Command::Push(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::push(args))),
         Command::Pull(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::pull(args))),
         Command::Prefetch(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::prefetch(args))),

@@ -20,8 +20,15 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let running = serve::start("agent", config.telemetry()).await?;
     let tls = serve::tls(&config.tls, &args.config)?;
     let listener = serve::bind(config.listen.grpc, "gRPC").await?;
-    let agent = Agent::start(config, tls, listener).await?;
-    tracing::info!(grpc = %agent.grpc_addr(), p2p = %agent.p2p_addr(), "agent running");
+    let registry = serve::bind(config.listen.registry, "registry").await?;
+    let mut agent = Agent::start(config, tls, listener).await?;
+    let registry = agent.serve_registry(registry)?;
+    tracing::info!(
+        grpc = %agent.grpc_addr(),
+        p2p = %agent.p2p_addr(),
+        %registry,
+        "agent running"
+    );
     running.shutdown.wait().await;
     tracing::info!("agent shutting down");
     agent.shutdown().await?;

@@ -2,9 +2,11 @@
 
 pub(crate) mod agent;
 pub(crate) mod blob;
+pub(crate) mod build_index;
 pub(crate) mod certs;
 pub(crate) mod config;
 pub(crate) mod devcluster;
 pub(crate) mod origin;
+pub(crate) mod proxy;
 pub(crate) mod serve;
 pub(crate) mod tracker;

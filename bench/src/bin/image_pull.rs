@@ -1,0 +1,244 @@
+//! Image pull benchmark: a 3-layer image (default ~510 MiB) pushed once through the proxy of an
+//! in-process cluster (release build, loopback, real mutual TLS between components), then pulled
+//! by tag the way a registry client does (manifest, then the layers concurrently, each verified
+//! against its digest) from
+//!
+//! - Debian's `docker-registry` holding the same image (the baseline, measured in the same run),
+//! - an agent whose cache is empty (cold: every byte comes over the P2P swarm from the origins),
+//! - the same agent again (warm: from its store),
+//! - a second agent (cold, with the first agent in the swarm).
+//!
+//! `cargo run --release -p kraken-bench --bin image_pull -- --layer-mib 170`
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use clap::Parser;
+use futures::StreamExt;
+use kraken_devcluster::{DevCluster, Ports};
+use sha2::{Digest as _, Sha256};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Size of each of the three layers, MiB.
+    #[arg(long, default_value_t = 170)]
+    layer_mib: usize,
+    /// Pulls from the baseline registry (the best is kept).
+    #[arg(long, default_value_t = 2)]
+    baseline_runs: usize,
+}
+
+const REPO: &str = "bench/image";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Kills the baseline registry when the benchmark ends, however it ends.
+struct Registry(Child);
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_docker_registry(dir: &Path) -> anyhow::Result<(Registry, SocketAddr)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: {addr}\n",
+            dir.join("registry-data").display()
+        ),
+    )?;
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("docker-registry is missing: apt-get install docker-registry")?;
+    Ok((Registry(child), addr))
+}
+
+async fn wait_ready(http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if let Ok(response) = http.get(format!("http://{addr}/v2/")).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("registry on {addr} did not come up")
+}
+
+/// Pushes the blobs and the manifest (tag `v1`) with the distribution API.
+async fn push(
+    http: &reqwest::Client,
+    registry: SocketAddr,
+    blobs: &[Bytes],
+    manifest: &Bytes,
+) -> anyhow::Result<()> {
+    for blob in blobs {
+        let digest = sha256(blob);
+        // POST then PUT: the flow every registry supports (docker-registry has no monolithic POST).
+        let start = http
+            .post(format!("http://{registry}/v2/{REPO}/blobs/uploads/"))
+            .send()
+            .await?;
+        ensure!(start.status() == 202, "upload start: {}", start.status());
+        let location = start
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .context("no upload location")?
+            .to_owned();
+        let location = if location.starts_with("http") {
+            location
+        } else {
+            format!("http://{registry}{location}")
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let put = http
+            .put(format!("{location}{separator}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(blob.clone())
+            .send()
+            .await?;
+        ensure!(put.status() == 201, "blob commit: {} {:?}", put.status(), put.text().await);
+    }
+    let put = http
+        .put(format!("http://{registry}/v2/{REPO}/manifests/v1"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await?;
+    ensure!(put.status() == 201, "manifest: {} {:?}", put.status(), put.text().await);
+    Ok(())
+}
+
+/// Pulls `REPO:v1` like a client: the manifest, then every layer and the config concurrently,
+/// each hashed and checked as it streams. Returns the time and the bytes pulled.
+async fn pull(http: &reqwest::Client, registry: SocketAddr) -> anyhow::Result<(Duration, u64)> {
+    let started = Instant::now();
+    let manifest = http
+        .get(format!("http://{registry}/v2/{REPO}/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await?;
+    ensure!(manifest.status() == 200, "manifest: {}", manifest.status());
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.bytes().await?)?;
+    let mut digests = vec![manifest["config"]["digest"].as_str().context("config")?.to_owned()];
+    for layer in manifest["layers"].as_array().context("layers")? {
+        digests.push(layer["digest"].as_str().context("layer digest")?.to_owned());
+    }
+    let pulls = digests.into_iter().map(|digest| async move {
+        let response = http
+            .get(format!("http://{registry}/v2/{REPO}/blobs/{digest}"))
+            .send()
+            .await?;
+        ensure!(response.status() == 200, "{digest}: {}", response.status());
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            bytes += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+        ensure!(got == digest, "{digest} came back as {got}");
+        anyhow::Ok(bytes)
+    });
+    let sizes = futures::future::try_join_all(pulls).await?;
+    Ok((started.elapsed(), sizes.iter().sum()))
+}
+
+fn report(what: &str, (time, bytes): (Duration, u64), baseline: Duration) {
+    println!(
+        "  {what:<34} {:>7.2} s  {:>7.0} MB/s  {:.2}x docker-registry",
+        time.as_secs_f64(),
+        bytes as f64 / time.as_secs_f64() / 1e6,
+        time.as_secs_f64() / baseline.as_secs_f64()
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let work = tempfile::Builder::new().prefix("kraken-pull-").tempdir()?;
+    let layers: Vec<Bytes> = (0..3u32)
+        .map(|layer| {
+            (0..(args.layer_mib << 20) as u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) ^ layer.wrapping_mul(97)).rotate_left(9) as u8)
+                .collect::<Vec<u8>>()
+                .into()
+        })
+        .collect();
+    let config = Bytes::from_static(
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+    );
+    let descriptor = |media_type: &str, blob: &Bytes| {
+        serde_json::json!({"mediaType": media_type, "digest": sha256(blob), "size": blob.len()})
+    };
+    let manifest = Bytes::from(serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+        "layers": layers.iter().map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
+    }))?);
+    let mut blobs = layers;
+    blobs.push(config);
+
+    let http = reqwest::Client::new();
+    let (_registry, registry) = start_docker_registry(work.path())?;
+    wait_ready(&http, registry).await?;
+    let cluster = DevCluster::builder(work.path().join("cluster"))
+        .ports(Ports::Ephemeral)
+        .start()
+        .await?;
+    let proxy = cluster.proxy_registry_addr();
+    let total: usize = blobs.iter().map(Bytes::len).sum();
+    println!(
+        "== image pull: 3 layers + config, {:.0} MiB, loopback ==",
+        total as f64 / (1 << 20) as f64
+    );
+    let pushed = Instant::now();
+    push(&http, registry, &blobs, &manifest).await?;
+    println!("  pushed to docker-registry in {:.2} s", pushed.elapsed().as_secs_f64());
+    let pushed = Instant::now();
+    push(&http, proxy, &blobs, &manifest).await?;
+    println!("  pushed to the kraken proxy in {:.2} s", pushed.elapsed().as_secs_f64());
+
+    let mut baseline = None::<(Duration, u64)>;
+    for _ in 0..args.baseline_runs.max(1) {
+        let run = pull(&http, registry).await?;
+        baseline = Some(match baseline {
+            Some(best) if best.0 <= run.0 => best,
+            _ => run,
+        });
+    }
+    let baseline = baseline.context("no baseline run")?;
+    report("docker-registry (baseline, best)", baseline, baseline.0);
+    let agent0 = cluster.agent_registry_addr(0);
+    let agent1 = cluster.agent_registry_addr(1);
+    report("agent 0, cold (swarm from origins)", pull(&http, agent0).await?, baseline.0);
+    report("agent 0, warm (its store)", pull(&http, agent0).await?, baseline.0);
+    report("agent 1, cold (origins + agent 0)", pull(&http, agent1).await?, baseline.0);
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Build-index errors: why it could not start, and why a tag call failed (with the one mapping
+//! to gRPC status codes).
+
+use kraken_core::{Digest, WireError};
+use kraken_oci::TaggedNameError;
+use kraken_origin::backend::{BackendConfigError, BackendError, NoBackend};
+use kraken_transport::grpc::GrpcError;
+use tonic::{Code, Status};
+
+use crate::origins::{OriginClusterError, OriginsError};
+use crate::store::TagStoreError;
+
+/// Why build-index did not start or stopped uncleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildIndexError {
+    #[error("reading the gRPC listener's address")]
+    Listener(#[source] std::io::Error),
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
+    #[error("setting up the tag storage backends")]
+    Backends(#[from] BackendConfigError),
+    #[error("setting up the origin cluster")]
+    Origins(#[from] OriginClusterError),
+    #[error("opening the tag store")]
+    Store(#[from] TagStoreError),
+    #[error("a build-index task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Why a `TagService` call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error("field `{field}`: {source}")]
+    InvalidName {
+        field: &'static str,
+        #[source]
+        source: TaggedNameError,
+    },
+    #[error("field `repository`: {0}")]
+    InvalidRepository(#[source] kraken_oci::NameError),
+    #[error(transparent)]
+    InvalidDigest(#[from] WireError),
+    #[error("tag {0} is not known")]
+    NotFound(String),
+    /// A dependency of the tag is not on the origins: the tag is refused.
+    #[error("{what} {digest} is not on the origins: push it before the tag")]
+    Missing { digest: Digest, what: String },
+    #[error("{digest} is not a manifest the tag can point at: {reason}")]
+    NotAManifest { digest: Digest, reason: String },
+    #[error("the tag depends on more than {max} blobs")]
+    TooManyDependencies { max: usize },
+    #[error("asking the origins")]
+    Origins(#[source] OriginsError),
+    #[error(transparent)]
+    NoBackend(#[from] NoBackend),
+    #[error("writing the tag to its storage backend")]
+    Backend(#[source] BackendError),
+    #[error("the tag record in the storage backend is unreadable: {0}")]
+    CorruptBackendRecord(String),
+    #[error("the local tag store failed")]
+    Store(#[from] TagStoreError),
+}
+
+impl TagError {
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidName { .. } | Self::InvalidRepository(_) | Self::InvalidDigest(_) => {
+                Code::InvalidArgument
+            }
+            Self::NotFound(_) => Code::NotFound,
+            Self::Missing { .. } | Self::NotAManifest { .. } | Self::TooManyDependencies { .. } => {
+                Code::FailedPrecondition
+            }
+            Self::Origins(OriginsError::NotFound { .. }) => Code::FailedPrecondition,
+            Self::Origins(_) | Self::Backend(_) => Code::Unavailable,
+            Self::NoBackend(_) => Code::FailedPrecondition,
+            Self::CorruptBackendRecord(_) | Self::Store(_) => Code::Internal,
+        }
+    }
+}
+
+/// The message with every cause, so the client sees why (e.g. which origin failed how).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl From<TagError> for Status {
+    fn from(error: TagError) -> Self {
+        let code = error.code();
+        if matches!(code, Code::Internal | Code::Unavailable) {
+            tracing::warn!(error = %chain(&error), "tag call failed");
+        }
+        Status::new(code, chain(&error))
+    }
+}

@@ -1,0 +1,151 @@
+//! Starting and stopping build-index.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kraken_config::build_index::BuildIndexConfig;
+use kraken_origin::Backends;
+use kraken_origin::backend::BackendConfigError;
+use kraken_proto::buildindex::v1::tag_service_server::TagServiceServer;
+use kraken_tls::TlsMaterial;
+use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::error::BuildIndexError;
+use crate::metrics as m;
+use crate::origins::OriginCluster;
+use crate::service::TagServiceImpl;
+use crate::store::TagStore;
+use crate::tags::Tags;
+
+/// A `Put` checks every dependency on the origins (fetching manifests), which can take a
+/// while for a large index on a busy cluster.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long shutdown waits for in-flight calls.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A running build-index. Stop it with [`BuildIndex::shutdown`]; dropping it only signals its
+/// server to stop.
+#[derive(Debug)]
+pub struct BuildIndex {
+    addr: SocketAddr,
+    tags: Arc<Tags>,
+    health: HealthReporter,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<Result<(), GrpcError>>>,
+}
+
+/// The tag backends of `backends:`; the one place build-index builds them from config.
+pub fn backends_from_config(config: &BuildIndexConfig) -> Result<Backends, BackendConfigError> {
+    // Bandwidth caps are shared by the origins; tags are a few hundred bytes each, so this
+    // host counts as one.
+    Backends::from_config(&config.backends, &config.auth, 1)
+}
+
+impl BuildIndex {
+    /// Opens the tag store under `config.tag_store.dir`, builds the tag backends and serves
+    /// `TagService`, gRPC health and reflection on `listener` with mutual TLS from `tls`.
+    pub async fn start(
+        config: BuildIndexConfig,
+        tls: TlsMaterial,
+        listener: TcpListener,
+    ) -> Result<BuildIndex, BuildIndexError> {
+        let backends = backends_from_config(&config)?;
+        Self::start_with_backends(config, tls, listener, backends).await
+    }
+
+    /// [`start`](Self::start) with the tag backends given (tests, and kinds built elsewhere);
+    /// `config.backends` is ignored.
+    pub async fn start_with_backends(
+        config: BuildIndexConfig,
+        tls: TlsMaterial,
+        listener: TcpListener,
+        backends: Backends,
+    ) -> Result<BuildIndex, BuildIndexError> {
+        kraken_tls::install_crypto_provider();
+        let addr = listener.local_addr().map_err(BuildIndexError::Listener)?;
+        if backends.is_empty() {
+            tracing::warn!(
+                "no tag backends are configured: tags live only on this build-index's disk"
+            );
+        }
+        if !config.cluster.is_empty() {
+            tracing::warn!(
+                "`cluster` is set but copying tag writes to the other build-index hosts is not \
+                 built yet: each host only knows the tags written to it (and its backend's)"
+            );
+        }
+        let origins = OriginCluster::from_config(&tls, &config.origin, &config.hashring)?;
+        let store = TagStore::open(&config.tag_store.dir).await?;
+        metrics::gauge!(m::TAGS).set(store.len() as f64);
+        let tags = Arc::new(Tags {
+            store,
+            backends,
+            origins,
+            config,
+        });
+        let limits = GrpcServerLimits {
+            request_timeout: REQUEST_TIMEOUT,
+            ..GrpcServerLimits::default()
+        };
+        let server = GrpcServer::new(&tls, limits)?
+            .add_service(TagServiceServer::new(TagServiceImpl::new(tags.clone())));
+        let health = server.health();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(server.serve(listener, shutdown.clone().cancelled_owned()));
+        tracing::info!(%addr, tags = tags.store.len(), "build-index started");
+        Ok(BuildIndex {
+            addr,
+            tags,
+            health,
+            shutdown,
+            server: Some(server),
+        })
+    }
+
+    /// Where `TagService` listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Tags in the local store.
+    pub fn tag_count(&self) -> usize {
+        self.tags.store.len()
+    }
+
+    /// Stops gracefully: NOT_SERVING, then in-flight calls finish (up to a grace period).
+    pub async fn shutdown(mut self) -> Result<(), BuildIndexError> {
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<TagServiceServer<TagServiceImpl>>()
+            .await;
+        self.shutdown.cancel();
+        let result = match self.server.take() {
+            Some(mut server) => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(Ok(served)) => served.map_err(BuildIndexError::Grpc),
+                Ok(Err(join)) => Err(BuildIndexError::Task(join)),
+                Err(_) => {
+                    tracing::warn!("tag calls still running after the grace period; cutting them");
+                    server.abort();
+                    Ok(())
+                }
+            },
+            None => Ok(()),
+        };
+        tracing::info!(addr = %self.addr, "build-index stopped");
+        result
+    }
+}
+
+impl Drop for BuildIndex {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

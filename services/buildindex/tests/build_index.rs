@@ -1,0 +1,473 @@
+//! A real build-index on loopback in front of real origins (the dev cluster's), driven over
+//! gRPC with real mutual TLS: dependency checks for image manifests and indexes, mutable tags,
+//! pagination, durability across restarts, write-through and recovery from the backend, the
+//! replication record, bad input and roles.
+
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kraken_buildindex::{BuildIndex, TagClient};
+use kraken_config::Pattern;
+use kraken_config::build_index::{BuildIndexConfig, TagType, TagTypeRule};
+use kraken_config::cluster::UpstreamConfig;
+use kraken_core::{Digest, Namespace};
+use kraken_devcluster::DevCluster;
+use kraken_oci::TaggedName;
+use kraken_oci::media_type::{
+    DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
+};
+use kraken_origin::{Backend, Backends, FsBackend};
+use kraken_tls::Role;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tonic::Code;
+
+struct Fixture {
+    cluster: DevCluster,
+    build_index: Option<BuildIndex>,
+    config: BuildIndexConfig,
+    tag_backend: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// Three origins (two replicas per blob), no agents, and a build-index whose tags go to an
+    /// fs backend of their own. Repositories under `blobs/` use the `default` tag type.
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = DevCluster::builder(dir.path().join("cluster"))
+            .origins(3)
+            .agents(0)
+            .max_replica(2)
+            .start()
+            .await
+            .unwrap();
+        let hosts: Vec<String> = cluster
+            .origins
+            .iter()
+            .map(|o| o.grpc_addr().to_string())
+            .collect();
+        let mut config = BuildIndexConfig {
+            origin: UpstreamConfig::of(hosts),
+            ..BuildIndexConfig::default()
+        };
+        config.hashring.max_replica = 2;
+        config.tag_store.dir = dir.path().join("tags");
+        config.replication.dir = dir.path().join("replication");
+        config.tag_types.insert(
+            0,
+            TagTypeRule {
+                namespace: Pattern::new("^blobs/").unwrap(),
+                tag_type: TagType::Default,
+            },
+        );
+        config.remotes.insert(
+            "127.0.0.1:25004".into(),
+            vec![Pattern::new("^release/").unwrap()],
+        );
+        let tag_backend = dir.path().join("tag-backend");
+        let mut fixture = Self {
+            cluster,
+            build_index: None,
+            config,
+            tag_backend,
+            dir,
+        };
+        fixture.restart().await;
+        fixture
+    }
+
+    async fn restart(&mut self) {
+        if let Some(build_index) = self.build_index.take() {
+            build_index.shutdown().await.unwrap();
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backends = Backends::new([(
+            Pattern::any(),
+            Arc::new(FsBackend::new(&self.tag_backend)) as Arc<dyn Backend>,
+        )]);
+        let build_index = BuildIndex::start_with_backends(
+            self.config.clone(),
+            self.cluster.tls(Role::BuildIndex).unwrap(),
+            listener,
+            backends,
+        )
+        .await
+        .unwrap();
+        self.build_index = Some(build_index);
+    }
+
+    fn addr(&self) -> String {
+        self.build_index.as_ref().unwrap().addr().to_string()
+    }
+
+    fn client(&self, role: Role) -> TagClient {
+        TagClient::connect(&self.cluster.tls(role).unwrap(), &[self.addr()]).unwrap()
+    }
+
+    async fn push(&self, repository: &str, data: impl Into<Bytes>) -> Digest {
+        self.cluster
+            .push(&ns(repository), data.into())
+            .await
+            .unwrap()
+    }
+
+    /// Pushes a config and `layers` (only those with `pushed`) and an image manifest
+    /// referencing all of them; returns the manifest's digest and the layers'.
+    async fn image(
+        &self,
+        repository: &str,
+        seed: &str,
+        layers: &[(usize, bool)],
+    ) -> (Digest, Vec<Digest>) {
+        let config = format!("{{\"seed\":\"{seed}\"}}");
+        let config_digest = self.push(repository, config.clone()).await;
+        let mut descriptors = Vec::new();
+        let mut digests = Vec::new();
+        for (index, (size, pushed)) in layers.iter().enumerate() {
+            let data = blob(*size, &format!("{seed}-{index}"));
+            let digest = Digest::of(&data);
+            if *pushed {
+                self.push(repository, data).await;
+            }
+            digests.push(digest);
+            descriptors.push(
+                json!({"mediaType": DOCKER_LAYER, "digest": digest.to_string(), "size": size}),
+            );
+        }
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+            "layers": descriptors,
+        });
+        let digest = self
+            .push(repository, serde_json::to_vec(&manifest).unwrap())
+            .await;
+        (digest, digests)
+    }
+
+    async fn stop(mut self) {
+        if let Some(build_index) = self.build_index.take() {
+            build_index.shutdown().await.unwrap();
+        }
+        self.cluster.shutdown().await;
+    }
+}
+
+fn ns(text: &str) -> Namespace {
+    text.parse().unwrap()
+}
+
+fn tag(text: &str) -> TaggedName {
+    text.parse().unwrap()
+}
+
+fn blob(len: usize, seed: &str) -> Vec<u8> {
+    let seed = Digest::of(seed.as_bytes());
+    (0..len)
+        .map(|i| seed.as_bytes()[i % 32] ^ (i as u8))
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_tag_is_refused_until_every_layer_is_on_the_origins() {
+    let fixture = Fixture::start().await;
+    let client = fixture.client(Role::Proxy);
+    let (manifest, layers) = fixture
+        .image("library/app", "one", &[(1000, true), (2000, false)])
+        .await;
+    let name = tag("library/app:1.0");
+
+    let error = client.put(&name, &manifest, false).await.unwrap_err();
+    assert_eq!(error.code(), Some(Code::FailedPrecondition));
+    let message = error.to_string();
+    assert!(message.contains(&layers[1].to_string()), "{message}");
+    assert!(!message.contains(&layers[0].to_string()), "{message}");
+    // Nothing was stored.
+    assert_eq!(client.get(&name).await.unwrap(), None);
+    assert!(!client.has(&name).await.unwrap());
+
+    // A manifest that is not on the origins at all is named too.
+    let unknown = Digest::of(b"never pushed");
+    let error = client.put(&name, &unknown, false).await.unwrap_err();
+    assert_eq!(error.code(), Some(Code::FailedPrecondition));
+    assert!(error.to_string().contains(&unknown.to_string()), "{error}");
+
+    fixture.push("library/app", blob(2000, "one-1")).await;
+    client.put(&name, &manifest, false).await.unwrap();
+    assert_eq!(client.get(&name).await.unwrap(), Some(manifest));
+    assert!(client.has(&name).await.unwrap());
+    fixture.stop().await;
+}
+
+#[tokio::test]
+async fn an_index_needs_every_child_manifest_and_their_layers() {
+    let fixture = Fixture::start().await;
+    let client = fixture.client(Role::Client);
+    let repository = "multi/arch";
+    let (amd64, _) = fixture.image(repository, "amd64", &[(500, true)]).await;
+    let (arm64, arm_layers) = fixture
+        .image(repository, "arm64", &[(500, true), (700, false)])
+        .await;
+    let index_of = |children: &[Digest]| {
+        let manifests: Vec<_> = children
+            .iter()
+            .map(|d| {
+                json!({"mediaType": OCI_MANIFEST, "digest": d.to_string(), "size": 1,
+                            "platform": {"architecture": "amd64", "os": "linux"}})
+            })
+            .collect();
+        serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
+        )
+        .unwrap()
+    };
+    let name = tag("multi/arch:latest");
+
+    // A layer of a child (Kraken only checked the children themselves).
+    let index = fixture.push(repository, index_of(&[amd64, arm64])).await;
+    let error = client.put(&name, &index, false).await.unwrap_err();
+    assert_eq!(error.code(), Some(Code::FailedPrecondition));
+    assert!(
+        error.to_string().contains(&arm_layers[1].to_string()),
+        "{error}"
+    );
+
+    // A child manifest that was never pushed.
+    let missing_child = Digest::of(b"no such manifest");
+    let broken = fixture
+        .push(repository, index_of(&[amd64, missing_child]))
+        .await;
+    let error = client.put(&name, &broken, false).await.unwrap_err();
+    assert!(
+        error.to_string().contains(&missing_child.to_string()),
+        "{error}"
+    );
+    assert!(error.to_string().contains("child manifest"), "{error}");
+    assert_eq!(client.get(&name).await.unwrap(), None);
+
+    // Not a manifest at all, for a docker tag type.
+    let junk = fixture.push(repository, b"just bytes".to_vec()).await;
+    let error = client.put(&name, &junk, false).await.unwrap_err();
+    assert_eq!(error.code(), Some(Code::FailedPrecondition));
+    assert!(error.to_string().contains("not a manifest"), "{error}");
+
+    fixture.push(repository, blob(700, "arm64-1")).await;
+    client.put(&name, &index, false).await.unwrap();
+    assert_eq!(client.get(&name).await.unwrap(), Some(index));
+    fixture.stop().await;
+}
+
+#[tokio::test]
+async fn a_re_pointed_tag_is_visible_at_once_and_survives_a_restart() {
+    let mut fixture = Fixture::start().await;
+    let client = fixture.client(Role::Proxy);
+    let reader = fixture.client(Role::Agent);
+    let name = tag("blobs/app:latest");
+    let first = fixture.push("blobs/app", b"first".to_vec()).await;
+    let second = fixture.push("blobs/app", b"second".to_vec()).await;
+    client.put(&name, &first, false).await.unwrap();
+    assert_eq!(reader.get(&name).await.unwrap(), Some(first));
+    for _ in 0..3 {
+        client.put(&name, &second, false).await.unwrap();
+        assert_eq!(reader.get(&name).await.unwrap(), Some(second));
+        client.put(&name, &first, false).await.unwrap();
+        assert_eq!(reader.get(&name).await.unwrap(), Some(first));
+    }
+    client.put(&name, &second, false).await.unwrap();
+
+    // Durable locally: a restart serves the last write.
+    fixture.restart().await;
+    let reader = fixture.client(Role::Agent);
+    assert_eq!(reader.get(&name).await.unwrap(), Some(second));
+
+    // Written through: with the local disk lost, the tag comes back from the backend.
+    assert!(!files_under(&fixture.tag_backend).is_empty());
+    std::fs::remove_dir_all(&fixture.config.tag_store.dir).unwrap();
+    fixture.restart().await;
+    let reader = fixture.client(Role::Agent);
+    assert_eq!(fixture.build_index.as_ref().unwrap().tag_count(), 0);
+    assert_eq!(reader.get(&name).await.unwrap(), Some(second));
+    assert_eq!(fixture.build_index.as_ref().unwrap().tag_count(), 1);
+    fixture.stop().await;
+}
+
+#[tokio::test]
+async fn list_and_list_repository_paginate_in_lexical_order() {
+    let fixture = Fixture::start().await;
+    let client = fixture.client(Role::Client);
+    let digest = fixture.push("blobs/a", b"content".to_vec()).await;
+    fixture.push("blobs/a/b", b"content".to_vec()).await;
+    let mut expected = Vec::new();
+    for i in 0..23 {
+        let name = format!("blobs/a:v{i:02}");
+        client.put(&tag(&name), &digest, false).await.unwrap();
+        expected.push(name);
+    }
+    client
+        .put(&tag("blobs/a/b:x"), &digest, false)
+        .await
+        .unwrap();
+
+    let mut listed = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = client.list("blobs/a:", 10, token.as_deref()).await.unwrap();
+        pages += 1;
+        assert!(page.tags.len() <= 10);
+        listed.extend(page.tags);
+        match page.next_page_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(listed, expected);
+
+    let all = client.list("blobs/", 0, None).await.unwrap();
+    assert_eq!(all.tags.len(), 24);
+    assert_eq!(all.tags[0], "blobs/a/b:x", "'/' sorts before ':'");
+
+    let first = client.list_repository("blobs/a", 5, None).await.unwrap();
+    assert_eq!(first.tags, ["v00", "v01", "v02", "v03", "v04"]);
+    assert_eq!(first.next_page_token.as_deref(), Some("v04"));
+    let rest = client
+        .list_repository("blobs/a", 100, Some("v20"))
+        .await
+        .unwrap();
+    assert_eq!(rest.tags, ["v21", "v22"]);
+    assert_eq!(rest.next_page_token, None);
+    let other = client.list_repository("blobs/a/b", 0, None).await.unwrap();
+    assert_eq!(other.tags, ["x"]);
+    assert!(
+        client
+            .list_repository("nothing/here", 0, None)
+            .await
+            .unwrap()
+            .tags
+            .is_empty()
+    );
+    fixture.stop().await;
+}
+
+#[tokio::test]
+async fn replicate_records_a_durable_task_per_matching_remote() {
+    let fixture = Fixture::start().await;
+    let client = fixture.client(Role::Proxy);
+    let digest = fixture.push("blobs/x", b"x".to_vec()).await;
+    let (release, _) = fixture.image("release/app", "rel", &[(10, true)]).await;
+    client.put(&tag("blobs/x:1"), &digest, true).await.unwrap();
+    assert!(
+        files_under(&fixture.config.replication.dir).is_empty(),
+        "no remote matches"
+    );
+    client
+        .put(&tag("release/app:1"), &release, true)
+        .await
+        .unwrap();
+    let tasks = files_under(&fixture.config.replication.dir);
+    assert_eq!(tasks.len(), 1);
+    let task: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&tasks[0]).unwrap()).unwrap();
+    assert_eq!(task["tag"], "release/app:1");
+    assert_eq!(task["remote"], "127.0.0.1:25004");
+    assert_eq!(task["digest"], release.to_string());
+    assert_eq!(
+        client.replicate(&tag("release/app:1")).await.unwrap(),
+        ["127.0.0.1:25004"]
+    );
+    let error = client.replicate(&tag("release/app:2")).await.unwrap_err();
+    assert_eq!(error.code(), Some(Code::NotFound));
+    fixture.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_and_roles_are_refused_with_precise_codes() {
+    let fixture = Fixture::start().await;
+    let channel = kraken_transport::grpc::channel(
+        &fixture.cluster.tls(Role::Client).unwrap(),
+        &fixture.addr(),
+        None,
+    )
+    .unwrap();
+    let mut raw =
+        kraken_proto::buildindex::v1::tag_service_client::TagServiceClient::new(channel.clone());
+    use kraken_proto::buildindex::v1::{GetRequest, ListRepositoryRequest, PutRequest};
+    let put = |tag: &str, digest: &str| PutRequest {
+        tag: tag.into(),
+        digest: digest.into(),
+        replicate: false,
+    };
+    let good = Digest::of(b"x").to_string();
+    for (request, expected) in [
+        (put("no-tag", &good), "field `tag`"),
+        (put("Upper/case:1", &good), "field `tag`"),
+        (put("a:.bad", &good), "field `tag`"),
+        (put("a:1", "sha256:abc"), "field `digest`"),
+        (put("a:1", "md5:00"), "field `digest`"),
+    ] {
+        let status = raw.put(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{status:?}");
+    }
+    let status = raw
+        .get(GetRequest {
+            tag: "a:missing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = raw
+        .list_repository(ListRepositoryRequest {
+            repository: "Bad".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // Agents read tags but never write them.
+    let agent = fixture.client(Role::Agent);
+    let error = agent
+        .put(&tag("a:1"), &Digest::of(b"x"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::PermissionDenied));
+
+    // Health and reflection are registered like on every server.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "kraken.buildindex.v1.TagService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let _ = &fixture.dir;
+    fixture.stop().await;
+}

@@ -1,0 +1,194 @@
+//! Starting and stopping the proxy: the registry API (plain HTTP, for `docker push` to an
+//! insecure registry on loopback or behind a TLS-terminating load balancer) and
+//! `ProxyService` gRPC with mutual TLS.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kraken_buildindex::{OriginCluster, TagClient};
+use kraken_config::proxy::ProxyConfig;
+use kraken_proto::proxy::v1::proxy_service_server::ProxyServiceServer;
+use kraken_tls::TlsMaterial;
+use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::error::{ProxyError, StagingErrorSource};
+use crate::prefetch::ProxyServiceImpl;
+use crate::registry::{Registry, router};
+use crate::staging::Staging;
+
+/// Registry requests in flight at once; more are shed with 429.
+const MAX_REGISTRY_REQUESTS: usize = 1024;
+/// A prefetch walks an image and asks the origins about each blob.
+const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long shutdown waits for in-flight requests (uploads may be long; they are cut after).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A running proxy. Stop it with [`Proxy::shutdown`]; dropping it only signals it to stop.
+#[derive(Debug)]
+pub struct Proxy {
+    registry_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    health: HealthReporter,
+    shutdown: CancellationToken,
+    registry: Option<JoinHandle<std::io::Result<()>>>,
+    grpc: Option<JoinHandle<Result<(), GrpcError>>>,
+    sweeper: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Clears and prepares the staging directory (`<store.dir>/uploads`), then serves the
+    /// registry API on `registry_listener` and `ProxyService` (with health and reflection) on
+    /// `grpc_listener`. Origins are reached by `origin.hosts` and `hashring`, build-index by
+    /// `build_index.hosts`, both with mutual TLS from `tls`.
+    pub async fn start(
+        config: ProxyConfig,
+        tls: TlsMaterial,
+        registry_listener: TcpListener,
+        grpc_listener: TcpListener,
+    ) -> Result<Proxy, ProxyError> {
+        kraken_tls::install_crypto_provider();
+        let registry_addr =
+            registry_listener
+                .local_addr()
+                .map_err(|source| ProxyError::Listener {
+                    what: "registry",
+                    source,
+                })?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|source| ProxyError::Listener {
+                what: "gRPC",
+                source,
+            })?;
+        if config.build_index.hosts.dns.is_some() {
+            tracing::warn!("build_index.hosts.dns is not resolved yet: list hosts under `static`");
+        }
+        let origins = OriginCluster::from_config(&tls, &config.origin, &config.hashring)?;
+        let tags = TagClient::connect(&tls, &config.build_index.hosts.static_hosts)?;
+        let staging = Staging::open(config.store.dir.join("uploads"))
+            .await
+            .map_err(|error| ProxyError::Staging(StagingErrorSource(error)))?;
+        let registry = Arc::new(Registry {
+            origins: origins.clone(),
+            tags: tags.clone(),
+            staging,
+            permits: Semaphore::new(MAX_REGISTRY_REQUESTS),
+        });
+        let shutdown = CancellationToken::new();
+
+        let app = router(registry.clone());
+        let stop = shutdown.clone();
+        let registry_task = tokio::spawn(async move {
+            axum::serve(registry_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+
+        let limits = GrpcServerLimits {
+            request_timeout: GRPC_REQUEST_TIMEOUT,
+            ..GrpcServerLimits::default()
+        };
+        let server = GrpcServer::new(&tls, limits)?
+            .add_service(ProxyServiceServer::new(ProxyServiceImpl { origins, tags }));
+        let health = server.health();
+        let grpc_task =
+            tokio::spawn(server.serve(grpc_listener, shutdown.clone().cancelled_owned()));
+
+        let cleanup = config.store.upload_cleanup.clone();
+        let sweeper = cleanup.enable.then(|| {
+            let stop = shutdown.clone();
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(cleanup.interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {
+                            let removed = registry.staging.sweep_idle(cleanup.tti).await;
+                            if removed > 0 {
+                                tracing::info!(removed, "idle uploads removed");
+                            }
+                        }
+                    }
+                }
+            })
+        });
+        tracing::info!(%registry_addr, %grpc_addr, "proxy started");
+        Ok(Proxy {
+            registry_addr,
+            grpc_addr,
+            health,
+            shutdown,
+            registry: Some(registry_task),
+            grpc: Some(grpc_task),
+            sweeper,
+        })
+    }
+
+    /// Where the Docker/OCI registry API listens (plain HTTP).
+    pub fn registry_addr(&self) -> SocketAddr {
+        self.registry_addr
+    }
+
+    /// Where `ProxyService` listens (gRPC, mutual TLS).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Stops gracefully: NOT_SERVING, no new requests, in-flight ones get a grace period.
+    pub async fn shutdown(mut self) -> Result<(), ProxyError> {
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<ProxyServiceServer<ProxyServiceImpl>>()
+            .await;
+        self.shutdown.cancel();
+        let mut result = Ok(());
+        if let Some(task) = self.registry.take() {
+            match wait(task).await {
+                Some(Ok(Ok(()))) | None => {}
+                Some(Ok(Err(error))) => result = Err(ProxyError::Serve(error)),
+                Some(Err(join)) => result = Err(ProxyError::Task(join)),
+            }
+        }
+        if let Some(task) = self.grpc.take() {
+            match wait(task).await {
+                Some(Ok(Ok(()))) | None => {}
+                Some(Ok(Err(error))) => result = result.and(Err(ProxyError::Grpc(error))),
+                Some(Err(join)) => result = result.and(Err(ProxyError::Task(join))),
+            }
+        }
+        if let Some(task) = self.sweeper.take() {
+            let _ = task.await;
+        }
+        tracing::info!(registry = %self.registry_addr, grpc = %self.grpc_addr, "proxy stopped");
+        result
+    }
+}
+
+/// Waits up to the grace period, then aborts; `None` when aborted.
+async fn wait<T>(mut task: JoinHandle<T>) -> Option<Result<T, tokio::task::JoinError>> {
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+        Ok(result) => Some(result),
+        Err(_) => {
+            tracing::warn!("requests still running after the grace period; cutting them");
+            task.abort();
+            None
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
