@@ -50,7 +50,9 @@ impl Drop for Registry {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start_docker_registry(dir: &Path) -> anyhow::Result<(Registry, SocketAddr)> {
@@ -119,7 +121,12 @@ async fn push(
             .body(blob.clone())
             .send()
             .await?;
-        ensure!(put.status() == 201, "blob commit: {} {:?}", put.status(), put.text().await);
+        ensure!(
+            put.status() == 201,
+            "blob commit: {} {:?}",
+            put.status(),
+            put.text().await
+        );
     }
     let put = http
         .put(format!("http://{registry}/v2/{REPO}/manifests/v1"))
@@ -127,7 +134,12 @@ async fn push(
         .body(manifest.clone())
         .send()
         .await?;
-    ensure!(put.status() == 201, "manifest: {} {:?}", put.status(), put.text().await);
+    ensure!(
+        put.status() == 201,
+        "manifest: {} {:?}",
+        put.status(),
+        put.text().await
+    );
     Ok(())
 }
 
@@ -142,7 +154,12 @@ async fn pull(http: &reqwest::Client, registry: SocketAddr) -> anyhow::Result<(D
         .await?;
     ensure!(manifest.status() == 200, "manifest: {}", manifest.status());
     let manifest: serde_json::Value = serde_json::from_slice(&manifest.bytes().await?)?;
-    let mut digests = vec![manifest["config"]["digest"].as_str().context("config")?.to_owned()];
+    let mut digests = vec![
+        manifest["config"]["digest"]
+            .as_str()
+            .context("config")?
+            .to_owned(),
+    ];
     for layer in manifest["layers"].as_array().context("layers")? {
         digests.push(layer["digest"].as_str().context("layer digest")?.to_owned());
     }
@@ -184,7 +201,9 @@ async fn main() -> anyhow::Result<()> {
     let layers: Vec<Bytes> = (0..3u32)
         .map(|layer| {
             (0..(args.layer_mib << 20) as u32)
-                .map(|i| (i.wrapping_mul(2_654_435_761) ^ layer.wrapping_mul(97)).rotate_left(9) as u8)
+                .map(|i| {
+                    (i.wrapping_mul(2_654_435_761) ^ layer.wrapping_mul(97)).rotate_left(9) as u8
+                })
                 .collect::<Vec<u8>>()
                 .into()
         })
@@ -192,9 +211,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Bytes::from_static(
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
     );
-    let descriptor = |media_type: &str, blob: &Bytes| {
-        serde_json::json!({"mediaType": media_type, "digest": sha256(blob), "size": blob.len()})
-    };
+    let descriptor = |media_type: &str, blob: &Bytes| serde_json::json!({"mediaType": media_type, "digest": sha256(blob), "size": blob.len()});
     let manifest = Bytes::from(serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -219,10 +236,16 @@ async fn main() -> anyhow::Result<()> {
     );
     let pushed = Instant::now();
     push(&http, registry, &blobs, &manifest).await?;
-    println!("  pushed to docker-registry in {:.2} s", pushed.elapsed().as_secs_f64());
+    println!(
+        "  pushed to docker-registry in {:.2} s",
+        pushed.elapsed().as_secs_f64()
+    );
     let pushed = Instant::now();
     push(&http, proxy, &blobs, &manifest).await?;
-    println!("  pushed to the kraken proxy in {:.2} s", pushed.elapsed().as_secs_f64());
+    println!(
+        "  pushed to the kraken proxy in {:.2} s",
+        pushed.elapsed().as_secs_f64()
+    );
 
     let mut baseline = None::<(Duration, u64)>;
     for _ in 0..args.baseline_runs.max(1) {
@@ -236,9 +259,21 @@ async fn main() -> anyhow::Result<()> {
     report("docker-registry (baseline, best)", baseline, baseline.0);
     let agent0 = cluster.agent_registry_addr(0);
     let agent1 = cluster.agent_registry_addr(1);
-    report("agent 0, cold (swarm from origins)", pull(&http, agent0).await?, baseline.0);
-    report("agent 0, warm (its store)", pull(&http, agent0).await?, baseline.0);
-    report("agent 1, cold (origins + agent 0)", pull(&http, agent1).await?, baseline.0);
+    report(
+        "agent 0, cold (swarm from origins)",
+        pull(&http, agent0).await?,
+        baseline.0,
+    );
+    report(
+        "agent 0, warm (its store)",
+        pull(&http, agent0).await?,
+        baseline.0,
+    );
+    report(
+        "agent 1, cold (origins + agent 0)",
+        pull(&http, agent1).await?,
+        baseline.0,
+    );
     cluster.shutdown().await;
     Ok(())
 }
