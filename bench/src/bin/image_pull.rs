@@ -197,6 +197,8 @@ fn report(what: &str, (time, bytes): (Duration, u64), baseline: Duration) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // reqwest is built without a bundled crypto provider: use the process-wide one.
+    kraken_tls::install_crypto_provider();
     let work = tempfile::Builder::new().prefix("kraken-pull-").tempdir()?;
     let layers: Vec<Bytes> = (0..3u32)
         .map(|layer| {
