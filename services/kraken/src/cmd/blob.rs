@@ -1,5 +1,5 @@
-//! Blob commands for humans and scripts: `kraken push` a file to the origins, `kraken pull` a
-//! blob through the local agent, `kraken prefetch` a blob into an origin's cache. Each long
+//! Blob commands for humans and scripts: `kraken push` a file (or every file of a directory)
+//! to the origins, `kraken pull` a blob by digest or by `repository:tag` through the local agent, `kraken prefetch` a blob into an origin's cache. Each long
 //! transfer shows a progress bar on a terminal and logs progress otherwise.
 
 use std::path::{Path, PathBuf};
@@ -52,8 +52,8 @@ impl ClientTls {
 
 #[derive(Args, Debug)]
 pub(crate) struct PushArgs {
-    /// File to upload.
-    file: PathBuf,
+    /// File to upload, or a directory: every regular file under it is uploaded, one blob each.
+    path: PathBuf,
     /// gRPC address of an origin (host:port).
     #[arg(long)]
     origin: String,
@@ -66,13 +66,18 @@ pub(crate) struct PushArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct PullArgs {
-    /// Digest of the blob, `sha256:<hex>`.
-    digest: Digest,
+    /// What to pull: a digest `sha256:<hex>` (with --namespace), or `repository:tag`, resolved
+    /// to its manifest's digest by the build-index (the manifest is what is pulled).
+    target: String,
     /// gRPC address of the agent (host:port), usually the local one.
     #[arg(long, default_value = "127.0.0.1:16002")]
     agent: String,
+    /// Namespace of a blob pulled by digest (a tag names its own repository).
     #[arg(long)]
-    namespace: Namespace,
+    namespace: Option<Namespace>,
+    /// gRPC address of a build-index, to resolve `repository:tag`.
+    #[arg(long, default_value = "127.0.0.1:15004")]
+    build_index: String,
     /// Where to write the blob (`-` for standard output).
     #[arg(long, short)]
     output: PathBuf,
@@ -100,17 +105,56 @@ pub(crate) struct PrefetchArgs {
 
 pub(crate) async fn push(args: PushArgs) -> anyhow::Result<()> {
     let tls = args.tls.load()?;
-    let size = std::fs::metadata(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?
-        .len();
-    let digest = hash_file(&args.file, size).await?;
     let client = OriginClient::connect(&tls, &args.origin)?;
+    let files = files_under(&args.path)?;
+    if files.is_empty() {
+        bail!("{} holds no regular file to push", args.path.display());
+    }
+    for file in &files {
+        let digest = push_file(&client, &args, file).await?;
+        // One line per blob, `digest  path`, like sha256sum: easy to feed to scripts.
+        println!("{digest}  {}", file.display());
+    }
+    Ok(())
+}
+
+/// `path` itself when it is a file, else every regular file under it, sorted.
+fn files_under(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let metadata =
+        std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !metadata.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    let mut pending = vec![path.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+async fn push_file(client: &OriginClient, args: &PushArgs, file: &Path) -> anyhow::Result<Digest> {
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
+    let digest = hash_file(file, size).await?;
     let progress = Arc::new(ProgressReporter::new(
         size,
-        format!("push {}", args.file.display()),
+        format!("push {}", file.display()),
     ));
-    let file = tokio::fs::File::open(&args.file).await?;
-    let counted = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map({
+    let opened = tokio::fs::File::open(file).await?;
+    let counted = tokio_util::io::ReaderStream::with_capacity(opened, 1 << 20).map({
         let progress = progress.clone();
         move |chunk| {
             if let Ok(chunk) = &chunk {
@@ -122,16 +166,15 @@ pub(crate) async fn push(args: PushArgs) -> anyhow::Result<()> {
     let uploaded = client
         .upload_stream(&args.namespace, &digest, counted, Some(size))
         .await
-        .with_context(|| format!("uploading to {}", args.origin))?;
+        .with_context(|| format!("uploading {} to {}", file.display(), args.origin))?;
     progress.finish();
     let state = if uploaded.created {
         "uploaded"
     } else {
         "already stored"
     };
-    eprintln!("{state}: {} bytes", uploaded.size);
-    println!("{digest}");
-    Ok(())
+    eprintln!("{state}: {} ({} bytes)", file.display(), uploaded.size);
+    Ok(digest)
 }
 
 async fn hash_file(path: &Path, size: u64) -> anyhow::Result<Digest> {
@@ -160,20 +203,48 @@ async fn hash_file(path: &Path, size: u64) -> anyhow::Result<Digest> {
     Ok(digest)
 }
 
+/// The blob `target` names: a digest in `--namespace`, or the manifest a tag points at.
+async fn resolve_target(args: &PullArgs, tls: &TlsMaterial) -> anyhow::Result<(Namespace, Digest)> {
+    if args.target.starts_with("sha256:") {
+        let digest: Digest = args.target.parse().context("the digest to pull")?;
+        let Some(namespace) = args.namespace.clone() else {
+            bail!("pulling by digest needs --namespace (the blob's repository)");
+        };
+        return Ok((namespace, digest));
+    }
+    let tagged: kraken_oci::TaggedName = args.target.parse().with_context(|| {
+        format!(
+            "`{}` is neither sha256:<hex> nor repository:tag",
+            args.target
+        )
+    })?;
+    let tags = kraken_agent::TagClient::new(
+        &kraken_config::cluster::UpstreamConfig::of([args.build_index.clone()]),
+        tls,
+    )?;
+    let digest = tags
+        .resolve(&tagged.repository, tagged.tag.as_str())
+        .await
+        .with_context(|| format!("resolving {tagged} at build-index {}", args.build_index))?;
+    eprintln!("{tagged} -> {digest}");
+    Ok((tagged.repository, digest))
+}
+
 pub(crate) async fn pull(args: PullArgs) -> anyhow::Result<()> {
     let tls = args.tls.load()?;
+    let (namespace, digest) = resolve_target(&args, &tls).await?;
     let channel = kraken_transport::grpc::channel(&tls, &args.agent, None)?;
     let mut client = AgentServiceClient::new(channel);
     let request = GetBlobRequest {
-        namespace: args.namespace.to_string(),
-        digest: args.digest.to_string(),
+        namespace: namespace.to_string(),
+        digest: digest.to_string(),
         offset: 0,
         length: None,
     };
     let mut stream = client
         .get_blob(request)
         .await
-        .with_context(|| format!("asking agent {} for {}", args.agent, args.digest))?
+        .with_context(|| format!("asking agent {} for {digest}", args.agent))?
         .into_inner();
     let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if args.output == Path::new("-") {
         Box::new(tokio::io::stdout())
@@ -184,7 +255,7 @@ pub(crate) async fn pull(args: PullArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("creating {}", args.output.display()))?,
         )
     };
-    let progress = (!args.quiet).then(|| ProgressReporter::new(0, format!("pull {}", args.digest)));
+    let progress = (!args.quiet).then(|| ProgressReporter::new(0, format!("pull {digest}")));
     let mut total = 0u64;
     while let Some(message) = stream.message().await.context("receiving the blob")? {
         out.write_all(&message.chunk).await?;
@@ -196,7 +267,7 @@ pub(crate) async fn pull(args: PullArgs) -> anyhow::Result<()> {
     out.flush().await?;
     if let Some(progress) = progress {
         progress.finish();
-        eprintln!("{}: {total} bytes, verified", args.digest);
+        eprintln!("{digest}: {total} bytes, verified");
     }
     Ok(())
 }
