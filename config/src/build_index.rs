@@ -29,8 +29,8 @@ pub struct BuildIndexConfig {
     pub auth: AuthConfig,
     /// The local origin cluster, asked whether a tag's blobs exist before it is accepted.
     pub origin: UpstreamConfig,
-    /// How blobs map onto `origin.hosts`: keep it equal to the origins' own `hashring` (a
-    /// larger `max_replica` only adds owners to fall back to; rendezvous ranks are stable).
+    /// How blobs map onto `origin.hosts` when no origin can say (the origins answer
+    /// `Locations` from their own ring, which wins): keep it equal to the origins' `hashring`.
     pub hashring: HashRingConfig,
     /// The other build-index hosts of this cluster, which receive a copy of every tag write.
     /// Empty for a single build-index.

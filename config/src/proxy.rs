@@ -20,8 +20,8 @@ pub struct ProxyConfig {
     pub listen: ProxyListenConfig,
     /// The origin cluster blobs are uploaded to.
     pub origin: UpstreamConfig,
-    /// How blobs map onto `origin.hosts`: keep it equal to the origins' own `hashring` (a
-    /// larger `max_replica` only adds owners to fall back to; rendezvous ranks are stable).
+    /// How blobs map onto `origin.hosts` when no origin can say (the origins answer
+    /// `Locations` from their own ring, which wins): keep it equal to the origins' `hashring`.
     pub hashring: HashRingConfig,
     /// Build-index hosts tags are written to.
     pub build_index: UpstreamConfig,

@@ -5,7 +5,8 @@
 //!   pull survives an owner killed mid-distribution;
 //! - repair: an origin whose disk was wiped refetches from the backend;
 //! - health: a dead origin is marked unhealthy after `fails` probes and healthy again after
-//!   `passes`; clients fail over and take a dead origin out of rotation;
+//!   `passes`; clients (the cluster client, the proxy under a push) fail over and take a dead
+//!   origin out of rotation;
 //! - write-back: a push while the backend is down is acknowledged, survives an origin restart
 //!   and lands in the backend once it is back; a replica takes over when the accepting origin
 //!   dies before writing back.
@@ -532,6 +533,82 @@ async fn the_cluster_client_fails_over_and_takes_a_dead_origin_out_of_rotation()
             .filter(|h| h.host != dead.to_string())
             .all(|h| h.healthy)
     );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_pushes_through_the_proxy_fail_over_a_dead_origin_and_take_it_out_of_rotation() {
+    let mut cluster = start(3, 1, |_| {}).await;
+    let dead = cluster.dev.origins[0].grpc_addr();
+    cluster.dev.stop_origin(dead, Stop::Kill).await.unwrap();
+    let http = reqwest::Client::new();
+    let registry = format!("http://{}/v2/{NS}", cluster.dev.proxy_registry_addr());
+
+    // Layers whose highest-scoring owner is the dead origin, pushed the way `docker push`
+    // does: HEAD (missing), then a monolithic upload committed with its digest.
+    let layers: Vec<Bytes> = (0u64..)
+        .map(|seed| blob(256 << 10, 2000 + seed))
+        .filter(|data| cluster.dev.owner_addrs(&Digest::of(data))[0] == dead)
+        .take(4)
+        .collect();
+    for data in &layers {
+        let digest = Digest::of(data);
+        let head = http
+            .head(format!("{registry}/blobs/{digest}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), reqwest::StatusCode::NOT_FOUND, "{digest}");
+        let pushed = http
+            .post(format!("{registry}/blobs/uploads/?digest={digest}"))
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            pushed.status(),
+            reqwest::StatusCode::CREATED,
+            "{digest}: {}",
+            pushed.text().await.unwrap_or_default()
+        );
+        let head = http
+            .head(format!("{registry}/blobs/{digest}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), reqwest::StatusCode::OK, "{digest}");
+        let live_owner = cluster.dev.owner_addrs(&digest)[1];
+        eventually("the live owner holds the layer", async || {
+            cluster.holds(live_owner, &digest)
+        })
+        .await;
+    }
+
+    // The proxy's passive checks (default: 3 network errors) took the dead origin out of
+    // rotation; the live ones stay in.
+    let hosts = cluster.dev.proxy.origin_hosts();
+    let status = hosts.iter().find(|h| h.host == dead.to_string()).unwrap();
+    assert!(!status.healthy, "{hosts:?}");
+    assert!(
+        hosts
+            .iter()
+            .filter(|h| h.host != dead.to_string())
+            .all(|h| h.healthy),
+        "{hosts:?}"
+    );
+
+    // And an agent serves every layer through its registry API.
+    let agent = format!("http://{}/v2/{NS}", cluster.dev.agent_registry_addr(0));
+    for data in &layers {
+        let digest = Digest::of(data);
+        let pulled = http
+            .get(format!("{agent}/blobs/{digest}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pulled.status(), reqwest::StatusCode::OK, "{digest}");
+        assert_eq!(Digest::of(&pulled.bytes().await.unwrap()), digest);
+    }
     cluster.shutdown().await;
 }
 

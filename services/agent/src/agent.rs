@@ -22,8 +22,8 @@ use crate::error::AgentError;
 use crate::fetch::{BlobStream, Fetcher};
 use crate::registry::{self, RegistryState};
 use crate::service::AgentGrpc;
-use crate::tags::TagClient;
 use crate::tracker::{TrackerClient, TrackerClientOptions};
+use kraken_tagclient::TagClient;
 
 /// How long `shutdown` lets in-flight gRPC calls finish before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -9,8 +9,8 @@ use kraken_transport::grpc::GrpcError;
 use kraken_transport::quic::TransportError;
 use tonic::{Code, Status};
 
-use crate::tags::TagError;
 use crate::tracker::{TrackerError, error_chain};
+use kraken_tagclient::TagClientError;
 
 /// Why an agent operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,7 @@ pub enum AgentError {
     #[error("field `tag`: {0}")]
     InvalidTag(String),
     #[error(transparent)]
-    Tags(#[from] crate::tags::TagError),
+    Tags(#[from] TagClientError),
     #[error("blob {digest} is not a manifest: {reason}")]
     NotAManifest { digest: Digest, reason: String },
     #[error("tracker")]
@@ -106,12 +106,14 @@ impl AgentError {
             Self::TagsUnsupported | Self::NotAManifest { .. } => Code::FailedPrecondition,
             Self::InvalidTag(_) => Code::InvalidArgument,
             Self::Tags(error) => match error {
-                TagError::NotFound { .. } => Code::NotFound,
-                TagError::Unreachable { .. } => Code::Unavailable,
-                TagError::NoHosts => Code::FailedPrecondition,
-                TagError::Channel { .. }
-                | TagError::Rejected { .. }
-                | TagError::BadDigest { .. } => Code::Internal,
+                TagClientError::NotFound { .. } => Code::NotFound,
+                TagClientError::Unreachable { .. } | TagClientError::Cluster(_) => {
+                    Code::Unavailable
+                }
+                TagClientError::NoHosts => Code::FailedPrecondition,
+                // The build-index's own refusal (a malformed tag name, say) passes through.
+                TagClientError::Rejected { status, .. } => status.code(),
+                TagClientError::BadDigest { .. } => Code::Internal,
             },
             Self::Tracker(error) => match **error {
                 TrackerError::NotFound { .. } => Code::NotFound,

@@ -16,16 +16,13 @@
 mod agent;
 mod error;
 mod fetch;
-mod health;
 mod metrics;
 mod registry;
 mod service;
-mod tags;
 mod tracker;
 
 pub use agent::Agent;
 pub use error::AgentError;
 pub use fetch::{BlobSource, BlobStream, STREAM_CHUNK};
 pub use service::{EVICT_ROLES, READ_ROLES};
-pub use tags::{TagClient, TagError, TagPage};
 pub use tracker::{HostStatus, RetryPolicy, TrackerClient, TrackerClientOptions, TrackerError};

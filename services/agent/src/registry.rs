@@ -28,7 +28,7 @@ use futures::TryStreamExt;
 use kraken_config::agent::AgentConfig;
 use kraken_core::{Digest, Namespace};
 use kraken_oci::headers::{API_VERSION, DOCKER_CONTENT_DIGEST, DOCKER_DISTRIBUTION_API_VERSION};
-use kraken_oci::{ErrorCode, Reference, RegistryError, parse_repository};
+use kraken_oci::{ErrorCode, Reference, RegistryError, TaggedName, parse_repository};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::AgentError;
 use crate::fetch::Fetcher;
 use crate::metrics as m;
-use crate::tags::{TagClient, TagError};
+use kraken_tagclient::{TagClient, TagClientError};
 
 /// Page size of `tags/list` when the client gives no `n`.
 const DEFAULT_TAG_PAGE: u32 = 1000;
@@ -193,13 +193,15 @@ async fn manifest(
                      digest, or configure one to resolve tags",
                 ));
             };
-            tags.resolve(&namespace, tag.as_str())
+            tags.resolve(&TaggedName::new(namespace.clone(), tag.clone()))
                 .await
                 .map_err(|error| match error {
-                    TagError::NotFound { .. } => {
+                    TagClientError::NotFound { .. } => {
                         RegistryError::manifest_unknown(format!("{name}:{}", tag.as_str()))
                     }
-                    TagError::Unreachable { .. } => RegistryError::unavailable(error.to_string()),
+                    error if error.is_unavailable() => {
+                        RegistryError::unavailable(error.to_string())
+                    }
                     other => RegistryError::internal(other.to_string()),
                 })?
         }
@@ -325,10 +327,10 @@ async fn tags(
         .unwrap_or(DEFAULT_TAG_PAGE)
         .clamp(1, DEFAULT_TAG_PAGE);
     let page = tags
-        .list(&namespace, page_size, query.last.as_deref().unwrap_or(""))
+        .list_repository(namespace.as_str(), page_size, query.last.as_deref())
         .await
         .map_err(|error| match error {
-            TagError::Unreachable { .. } => RegistryError::unavailable(error.to_string()),
+            error if error.is_unavailable() => RegistryError::unavailable(error.to_string()),
             other => RegistryError::internal(other.to_string()),
         })?;
     if page.tags.is_empty() && query.last.is_none() {
@@ -336,10 +338,9 @@ async fn tags(
     }
     let body = serde_json::json!({ "name": name, "tags": page.tags });
     let mut response = axum::Json(body).into_response();
-    if !page.next_page_token.is_empty()
+    if let Some(next) = &page.next_page_token
         && let Ok(link) = HeaderValue::from_str(&format!(
-            "</v2/{name}/tags/list?n={page_size}&last={}>; rel=\"next\"",
-            page.next_page_token
+            "</v2/{name}/tags/list?n={page_size}&last={next}>; rel=\"next\""
         ))
     {
         response.headers_mut().insert(header::LINK, link);

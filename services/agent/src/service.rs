@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::error::AgentError;
 use crate::fetch::{BlobStream, Fetcher, Progress};
 use crate::metrics as m;
-use crate::tags::TagClient;
+use kraken_tagclient::TagClient;
 
 /// Roles that may read blobs, preload them and stat them: the host's own tooling (a `client`
 /// certificate) and agents. The proxy and origins have no business with an agent's cache.
@@ -286,7 +286,7 @@ async fn preload_image(
     tagged: TaggedName,
 ) -> Result<mpsc::Receiver<Result<PreloadProgress, AgentError>>, AgentError> {
     let namespace = tagged.repository.clone();
-    let digest = tags.resolve(&namespace, tagged.tag.as_str()).await?;
+    let digest = tags.resolve(&tagged).await?;
     let blobs = fetcher.image_blobs(&namespace, &digest).await?;
     tracing::info!(tag = %tagged, %digest, blobs = blobs.len(), "preloading image");
     let (tx, rx) = mpsc::channel(16);

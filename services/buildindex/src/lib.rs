@@ -14,7 +14,6 @@
 //! change what reads return. Replication to remote clusters is recorded durably (one task file
 //! per tag and remote) but not executed yet; neither is copying writes to `cluster` peers.
 
-mod client;
 mod deps;
 mod error;
 mod metrics;
@@ -24,9 +23,10 @@ mod service;
 mod store;
 mod tags;
 
-pub use client::{TagClient, TagClientError, TagPage};
+// The client lives in its own small crate so the agent can use it without this server.
 pub use deps::check_manifest_references;
 pub use error::{BuildIndexError, TagError};
+pub use kraken_tagclient::{TagClient, TagClientError, TagPage};
 pub use origins::{OriginCluster, OriginClusterError, OriginsError};
 pub use server::{BuildIndex, backends_from_config};
 pub use service::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};

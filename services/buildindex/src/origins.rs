@@ -1,12 +1,14 @@
-//! The origin cluster as a client sees it: the rendezvous ring over the configured origin hosts
-//! and one lazily connected mTLS client per origin. Every call goes to a digest's owners in
-//! ring order and falls over to the next owner when one cannot answer, so one origin down never
-//! fails a request another owner can serve.
+//! The origin cluster as the build-index and the proxy see it: a thin layer over
+//! [`OriginClusterClient`] (owners from the cluster's own `Locations`, static or DNS members,
+//! passive health checks) that adds what these two need: waiting while an owner fetches a blob
+//! from its backend, small verified fetches (manifests), prefetches to every owner, and errors
+//! that say whether a blob is missing or the cluster is unreachable.
 //!
-//! Build-index uses it to check a tag's dependencies; the proxy uses it to upload, read and
-//! prefetch blobs.
+//! Every call goes to a digest's owners, healthy ones first, and falls over to the next when
+//! one cannot answer; network errors count against an origin's passive health, so a dead
+//! origin drops out of rotation for `origin.healthcheck.fail_timeout` instead of costing every
+//! request a timeout.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,10 +16,11 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use kraken_config::cluster::{HashRingConfig, UpstreamConfig};
 use kraken_core::{Digest, Namespace};
-use kraken_origin::{BlobStat, ByteStream, ClientError, OriginClient, Uploaded};
+use kraken_origin::{
+    BlobStat, ByteStream, ClientError, OriginClient, OriginClusterClient, Uploaded,
+};
 use kraken_proto::origin::v1::PrefetchRequest;
 use kraken_tls::TlsMaterial;
-use kraken_transport::ring::{Member, Ring};
 use tonic::Code;
 
 /// How long a call keeps retrying while an origin fetches a blob from its backend.
@@ -30,19 +33,12 @@ const UNARY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Why the origin cluster cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum OriginClusterError {
-    #[error("`origin.hosts` is empty: list the origins' gRPC addresses under `static`")]
-    NoHosts,
     #[error(
-        "`origin.hosts.dns` ({0}) is not resolved yet: list the origins' gRPC addresses under \
-         `static`"
+        "`origin.hosts` lists no origin: give their gRPC addresses under `static` or a `dns` name"
     )]
-    DnsUnsupported(String),
-    #[error("cannot set up a client of origin {address}")]
-    Client {
-        address: String,
-        #[source]
-        source: ClientError,
-    },
+    NoHosts,
+    #[error("cannot set up the origin cluster client")]
+    Client(#[source] ClientError),
 }
 
 /// Why a call to the origin cluster failed.
@@ -73,70 +69,74 @@ impl OriginsError {
     }
 }
 
-/// The origin ring with a client per member. Cheap to clone.
+/// The origin cluster with health-aware failover. Cheap to clone; clones share channels and
+/// health.
 #[derive(Debug, Clone)]
 pub struct OriginCluster {
-    ring: Ring,
-    replicas: usize,
-    clients: HashMap<String, OriginClient>,
+    cluster: OriginClusterClient,
 }
 
 impl OriginCluster {
-    /// A cluster over `hosts` (`host:port` gRPC addresses, also the ring labels, exactly as
-    /// the origins list each other) with their weights.
-    pub fn new(
-        tls: &TlsMaterial,
-        hosts: &[String],
-        hashring: &HashRingConfig,
-    ) -> Result<Self, OriginClusterError> {
-        if hosts.is_empty() {
-            return Err(OriginClusterError::NoHosts);
-        }
-        let mut clients = HashMap::new();
-        for host in hosts {
-            let client =
-                OriginClient::connect(tls, host).map_err(|source| OriginClusterError::Client {
-                    address: host.clone(),
-                    source,
-                })?;
-            clients.insert(host.clone(), client);
-        }
-        let ring = Ring::new(
-            hosts
-                .iter()
-                .map(|host| Member::new(host.clone(), hashring.weight_of(host))),
-        );
-        Ok(Self {
-            ring,
-            replicas: hashring.max_replica.max(1),
-            clients,
-        })
-    }
-
-    /// From a component's `origin:` and `hashring:` sections.
+    /// From a component's `origin:` (hosts, passive checks) and `hashring:` (weights and
+    /// `max_replica`, used only when no origin can name a blob's owners) sections.
     pub fn from_config(
         tls: &TlsMaterial,
         upstream: &UpstreamConfig,
         hashring: &HashRingConfig,
     ) -> Result<Self, OriginClusterError> {
-        if let Some(dns) = &upstream.hosts.dns {
-            return Err(OriginClusterError::DnsUnsupported(dns.clone()));
+        if upstream.hosts.is_empty() {
+            return Err(OriginClusterError::NoHosts);
         }
-        Self::new(tls, &upstream.hosts.static_hosts, hashring)
+        let cluster = OriginClusterClient::with_ring(upstream, hashring, tls)
+            .map_err(OriginClusterError::Client)?;
+        Ok(Self { cluster })
     }
 
-    /// The owners of `digest`, highest rendezvous score first, with their clients. Owned
-    /// (clients are cheap clones) so the futures holding them borrow nothing.
-    pub fn owners(&self, digest: &Digest) -> Vec<(String, OriginClient)> {
-        self.ring
-            .owners(digest, self.replicas)
-            .into_iter()
-            .filter_map(|member| {
-                self.clients
-                    .get(&member.label)
-                    .map(|client| (member.label.clone(), client.clone()))
-            })
-            .collect()
+    /// The client underneath, for its host health.
+    pub fn client(&self) -> &OriginClusterClient {
+        &self.cluster
+    }
+
+    /// The owners of `digest`, healthy first, with a client each.
+    async fn owners(&self, digest: &Digest) -> Result<Vec<(String, OriginClient)>, OriginsError> {
+        let owners = self.cluster.owners_of(digest).await;
+        self.with_clients(digest, owners)
+    }
+
+    /// The owners, then every other member as a last resort (a member that is not an owner
+    /// still accepts an upload and copies it to the owners).
+    async fn candidates(
+        &self,
+        digest: &Digest,
+    ) -> Result<Vec<(String, OriginClient)>, OriginsError> {
+        let candidates = self.cluster.candidates(digest).await;
+        self.with_clients(digest, candidates)
+    }
+
+    fn with_clients(
+        &self,
+        digest: &Digest,
+        labels: Result<Vec<String>, ClientError>,
+    ) -> Result<Vec<(String, OriginClient)>, OriginsError> {
+        let unavailable = |source| OriginsError::Unavailable {
+            digest: *digest,
+            source,
+        };
+        let mut clients = Vec::new();
+        let mut last = None;
+        for label in labels.map_err(unavailable)? {
+            match self.cluster.client(&label) {
+                Ok(client) => clients.push((label, client)),
+                Err(error) => {
+                    tracing::warn!(origin = %label, %error, "no channel to this origin; skipped");
+                    last = Some(error);
+                }
+            }
+        }
+        match last {
+            Some(error) if clients.is_empty() => Err(unavailable(error)),
+            _ => Ok(clients),
+        }
     }
 
     /// What the owners know about a blob: the first owner that has it answers. `None` when
@@ -149,8 +149,10 @@ impl OriginCluster {
     ) -> Result<Option<BlobStat>, OriginsError> {
         let mut answered = false;
         let mut last = None;
-        for (address, client) in self.owners(digest) {
-            match timed(client.stat(namespace, digest)).await {
+        for (address, client) in self.owners(digest).await? {
+            let outcome = timed(client.stat(namespace, digest)).await;
+            self.cluster.record(&address, &outcome);
+            match outcome {
                 Ok(Some(stat)) => return Ok(Some(stat)),
                 Ok(None) => answered = true,
                 Err(error) => {
@@ -188,13 +190,14 @@ impl OriginCluster {
     ) -> Result<ByteStream, OriginsError> {
         let mut last = None;
         let mut not_found = false;
-        for (address, client) in self.owners(digest) {
+        for (address, client) in self.owners(digest).await? {
             let deadline = tokio::time::Instant::now() + BACKEND_FETCH_PATIENCE;
             loop {
-                match client
+                let outcome = client
                     .download_range(namespace, digest, offset, length)
-                    .await
-                {
+                    .await;
+                self.cluster.record(&address, &outcome);
+                match outcome {
                     Ok(stream) => return Ok(stream),
                     Err(ClientError::Retry(after))
                         if tokio::time::Instant::now() + after.min(MAX_RETRY_WAIT) < deadline =>
@@ -236,7 +239,7 @@ impl OriginCluster {
         size: u64,
     ) -> Result<Uploaded, OriginsError> {
         let mut last = None;
-        for (address, client) in self.owners(digest) {
+        for (address, client) in self.candidates(digest).await? {
             let file =
                 tokio::fs::File::open(path)
                     .await
@@ -244,7 +247,9 @@ impl OriginCluster {
                         digest: *digest,
                         source: ClientError::Source(source),
                     })?;
-            match client.upload(namespace, digest, file, Some(size)).await {
+            let outcome = client.upload(namespace, digest, file, Some(size)).await;
+            self.cluster.record(&address, &outcome);
+            match outcome {
                 Ok(uploaded) => return Ok(uploaded),
                 Err(error) if is_transient(&error) => {
                     tracing::warn!(origin = %address, %digest, %error, "upload failed; next owner");
@@ -274,12 +279,13 @@ impl OriginCluster {
     ) -> Result<Uploaded, OriginsError> {
         let mut last = None;
         let size = data.len() as u64;
-        for (address, client) in self.owners(digest) {
+        for (address, client) in self.candidates(digest).await? {
             let chunks = futures::stream::iter([Ok::<_, std::io::Error>(data.clone())]);
-            match client
+            let outcome = client
                 .upload_stream(namespace, digest, chunks, Some(size))
-                .await
-            {
+                .await;
+            self.cluster.record(&address, &outcome);
+            match outcome {
                 Ok(uploaded) => return Ok(uploaded),
                 Err(error) if is_transient(&error) => {
                     tracing::warn!(origin = %address, %digest, %error, "upload failed; next owner");
@@ -311,19 +317,18 @@ impl OriginCluster {
     where
         S: futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
-        let Some((_, client)) = self.owners(digest).into_iter().next() else {
+        let Some((address, client)) = self.candidates(digest).await?.into_iter().next() else {
             return Err(OriginsError::Unavailable {
                 digest: *digest,
                 source: ClientError::Missing("owner on the origin ring"),
             });
         };
-        client
-            .upload_stream(namespace, digest, chunks, size)
-            .await
-            .map_err(|source| OriginsError::Unavailable {
-                digest: *digest,
-                source,
-            })
+        let outcome = client.upload_stream(namespace, digest, chunks, size).await;
+        self.cluster.record(&address, &outcome);
+        outcome.map_err(|source| OriginsError::Unavailable {
+            digest: *digest,
+            source,
+        })
     }
 
     /// Downloads a small blob (a manifest) whole, refusing more than `max` bytes, and checks
@@ -366,36 +371,43 @@ impl OriginCluster {
         namespace: &Namespace,
         digest: &Digest,
     ) -> Result<bool, OriginsError> {
-        let calls = self.owners(digest).into_iter().map(|(address, client)| {
-            let request = PrefetchRequest {
-                namespace: namespace.to_string(),
-                digest: digest.to_string(),
-            };
-            let mut raw = client.raw();
-            async move {
-                let result = tokio::time::timeout(UNARY_TIMEOUT, raw.prefetch(request)).await;
-                (address, result)
-            }
-        });
+        let calls = self
+            .owners(digest)
+            .await?
+            .into_iter()
+            .map(|(address, client)| {
+                let request = PrefetchRequest {
+                    namespace: namespace.to_string(),
+                    digest: digest.to_string(),
+                };
+                let mut raw = client.raw();
+                async move {
+                    let result = tokio::time::timeout(UNARY_TIMEOUT, raw.prefetch(request)).await;
+                    (address, result)
+                }
+            });
         let mut cached = false;
         let mut accepted = false;
         let mut not_found = false;
         let mut last = None;
         for (address, result) in futures::future::join_all(calls).await {
-            match result {
-                Ok(Ok(response)) => {
+            let outcome = match result {
+                Ok(Ok(response)) => Ok(response.into_inner().cached),
+                Ok(Err(status)) => Err(ClientError::from_status(status)),
+                Err(_) => Err(ClientError::Status(tonic::Status::deadline_exceeded(
+                    format!("prefetch took longer than {UNARY_TIMEOUT:?}"),
+                ))),
+            };
+            self.cluster.record(&address, &outcome);
+            match outcome {
+                Ok(was_cached) => {
                     accepted = true;
-                    cached |= response.into_inner().cached;
+                    cached |= was_cached;
                 }
-                Ok(Err(status)) => {
-                    tracing::debug!(origin = %address, %digest, %status, "prefetch refused");
-                    not_found |= status.code() == Code::NotFound;
-                    last = Some(ClientError::from_status(status));
-                }
-                Err(_) => {
-                    last = Some(ClientError::Status(tonic::Status::deadline_exceeded(
-                        format!("prefetch took longer than {UNARY_TIMEOUT:?}"),
-                    )));
+                Err(error) => {
+                    tracing::debug!(origin = %address, %digest, %error, "prefetch refused");
+                    not_found |= error.code() == Some(Code::NotFound);
+                    last = Some(error);
                 }
             }
         }
@@ -453,40 +465,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn owners_follow_the_ring_and_the_replica_count() {
-        kraken_tls::install_crypto_provider();
-        let hosts: Vec<String> = (0..4).map(|i| format!("127.0.0.1:{}", 15002 + i)).collect();
-        let hashring = HashRingConfig {
-            max_replica: 2,
-            ..HashRingConfig::default()
-        };
-        let cluster = OriginCluster::new(&tls(), &hosts, &hashring).unwrap();
-        let digest = Digest::of(b"blob");
-        let owners: Vec<String> = cluster
-            .owners(&digest)
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect();
-        let ring = Ring::new(hosts.iter().map(|h| Member::new(h.clone(), 100)));
-        let expected: Vec<String> = ring
-            .owners(&digest, 2)
-            .into_iter()
-            .map(|m| m.label.clone())
-            .collect();
-        assert_eq!(owners, expected);
-    }
-
-    #[test]
-    fn dns_and_empty_host_lists_are_refused() {
+    async fn an_empty_host_list_is_refused_and_dns_is_accepted() {
         kraken_tls::install_crypto_provider();
         let mut upstream = UpstreamConfig::default();
-        assert!(matches!(
-            OriginCluster::from_config(&tls(), &upstream, &HashRingConfig::default()),
-            Err(OriginClusterError::NoHosts)
-        ));
-        upstream.hosts.dns = Some("origin.example:15002".into());
         let error =
             OriginCluster::from_config(&tls(), &upstream, &HashRingConfig::default()).unwrap_err();
-        assert!(error.to_string().contains("static"), "{error}");
+        assert!(matches!(error, OriginClusterError::NoHosts), "{error}");
+        assert!(error.to_string().contains("origin.hosts"), "{error}");
+        upstream.hosts.dns = Some("origin.invalid:15002".into());
+        OriginCluster::from_config(&tls(), &upstream, &HashRingConfig::default()).unwrap();
     }
 }

@@ -106,7 +106,11 @@ impl Fixture {
     }
 
     fn client(&self, role: Role) -> TagClient {
-        TagClient::connect(&self.cluster.tls(role).unwrap(), &[self.addr()]).unwrap()
+        TagClient::new(
+            &UpstreamConfig::of([self.addr().to_string()]),
+            &self.cluster.tls(role).unwrap(),
+        )
+        .unwrap()
     }
 
     async fn push(&self, repository: &str, data: impl Into<Bytes>) -> Digest {

@@ -122,9 +122,9 @@ async fn push_a_directory_then_pull_by_digest_and_by_tag() {
         .push(&namespace, manifest.clone().into())
         .await
         .unwrap();
-    let tags = kraken_buildindex::TagClient::connect(
+    let tags = kraken_tagclient::TagClient::new(
+        &kraken_config::cluster::UpstreamConfig::of([cluster.build_index_addr().to_string()]),
         &cluster.tls(Role::Client).unwrap(),
-        &[cluster.build_index_addr().to_string()],
     )
     .unwrap();
     tags.put(&"cli/files:v1".parse().unwrap(), &manifest_digest, false)

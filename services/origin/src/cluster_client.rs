@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use kraken_config::cluster::UpstreamConfig;
+use kraken_config::cluster::{HashRingConfig, UpstreamConfig};
 use kraken_core::{Digest, MetaInfo, Namespace};
 use kraken_tls::TlsMaterial;
 use kraken_transport::cluster::{HostPool, HostStatus, PoolOptions};
@@ -31,18 +31,32 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct OriginClusterClient {
     pool: HostPool,
+    /// Owners per blob when the client must rank them itself (no origin answers `Locations`).
+    replicas: usize,
 }
 
 impl OriginClusterClient {
     /// A client of the origins in `upstream` (static list or DNS), with its passive checks.
     pub fn new(upstream: &UpstreamConfig, tls: &TlsMaterial) -> Result<Self, ClientError> {
-        let pool = HostPool::new(
-            &upstream.hosts,
-            tls,
-            PoolOptions::upstream("origin", &upstream.healthcheck),
-        )
-        .map_err(ClientError::Cluster)?;
-        Ok(Self { pool })
+        Self::with_ring(upstream, &HashRingConfig::default(), tls)
+    }
+
+    /// [`new`](Self::new) with the cluster's `hashring` (weights, `max_replica`, DNS refresh
+    /// interval), used only when no origin can say who owns a blob.
+    pub fn with_ring(
+        upstream: &UpstreamConfig,
+        hashring: &HashRingConfig,
+        tls: &TlsMaterial,
+    ) -> Result<Self, ClientError> {
+        let options = PoolOptions {
+            passive: Some(upstream.healthcheck.clone()),
+            ..PoolOptions::ring("origin", hashring)
+        };
+        let pool = HostPool::new(&upstream.hosts, tls, options).map_err(ClientError::Cluster)?;
+        Ok(Self {
+            pool,
+            replicas: hashring.max_replica.max(1),
+        })
     }
 
     /// Every configured origin with its health as this client sees it.
@@ -71,6 +85,47 @@ impl OriginClusterClient {
             owners = members.labels().map(str::to_owned).collect();
         }
         Ok(owners)
+    }
+
+    /// The owners of `digest` as the cluster reports them, healthy ones first: the origins a
+    /// call must reach when only an owner will do (a prefetch, a lookup that should not make
+    /// every member ask its backend). Ranked by this client's own ring when no origin answers.
+    pub async fn owners_of(&self, digest: &Digest) -> Result<Vec<String>, ClientError> {
+        self.pool
+            .ready(READY_PATIENCE)
+            .await
+            .map_err(ClientError::Cluster)?;
+        let owners = self.owners(digest).await;
+        if owners.is_empty() {
+            return Ok(self.pool.order_hosts(
+                self.pool
+                    .owners(digest, self.replicas)
+                    .into_iter()
+                    .map(|h| h.label),
+            ));
+        }
+        Ok(self.pool.order_hosts(owners))
+    }
+
+    /// A client of origin `label` (a member, or an owner a member named), sharing the pool's
+    /// channel. Report how calls through it went with [`record`](Self::record).
+    pub fn client(&self, label: &str) -> Result<OriginClient, ClientError> {
+        self.pool
+            .channel(label)
+            .map(OriginClient::new)
+            .map_err(ClientError::Cluster)
+    }
+
+    /// Feeds the passive health checks with the outcome of a call to `label`: a network
+    /// error counts against the origin, any answer (even a refusal) counts for it.
+    pub fn record<T>(&self, label: &str, outcome: &Result<T, ClientError>) {
+        match outcome {
+            // The pool logs and counts the transition to unhealthy.
+            Err(error) if error.is_network_error() => {
+                self.pool.record_network_error(label);
+            }
+            _ => self.pool.record_success(label),
+        }
     }
 
     /// Uploads a blob to the first candidate that answers. `open` gives the blob's content

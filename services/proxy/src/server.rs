@@ -35,6 +35,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Proxy {
     registry_addr: SocketAddr,
     grpc_addr: SocketAddr,
+    origins: OriginCluster,
     health: HealthReporter,
     shutdown: CancellationToken,
     registry: Option<JoinHandle<std::io::Result<()>>>,
@@ -45,7 +46,7 @@ pub struct Proxy {
 impl Proxy {
     /// Clears and prepares the staging directory (`<store.dir>/uploads`), then serves the
     /// registry API on `registry_listener` and `ProxyService` (with health and reflection) on
-    /// `grpc_listener`. Origins are reached by `origin.hosts` and `hashring`, build-index by
+    /// `grpc_listener`. Origins are reached by `origin.hosts` (with passive health checks), build-index by
     /// `build_index.hosts`, both with mutual TLS from `tls`.
     pub async fn start(
         config: ProxyConfig,
@@ -67,11 +68,8 @@ impl Proxy {
                 what: "gRPC",
                 source,
             })?;
-        if config.build_index.hosts.dns.is_some() {
-            tracing::warn!("build_index.hosts.dns is not resolved yet: list hosts under `static`");
-        }
         let origins = OriginCluster::from_config(&tls, &config.origin, &config.hashring)?;
-        let tags = TagClient::connect(&tls, &config.build_index.hosts.static_hosts)?;
+        let tags = TagClient::new(&config.build_index, &tls)?;
         let staging = Staging::open(config.store.dir.join("uploads"))
             .await
             .map_err(|error| ProxyError::Staging(StagingErrorSource(error)))?;
@@ -125,6 +123,7 @@ impl Proxy {
         Ok(Proxy {
             registry_addr,
             grpc_addr,
+            origins: registry.origins.clone(),
             health,
             shutdown,
             registry: Some(registry_task),
@@ -141,6 +140,11 @@ impl Proxy {
     /// Where `ProxyService` listens (gRPC, mutual TLS).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// Every configured origin with its health as the proxy's passive checks see it.
+    pub fn origin_hosts(&self) -> Vec<kraken_transport::cluster::HostStatus> {
+        self.origins.client().hosts()
     }
 
     /// Stops gracefully: NOT_SERVING, no new requests, in-flight ones get a grace period.

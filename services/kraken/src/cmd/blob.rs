@@ -218,12 +218,12 @@ async fn resolve_target(args: &PullArgs, tls: &TlsMaterial) -> anyhow::Result<(N
             args.target
         )
     })?;
-    let tags = kraken_agent::TagClient::new(
+    let tags = kraken_tagclient::TagClient::new(
         &kraken_config::cluster::UpstreamConfig::of([args.build_index.clone()]),
         tls,
     )?;
     let digest = tags
-        .resolve(&tagged.repository, tagged.tag.as_str())
+        .resolve(&tagged)
         .await
         .with_context(|| format!("resolving {tagged} at build-index {}", args.build_index))?;
     eprintln!("{tagged} -> {digest}");
