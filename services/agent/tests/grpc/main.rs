@@ -165,9 +165,11 @@ async fn concurrent_get_blobs_share_one_download() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_starts_before_the_whole_blob_has_arrived() {
     let pki = Pki::new();
-    // 16 Mbit/s for 6 MiB: about three seconds.
+    // 16 Mbit/s for 16 MiB: about eight seconds, so that even a test process starved of CPU
+    // for seconds (the suite runs in parallel on two cores) sees the first chunk long before
+    // the download completes. (At 6 MiB it once failed under load.)
     let seeder = Seeder::start(&pki, Some(16_000_000)).await;
-    let data = blob(6 << 20, 3);
+    let data = blob(16 << 20, 3);
     let metainfo = seeder.seed(&data).await;
     let digest = *metainfo.digest();
     let tracker = tracker_for(&pki, &seeder, &metainfo).await;
