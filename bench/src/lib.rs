@@ -1,9 +1,40 @@
 //! Shared helpers for the benchmark binaries under `src/bin/`. Benchmarks print ratios against a
 //! baseline measured in the same run; they never assert on wall-clock time.
 
+pub mod loopback;
 pub mod netns;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Runs a command (`args[0]` with the rest as arguments); fails with its stderr if it fails.
+pub fn run(args: &[&str]) -> anyhow::Result<()> {
+    let (program, rest) = args.split_first().context("no command to run")?;
+    let output = Command::new(program)
+        .args(rest)
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The effective user id, from `id -u` rather than libc: the benchmarks avoid unsafe code.
+pub fn uid() -> u32 {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(u32::MAX)
+}
 
 /// Runs `work` repeatedly for at least `min_time` and returns the best observed throughput in
 /// bytes per second, given that one call processes `bytes` bytes. Best-of-N discards runs

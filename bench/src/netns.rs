@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
 
+use crate::run;
+
 /// One host: a namespace with one veth into the bridge.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -23,21 +25,6 @@ pub struct Lab {
     bridge: String,
     hosts: Vec<Host>,
     next: u8,
-}
-
-fn run(args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("running {}", args.join(" ")))?;
-    if !output.status.success() {
-        bail!(
-            "{} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 impl Lab {

@@ -9,6 +9,12 @@
 //! - a second agent (cold, with the first agent in the swarm).
 //!
 //! `cargo run --release -p kraken-bench --bin image_pull -- --layer-mib 170`
+//!
+//! Unshaped, loopback measures CPU: the origins, the agent, the registry and the client share
+//! the machine's cores. `--link-mbit N` (root) gives the pulling host a link of N Mbit/s, as
+//! in production where a host's NIC is the limit: `tc` on `lo` shapes what that host receives
+//! (the registry's responses to the client; every QUIC packet the origins and agents send, as
+//! one agent pulls at a time) and nothing else.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,6 +25,7 @@ use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
+use kraken_bench::loopback::LoopbackShaper;
 use kraken_devcluster::{DevCluster, Ports};
 use sha2::{Digest as _, Sha256};
 
@@ -30,10 +37,28 @@ struct Args {
     /// Pulls from the baseline registry (the best is kept).
     #[arg(long, default_value_t = 2)]
     baseline_runs: usize,
+    /// The pulling host's download link, Mbit/s (shaped with tc on lo; needs root).
+    #[arg(long)]
+    link_mbit: Option<u32>,
 }
 
 const REPO: &str = "bench/image";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// `len` pseudo-random bytes (xorshift64), different for every `seed`. (An earlier generator
+/// made all three layers identical, so pulls fetched one layer three times.)
+fn layer_content(len: usize, seed: u64) -> Bytes {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out.into()
+}
 
 fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
@@ -185,9 +210,18 @@ async fn pull(http: &reqwest::Client, registry: SocketAddr) -> anyhow::Result<(D
     Ok((started.elapsed(), sizes.iter().sum()))
 }
 
-fn report(what: &str, (time, bytes): (Duration, u64), baseline: Duration) {
+fn report(what: &str, (time, bytes): (Duration, u64), baseline: Duration, link_mbit: Option<u32>) {
+    // The physical limit on a shaped link: every byte through it once.
+    let bound = link_mbit
+        .map(|mbit| {
+            format!(
+                "  {:.2}x link bound",
+                time.as_secs_f64() / (bytes as f64 * 8.0 / (f64::from(mbit) * 1e6))
+            )
+        })
+        .unwrap_or_default();
     println!(
-        "  {what:<34} {:>7.2} s  {:>7.0} MB/s  {:.2}x docker-registry",
+        "  {what:<34} {:>7.2} s  {:>7.0} MB/s  {:.2}x docker-registry{bound}",
         time.as_secs_f64(),
         bytes as f64 / time.as_secs_f64() / 1e6,
         time.as_secs_f64() / baseline.as_secs_f64()
@@ -200,16 +234,11 @@ async fn main() -> anyhow::Result<()> {
     // reqwest is built without a bundled crypto provider: use the process-wide one.
     kraken_tls::install_crypto_provider();
     let work = tempfile::Builder::new().prefix("kraken-pull-").tempdir()?;
-    let layers: Vec<Bytes> = (0..3u32)
-        .map(|layer| {
-            (0..(args.layer_mib << 20) as u32)
-                .map(|i| {
-                    (i.wrapping_mul(2_654_435_761) ^ layer.wrapping_mul(97)).rotate_left(9) as u8
-                })
-                .collect::<Vec<u8>>()
-                .into()
-        })
+    let layers: Vec<Bytes> = (0..3u64)
+        .map(|layer| layer_content(args.layer_mib << 20, layer))
         .collect();
+    let distinct: std::collections::HashSet<String> = layers.iter().map(|l| sha256(l)).collect();
+    ensure!(distinct.len() == layers.len(), "the layers must differ");
     let config = Bytes::from_static(
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
     );
@@ -249,6 +278,25 @@ async fn main() -> anyhow::Result<()> {
         pushed.elapsed().as_secs_f64()
     );
 
+    // Pushes went unshaped; from here on the pulling hosts have their links.
+    let shaper = match args.link_mbit {
+        Some(mbit) => {
+            let shaper = LoopbackShaper::new(mbit)?;
+            shaper.shape_tcp_from(registry.port())?;
+            // Every piece sent by an origin or an agent: one agent pulls at a time, so all of
+            // it is that agent's download.
+            let seeders = cluster.origins.iter().map(|o| o.p2p_addr());
+            for addr in seeders.chain(cluster.agents.iter().map(|a| a.p2p_addr())) {
+                shaper.shape_udp_from(addr.port())?;
+            }
+            println!(
+                "  pulling hosts' download links: {} Mbit/s (tc htb on lo)",
+                shaper.mbit()
+            );
+            Some(shaper)
+        }
+        None => None,
+    };
     let mut baseline = None::<(Duration, u64)>;
     for _ in 0..args.baseline_runs.max(1) {
         let run = pull(&http, registry).await?;
@@ -258,24 +306,34 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let baseline = baseline.context("no baseline run")?;
-    report("docker-registry (baseline, best)", baseline, baseline.0);
+    let link = args.link_mbit;
+    report(
+        "docker-registry (baseline, best)",
+        baseline,
+        baseline.0,
+        link,
+    );
     let agent0 = cluster.agent_registry_addr(0);
     let agent1 = cluster.agent_registry_addr(1);
     report(
         "agent 0, cold (swarm from origins)",
         pull(&http, agent0).await?,
         baseline.0,
+        link,
     );
     report(
         "agent 0, warm (its store)",
         pull(&http, agent0).await?,
         baseline.0,
+        link,
     );
     report(
         "agent 1, cold (origins + agent 0)",
         pull(&http, agent1).await?,
         baseline.0,
+        link,
     );
+    drop(shaper);
     cluster.shutdown().await;
     Ok(())
 }

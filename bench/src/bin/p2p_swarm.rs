@@ -59,7 +59,7 @@ const METRICS_PORT: u16 = 9100;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if unsafe_uid() != 0 {
+    if kraken_bench::uid() != 0 {
         bail!("run as root: the benchmark creates network namespaces and tc qdiscs");
     }
     let kraken = std::fs::canonicalize(&args.kraken).with_context(|| {
@@ -218,16 +218,6 @@ fn main() -> anyhow::Result<()> {
         println!("kept {}", kept.display());
     }
     result
-}
-
-fn unsafe_uid() -> u32 {
-    // `id -u` rather than libc: the benchmark avoids unsafe code.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(u32::MAX)
 }
 
 fn check(output: std::process::Output, what: &str) -> anyhow::Result<()> {
