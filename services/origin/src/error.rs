@@ -169,6 +169,8 @@ impl OriginError {
             }
             Self::StreamIdle(_) => Code::DeadlineExceeded,
             Self::Stream(status) | Self::Denied(status) => status.code(),
+            // A full disk is not a bug: the client may try another origin or come back later.
+            Self::Store(error) if error.is_storage_full() => Code::ResourceExhausted,
             Self::Store(_)
             | Self::ReadBlob { .. }
             | Self::Backend(BackendError::Other { .. })
@@ -283,6 +285,14 @@ mod tests {
     fn codes_follow_the_design() {
         let ns: Namespace = "library/ubuntu".parse().unwrap();
         let cases = [
+            (
+                OriginError::Store(StoreError::Io {
+                    op: "write",
+                    path: "/store/uploads/x".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+                }),
+                Code::ResourceExhausted,
+            ),
             (
                 OriginError::Store(StoreError::DigestMismatch {
                     expected: digest(),

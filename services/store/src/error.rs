@@ -93,6 +93,18 @@ impl StoreError {
         move |source| Self::Io { op, path, source }
     }
 
+    /// Whether the store's disk (or the user's quota on it) is full: the caller should hear
+    /// "no space", not "internal error", and may retry elsewhere or later.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            Self::Io { source, .. } | Self::Rename { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+
     /// Whether the error means a file or blob is absent (as opposed to unreadable).
     pub fn is_not_found(&self) -> bool {
         match self {
