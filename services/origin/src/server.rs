@@ -8,7 +8,8 @@ use kraken_config::origin::OriginConfig;
 use kraken_core::{Digest, Namespace};
 use kraken_core::{PeerId, PeerInfo};
 use kraken_proto::origin::v1::blob_service_server::BlobServiceServer;
-use kraken_scheduler::{DriverConfig, Scheduler};
+use kraken_scheduler::core::RevealOrder;
+use kraken_scheduler::{DriverConfig, RevealPolicy, Scheduler};
 use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::TlsMaterial;
 use kraken_transport::bandwidth::BandwidthLimiter;
@@ -125,14 +126,12 @@ impl Origin {
         } else {
             BandwidthLimiter::unlimited()
         };
-        let scheduler = Scheduler::start(
-            peer,
-            DriverConfig::from_config(&config.scheduler, true),
-            endpoint,
-            store.clone(),
-            limiter,
-            None,
-        );
+        let cluster = cluster(&config, &tls)?;
+        let driver = DriverConfig {
+            reveal: reveal_policy(&cluster, &config.name, config.hashring.max_replica),
+            ..DriverConfig::from_config(&config.scheduler, true)
+        };
+        let scheduler = Scheduler::start(peer, driver, endpoint, store.clone(), limiter, None);
 
         let shutdown = CancellationToken::new();
         let cleanup = store.spawn_cleanup(shutdown.child_token());
@@ -141,7 +140,6 @@ impl Origin {
             piece_hash: config.metainfogen.piece_hash,
             persist: true,
         };
-        let cluster = cluster(&config, &tls)?;
         let health_checks = (!config.cluster.hosts.is_empty()).then(|| {
             cluster.spawn_active_checks(
                 &config.cluster.healthcheck,
@@ -334,6 +332,20 @@ fn cluster(config: &OriginConfig, tls: &TlsMaterial) -> Result<HostPool, OriginE
     };
     HostPool::new(&hosts, tls, PoolOptions::ring("origin", &config.hashring))
         .map_err(OriginError::Cluster)
+}
+
+/// Super-seeding order per blob: this origin's place among the blob's owners picks the stripe
+/// of pieces it reveals first, so the owners seed disjoint pieces (see
+/// [`kraken_scheduler::core::RevealOrder`]). A non-owner standing in takes its ring position.
+fn reveal_policy(cluster: &HostPool, name: &str, max_replica: usize) -> RevealPolicy {
+    let cluster = cluster.clone();
+    let name = name.to_owned();
+    let owners = max_replica.max(1);
+    RevealPolicy::new(move |digest| {
+        let ranked = cluster.ranked(digest);
+        let rank = ranked.iter().position(|h| h.label == name).unwrap_or(0);
+        RevealOrder::striped(rank, owners.min(ranked.len().max(1)))
+    })
 }
 
 /// The IP peers dial: `peer_ip`; else the host of `name` if it is an IP literal; else the IP

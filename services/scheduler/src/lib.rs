@@ -15,6 +15,6 @@ pub mod core;
 pub mod driver;
 
 pub use driver::{
-    AnnounceError, AnnounceReply, Announcer, Download, DriverConfig, Faults, Scheduler,
-    SchedulerError, SchedulerStats, Status,
+    AnnounceError, AnnounceReply, Announcer, Download, DriverConfig, Faults, RevealPolicy,
+    Scheduler, SchedulerError, SchedulerStats, Status,
 };

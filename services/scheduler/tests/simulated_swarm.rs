@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kraken_core::Bitfield;
 use kraken_scheduler::core::{
-    Action, LinkId, Reveal, SuperSeeder, Swarm, SwarmConfig, UploadQueue,
+    Action, LinkId, Reveal, RevealOrder, SuperSeeder, Swarm, SwarmConfig, UploadQueue,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -181,7 +181,11 @@ fn simulate(config: &SimConfig) -> Outcome {
             }
         })
         .collect();
-    let mut seeder = SuperSeeder::new(config.pieces, config.super_seed_window, rng.random());
+    let mut seeder = SuperSeeder::new(
+        config.pieces,
+        config.super_seed_window,
+        RevealOrder::default(),
+    );
     for index in 0..total {
         for neighbor in nodes[index].neighbors.clone() {
             let bitfield = if neighbor == origin && config.super_seed_window > 0 {

@@ -7,13 +7,17 @@
 //! its revealed pieces elsewhere, it reveals another. Peers then spread the pieces among
 //! themselves. Once every piece has left the origin at least once, hiding is pointless: the
 //! origin reveals everything and behaves as a plain seeder, serving the swarm's stragglers.
+//!
+//! Which unsent piece is revealed next follows a [`RevealOrder`]: ascending, and with several
+//! origins owning the blob, each owner starts with its own stripe (owner `r` of `n`: pieces
+//! `r, r+n, r+2n, …`, then the other stripes). Owners that cannot coordinate otherwise then
+//! reveal disjoint pieces instead of colliding at random, and a lone agent pulling from the
+//! owners receives the blob nearly in order, so a client streaming it (a `docker pull`) gets
+//! bytes as they arrive rather than all at the end.
 
 use std::collections::{BTreeSet, HashMap};
 
 use kraken_core::Bitfield;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 
 use super::LinkId;
 
@@ -26,6 +30,41 @@ pub enum Reveal {
     Complete { link: LinkId },
 }
 
+/// The order an origin reveals unsent pieces in: stripe `rank` of `stripes` first, ascending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevealOrder {
+    pub rank: u32,
+    pub stripes: u32,
+}
+
+impl Default for RevealOrder {
+    /// Plain ascending order (a single owner).
+    fn default() -> Self {
+        Self {
+            rank: 0,
+            stripes: 1,
+        }
+    }
+}
+
+impl RevealOrder {
+    /// Owner `rank` of `owners` (a `rank` past the owners, e.g. a stand-in origin, wraps).
+    pub fn striped(rank: usize, owners: usize) -> Self {
+        let stripes = u32::try_from(owners.max(1)).unwrap_or(u32::MAX);
+        Self {
+            rank: u32::try_from(rank).unwrap_or(0) % stripes,
+            stripes,
+        }
+    }
+
+    /// Sort key of `piece`: how far its stripe is from ours, then its index.
+    fn key(&self, piece: u32) -> (u32, u32) {
+        let stripes = self.stripes.max(1);
+        let distance = (piece % stripes + stripes - self.rank % stripes) % stripes;
+        (distance, piece)
+    }
+}
+
 /// Super-seeding state of one blob on an origin.
 ///
 /// Until every piece is in the swarm, each piece that has never left the origin is revealed to
@@ -36,8 +75,9 @@ pub struct SuperSeeder {
     window: usize,
     /// Per piece: whether the swarm has it (we sent it, or a peer showed up holding it).
     in_swarm: Bitfield,
-    /// Pieces not in the swarm and not currently revealed to anyone, in random order.
-    revealable: Vec<u32>,
+    /// Pieces not in the swarm and not currently revealed to anyone, by [`RevealOrder::key`].
+    revealable: BTreeSet<(u32, u32)>,
+    order: RevealOrder,
     links: HashMap<LinkId, LinkView>,
     /// Links with room in their window, waiting for a piece to become revealable.
     hungry: BTreeSet<LinkId>,
@@ -54,11 +94,11 @@ struct LinkView {
 
 impl SuperSeeder {
     /// `window`: pieces revealed to one peer at a time (at most its origin pipeline limit).
-    pub fn new(num_pieces: u32, window: usize, seed: u64) -> Self {
-        let mut revealable: Vec<u32> = (0..num_pieces).collect();
-        revealable.shuffle(&mut StdRng::seed_from_u64(seed));
+    pub fn new(num_pieces: u32, window: usize, order: RevealOrder) -> Self {
+        let revealable = (0..num_pieces).map(|piece| order.key(piece)).collect();
         Self {
             window: window.max(1),
+            order,
             in_swarm: Bitfield::new(num_pieces),
             revealable,
             links: HashMap::new(),
@@ -114,7 +154,7 @@ impl SuperSeeder {
         if let Some(view) = self.links.remove(&link) {
             for piece in view.outstanding {
                 if !self.in_swarm.get(piece) {
-                    self.revealable.push(piece);
+                    self.revealable.insert(self.order.key(piece));
                 }
             }
             self.feed_hungry(&mut reveals);
@@ -149,7 +189,7 @@ impl SuperSeeder {
         if !self.in_swarm.set(piece, true) {
             return;
         }
-        self.revealable.retain(|p| *p != piece);
+        self.revealable.remove(&self.order.key(piece));
         if self.in_swarm.is_complete() && !self.all_revealed {
             self.all_revealed = true;
             self.hungry.clear();
@@ -174,10 +214,11 @@ impl SuperSeeder {
                 continue;
             };
             while view.outstanding.len() < self.window {
-                let Some(index) = self.revealable.iter().position(|p| !view.holds.get(*p)) else {
+                let Some(&key) = self.revealable.iter().find(|(_, p)| !view.holds.get(*p)) else {
                     break;
                 };
-                let piece = self.revealable.swap_remove(index);
+                self.revealable.remove(&key);
+                let piece = key.1;
                 view.outstanding.push(piece);
                 reveals.push(Reveal::Have { link, piece });
             }
@@ -204,7 +245,7 @@ mod tests {
 
     #[test]
     fn reveals_distinct_pieces_to_distinct_peers() {
-        let mut seeder = SuperSeeder::new(10, 2, 1);
+        let mut seeder = SuperSeeder::new(10, 2, RevealOrder::default());
         let (a, _) = seeder.add_link(LinkId(1), Bitfield::new(10));
         let (b, _) = seeder.add_link(LinkId(2), Bitfield::new(10));
         assert_eq!(a.count(), 2);
@@ -214,7 +255,7 @@ mod tests {
 
     #[test]
     fn reveals_another_piece_after_each_send() {
-        let mut seeder = SuperSeeder::new(10, 1, 1);
+        let mut seeder = SuperSeeder::new(10, 1, RevealOrder::default());
         let (shown, _) = seeder.add_link(LinkId(1), Bitfield::new(10));
         let first = shown.iter_ones().next().unwrap();
         let next = haves(&seeder.piece_sent(LinkId(1), first), LinkId(1));
@@ -224,7 +265,7 @@ mod tests {
 
     #[test]
     fn never_reveals_an_unsent_piece_to_two_peers_at_once() {
-        let mut seeder = SuperSeeder::new(2, 1, 1);
+        let mut seeder = SuperSeeder::new(2, 1, RevealOrder::default());
         let (a, _) = seeder.add_link(LinkId(1), Bitfield::new(2));
         let (b, _) = seeder.add_link(LinkId(2), Bitfield::new(2));
         let (c, _) = seeder.add_link(LinkId(3), Bitfield::new(2));
@@ -244,7 +285,7 @@ mod tests {
 
     #[test]
     fn reveals_everything_once_every_piece_reached_the_swarm() {
-        let mut seeder = SuperSeeder::new(3, 1, 1);
+        let mut seeder = SuperSeeder::new(3, 1, RevealOrder::default());
         let (shown, _) = seeder.add_link(LinkId(1), Bitfield::new(3));
         seeder.add_link(LinkId(2), Bitfield::new(3));
         let mut next = shown.iter_ones().next();
@@ -281,8 +322,35 @@ mod tests {
     }
 
     #[test]
+    fn owners_reveal_their_own_stripe_in_ascending_order_first() {
+        let mut first = SuperSeeder::new(8, 1, RevealOrder::striped(0, 2));
+        let mut second = SuperSeeder::new(8, 1, RevealOrder::striped(1, 2));
+        let sequence = |seeder: &mut SuperSeeder| {
+            let (shown, _) = seeder.add_link(LinkId(1), Bitfield::new(8));
+            let mut order: Vec<u32> = shown.iter_ones().collect();
+            while let Some(&last) = order.last() {
+                match haves(&seeder.piece_sent(LinkId(1), last), LinkId(1))[..] {
+                    [next] => order.push(next),
+                    _ => break,
+                }
+            }
+            order
+        };
+        assert_eq!(sequence(&mut first), [0, 2, 4, 6, 1, 3, 5, 7]);
+        assert_eq!(sequence(&mut second), [1, 3, 5, 7, 0, 2, 4, 6]);
+        assert_eq!(
+            RevealOrder::striped(5, 2),
+            RevealOrder {
+                rank: 1,
+                stripes: 2
+            }
+        );
+        assert_eq!(RevealOrder::striped(0, 0), RevealOrder::default());
+    }
+
+    #[test]
     fn pieces_peers_already_hold_need_no_origin() {
-        let mut seeder = SuperSeeder::new(2, 2, 1);
+        let mut seeder = SuperSeeder::new(2, 2, RevealOrder::default());
         let (shown, _) = seeder.add_link(LinkId(1), Bitfield::full(2));
         assert!(
             seeder.fully_seeded(),

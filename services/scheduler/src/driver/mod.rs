@@ -26,7 +26,9 @@ use quinn::Connection;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{ConnLimits, ConnState, LinkId, PiecePolicy, SwarmConfig, UploadQueue};
+use crate::core::{
+    ConnLimits, ConnState, LinkId, PiecePolicy, RevealOrder, SwarmConfig, UploadQueue,
+};
 use link::PieceSource;
 use torrent::{Event, Torrent};
 
@@ -51,12 +53,45 @@ pub struct DriverConfig {
     /// Reveal pieces a few at a time (origins).
     pub super_seed: bool,
     pub super_seed_window: usize,
+    /// Which pieces a super-seeding origin reveals first, per blob.
+    pub reveal: RevealPolicy,
     /// Time allowed for a peer to answer our handshake.
     pub handshake_timeout: Duration,
     /// How often each blob checks timeouts and TTIs.
     pub tick: Duration,
     /// Deliberate misbehaviour for tests; never set in production.
     pub faults: Faults,
+}
+
+/// How a super-seeding origin orders a blob's pieces ([`RevealOrder`]): origins derive it from
+/// their place among the blob's owners on the ring, so owners reveal disjoint stripes; the
+/// default is plain ascending order.
+#[derive(Clone, Default)]
+pub struct RevealPolicy(Option<Arc<RevealFn>>);
+
+type RevealFn = dyn Fn(&Digest) -> RevealOrder + Send + Sync;
+
+impl RevealPolicy {
+    pub fn new(order: impl Fn(&Digest) -> RevealOrder + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(order)))
+    }
+
+    pub fn order(&self, digest: &Digest) -> RevealOrder {
+        self.0
+            .as_ref()
+            .map(|order| order(digest))
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for RevealPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "RevealPolicy(striped)"
+        } else {
+            "RevealPolicy(ascending)"
+        })
+    }
 }
 
 /// Faults a test peer can be told to commit, to prove the others detect them.
@@ -100,6 +135,7 @@ impl DriverConfig {
             max_queued_per_peer: config.upload.max_queued_per_peer,
             super_seed: config.upload.super_seed.unwrap_or(origin),
             super_seed_window: config.upload.super_seed_window,
+            reveal: RevealPolicy::default(),
             handshake_timeout: Duration::from_secs(5),
             tick: Duration::from_millis(250),
             faults: Faults::default(),

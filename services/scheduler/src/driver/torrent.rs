@@ -133,8 +133,10 @@ impl Torrent {
             }
             None => (None, Status::Complete),
         };
-        let seeder = (download.is_none() && inner.config.super_seed)
-            .then(|| SuperSeeder::new(num_pieces, inner.config.super_seed_window, rand::random()));
+        let seeder = (download.is_none() && inner.config.super_seed).then(|| {
+            let order = inner.config.reveal.order(metainfo.digest());
+            SuperSeeder::new(num_pieces, inner.config.super_seed_window, order)
+        });
         let (status, watcher) = watch::channel(initial);
         let announce_interval = inner.config.announce_interval;
         let torrent = Self {
