@@ -45,21 +45,6 @@ struct Args {
 const REPO: &str = "bench/image";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// `len` pseudo-random bytes (xorshift64), different for every `seed`. (An earlier generator
-/// made all three layers identical, so pulls fetched one layer three times.)
-fn layer_content(len: usize, seed: u64) -> Bytes {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out.into()
-}
-
 fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
@@ -235,7 +220,7 @@ async fn main() -> anyhow::Result<()> {
     kraken_tls::install_crypto_provider();
     let work = tempfile::Builder::new().prefix("kraken-pull-").tempdir()?;
     let layers: Vec<Bytes> = (0..3u64)
-        .map(|layer| layer_content(args.layer_mib << 20, layer))
+        .map(|layer| kraken_tests::blob(args.layer_mib << 20, layer))
         .collect();
     let distinct: std::collections::HashSet<String> = layers.iter().map(|l| sha256(l)).collect();
     ensure!(distinct.len() == layers.len(), "the layers must differ");

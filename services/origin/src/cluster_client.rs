@@ -69,22 +69,13 @@ impl OriginClusterClient {
     /// an owner still serves: it stores an upload and copies it to the owners, and fetches a
     /// missing blob from the backend.
     pub async fn candidates(&self, digest: &Digest) -> Result<Vec<String>, ClientError> {
-        let members = self
-            .pool
-            .ready(READY_PATIENCE)
-            .await
-            .map_err(ClientError::Cluster)?;
-        let mut owners = self.owners(digest).await;
-        owners = self.pool.order_hosts(owners);
+        let mut candidates = self.owners_of(digest).await?;
         for member in self.pool.order(digest) {
-            if !owners.contains(&member) {
-                owners.push(member);
+            if !candidates.contains(&member) {
+                candidates.push(member);
             }
         }
-        if owners.is_empty() {
-            owners = members.labels().map(str::to_owned).collect();
-        }
-        Ok(owners)
+        Ok(candidates)
     }
 
     /// The owners of `digest` as the cluster reports them, healthy ones first: the origins a
@@ -95,14 +86,10 @@ impl OriginClusterClient {
             .ready(READY_PATIENCE)
             .await
             .map_err(ClientError::Cluster)?;
-        let owners = self.owners(digest).await;
+        let mut owners = self.owners(digest).await;
         if owners.is_empty() {
-            return Ok(self.pool.order_hosts(
-                self.pool
-                    .owners(digest, self.replicas)
-                    .into_iter()
-                    .map(|h| h.label),
-            ));
+            let ranked = self.pool.owners(digest, self.replicas);
+            owners = ranked.into_iter().map(|h| h.label).collect();
         }
         Ok(self.pool.order_hosts(owners))
     }

@@ -342,8 +342,10 @@ fn reveal_policy(cluster: &HostPool, name: &str, max_replica: usize) -> RevealPo
     let name = name.to_owned();
     let owners = max_replica.max(1);
     RevealPolicy::new(move |digest| {
-        let ranked = cluster.ranked(digest);
-        let rank = ranked.iter().position(|h| h.label == name).unwrap_or(0);
+        // Placement only: health does not change which stripe is this origin's.
+        let members = cluster.members();
+        let ranked = members.ring().ranked(digest);
+        let rank = ranked.iter().position(|m| m.label == name).unwrap_or(0);
         RevealOrder::striped(rank, owners.min(ranked.len().max(1)))
     })
 }

@@ -46,8 +46,8 @@ pub struct Proxy {
 impl Proxy {
     /// Clears and prepares the staging directory (`<store.dir>/uploads`), then serves the
     /// registry API on `registry_listener` and `ProxyService` (with health and reflection) on
-    /// `grpc_listener`. Origins are reached by `origin.hosts` (with passive health checks), build-index by
-    /// `build_index.hosts`, both with mutual TLS from `tls`.
+    /// `grpc_listener`. Origins are reached by `origin.hosts` (with passive health checks),
+    /// build-index by `build_index.hosts`, both with mutual TLS from `tls`.
     pub async fn start(
         config: ProxyConfig,
         tls: TlsMaterial,

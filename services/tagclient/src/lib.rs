@@ -81,6 +81,16 @@ pub struct TagPage {
     pub next_page_token: Option<String>,
 }
 
+impl TagPage {
+    /// From the wire, where an empty token marks the last page.
+    fn new(tags: Vec<String>, next_page_token: String) -> Self {
+        Self {
+            tags,
+            next_page_token: Some(next_page_token).filter(|t| !t.is_empty()),
+        }
+    }
+}
+
 /// A client of the build-index hosts. Cheap to clone; clones share channels and health.
 #[derive(Debug, Clone)]
 pub struct TagClient {
@@ -189,10 +199,7 @@ impl TagClient {
                 async move { client.list(request).await }
             })
             .await?;
-        Ok(TagPage {
-            tags: response.tags,
-            next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
-        })
+        Ok(TagPage::new(response.tags, response.next_page_token))
     }
 
     /// Tag names (without the repository) of `repository`, a page at a time. A page token is
@@ -214,10 +221,7 @@ impl TagClient {
                 async move { client.list_repository(request).await }
             })
             .await?;
-        Ok(TagPage {
-            tags: response.tags,
-            next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
-        })
+        Ok(TagPage::new(response.tags, response.next_page_token))
     }
 
     /// (Re)queues replication of a tag; returns the remotes it was queued for.
