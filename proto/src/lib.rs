@@ -122,3 +122,24 @@ mod tests {
         );
     }
 }
+
+/// Constants of the wire contract that the `.proto` files cannot express: gRPC metadata keys
+/// and message sizes. Servers and clients both take them from here, so they never drift.
+pub mod wire {
+    /// Metadata key of the delay (milliseconds, decimal) after which an `UNAVAILABLE` request
+    /// is worth retrying: an origin is fetching the blob from its backend, a tracker is waiting
+    /// for the origins. Such a status is an answer ("not yet"), not a network error.
+    pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+    /// Metadata key of the offset a resumable upload must continue at, sent with
+    /// `FAILED_PRECONDITION` when a chunk arrives at the wrong offset.
+    pub const UPLOAD_OFFSET: &str = "upload-offset";
+
+    /// Largest blob chunk per streamed message (uploads and downloads of `BlobService`).
+    pub const CHUNK_SIZE: usize = 1 << 20;
+
+    /// Tags per `TagService` listing page when a request asks for none.
+    pub const DEFAULT_TAG_PAGE_SIZE: usize = 100;
+    /// Largest `TagService` listing page, whatever a request asks for.
+    pub const MAX_TAG_PAGE_SIZE: usize = 1000;
+}

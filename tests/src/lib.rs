@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use kraken_core::{Digest, Namespace};
 use kraken_devcluster::{DevCluster, DevClusterBuilder, Ports};
-use kraken_origin::{Origin, OriginClient};
+use kraken_origin::Origin;
+use kraken_originclient::OriginClient;
 use kraken_proto::agent::v1::agent_service_client::AgentServiceClient;
 use kraken_tls::{Role, TlsMaterial};
 

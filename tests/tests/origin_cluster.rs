@@ -21,15 +21,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kraken_backend::{
+    Backend, BackendBlob, BackendError, Backends, FsBackend, StoredBlob, UploadSource,
+};
 use kraken_config::Pattern;
 use kraken_config::cluster::{PassiveHealthCheckConfig, UpstreamConfig};
 use kraken_config::origin::OriginConfig;
 use kraken_core::{Digest, Namespace};
 use kraken_devcluster::{DevCluster, Ports, Stop};
-use kraken_origin::backend::{BackendBlob, StoredBlob, UploadSource};
-use kraken_origin::{
-    Backend, BackendError, Backends, FsBackend, OriginClient, OriginClusterClient,
-};
+use kraken_originclient::{OriginClient, OriginClusterClient};
 use kraken_proto::agent::v1::GetBlobRequest;
 use kraken_proto::agent::v1::agent_service_client::AgentServiceClient;
 use kraken_tests::blob;

@@ -176,7 +176,7 @@ async fn an_agent_without_a_valid_certificate_gets_nothing() {
     )
     .unwrap();
     assert!(tracker.get_metainfo(&namespace, &digest).await.is_err());
-    let origin = kraken_origin::OriginClient::connect(
+    let origin = kraken_originclient::OriginClient::connect(
         &rogue_tls,
         &cluster.origins[0].grpc_addr().to_string(),
     )

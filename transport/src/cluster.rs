@@ -15,13 +15,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use kraken_config::cluster::{
     ActiveHealthCheckConfig, HashRingConfig, HostList, PassiveHealthCheckConfig,
 };
-use kraken_core::Digest;
+use kraken_core::sync::lock;
+use kraken_core::{Digest, error_chain};
 use kraken_tls::TlsMaterial;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -649,19 +650,4 @@ async fn refresh_members(
             () = tokio::time::sleep(interval) => {}
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -18,9 +18,29 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-/// Metadata key of an origin's or tracker's "come back in this many milliseconds" hint on
-/// `UNAVAILABLE`: such a status is an answer ("not yet"), not a network error.
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+pub use kraken_proto::wire::RETRY_AFTER_MS;
+
+/// The "come back in this many milliseconds" hint a server attached to a status
+/// ([`RETRY_AFTER_MS`]), if any and well-formed.
+pub fn retry_after(status: &Status) -> Option<Duration> {
+    status
+        .metadata()
+        .get(RETRY_AFTER_MS)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+
+/// `UNAVAILABLE` with `message` and a [`RETRY_AFTER_MS`] hint of `after` (whole milliseconds,
+/// at least 1): "not yet, ask again then".
+pub fn unavailable_retry_after(message: impl Into<String>, after: Duration) -> Status {
+    let mut status = Status::unavailable(message);
+    let millis = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
+    status
+        .metadata_mut()
+        .insert(RETRY_AFTER_MS, tonic::metadata::MetadataValue::from(millis));
+    status
+}
 
 /// Whether a status means the host could not be reached, did not answer in time or shed the
 /// request, as opposed to an answer about the request. Only these count against a host's

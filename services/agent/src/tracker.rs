@@ -20,17 +20,18 @@ use kraken_scheduler::{AnnounceError, AnnounceReply, Announcer};
 use kraken_tls::TlsMaterial;
 use kraken_transport::cluster::{ClusterError, HostPool, PoolOptions};
 use kraken_transport::grpc::GrpcError;
-use kraken_transport::health::is_network_error;
+use kraken_transport::health::{is_network_error, retry_after};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+// Other agent modules name it through here.
+pub(crate) use kraken_core::error_chain;
 
 use crate::metrics as m;
 
 pub use kraken_transport::cluster::HostStatus;
 
-/// Metadata key of the tracker's retry hint on `UNAVAILABLE` from `GetMetaInfo`.
-const RETRY_AFTER_MS: &str = "retry-after-ms";
 /// A hint above this is treated as this: a misconfigured tracker must not park requests.
 const MAX_RETRY_HINT: Duration = Duration::from_secs(60);
 /// Announce interval when the tracker's reply carries none.
@@ -75,25 +76,15 @@ pub enum TrackerError {
     LookupAborted,
 }
 
-/// Waiting between `GetMetaInfo` attempts while the origin fetches a blob: the tracker's
-/// `retry-after-ms` hint when it sends one, else `initial` growing by `factor` up to `max`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    pub initial: Duration,
-    pub factor: f64,
-    pub max: Duration,
-}
+/// Delays between metainfo attempts when the tracker gives no hint.
+pub type RetryPolicy = kraken_core::backoff::Backoff;
 
-impl Default for RetryPolicy {
-    /// Kraken's agent: 1 s, ×1.3, at most 5 s.
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_secs(1),
-            factor: 1.3,
-            max: Duration::from_secs(5),
-        }
-    }
-}
+/// Kraken's agent: 1 s, ×1.3, at most 5 s.
+pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(5),
+    factor: 1.3,
+};
 
 /// How the client talks to trackers.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,7 +101,7 @@ impl Default for TrackerClientOptions {
         Self {
             request_timeout: Duration::from_secs(10),
             metainfo_timeout: Duration::from_secs(15 * 60),
-            retry: RetryPolicy::default(),
+            retry: DEFAULT_RETRY,
         }
     }
 }
@@ -250,7 +241,7 @@ impl TrackerClient {
         let options = &self.inner.options;
         let started = Instant::now();
         let deadline = started + options.metainfo_timeout;
-        let mut delays = Backoff::new(options.retry.clone());
+        let mut delays = Backoff::new(options.retry);
         let request = pb::GetMetaInfoRequest {
             namespace: namespace.to_string(),
             digest: digest.to_string(),
@@ -428,58 +419,27 @@ fn record(method: &'static str, result: &'static str) {
     metrics::counter!(m::TRACKER_REQUESTS, "method" => method, "result" => result).increment(1);
 }
 
+/// The tracker's retry hint on `UNAVAILABLE` from `GetMetaInfo`, capped.
 fn retry_hint(status: &Status) -> Option<Duration> {
-    let millis: u64 = status
-        .metadata()
-        .get(RETRY_AFTER_MS)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(millis).min(MAX_RETRY_HINT))
+    retry_after(status).map(|hint| hint.min(MAX_RETRY_HINT))
 }
 
 /// Delays between metainfo attempts: the server's hint if given, else exponential backoff.
 #[derive(Debug)]
 struct Backoff {
     policy: RetryPolicy,
-    next: Duration,
+    attempt: u32,
 }
 
 impl Backoff {
     fn new(policy: RetryPolicy) -> Self {
-        Self {
-            next: policy.initial,
-            policy,
-        }
+        Self { policy, attempt: 0 }
     }
 
     fn next(&mut self, hint: Option<Duration>) -> Duration {
-        let delay = hint.unwrap_or(self.next);
-        let factor = if self.policy.factor.is_finite() && self.policy.factor >= 1.0 {
-            self.policy.factor
-        } else {
-            1.0
-        };
-        self.next = self.next.mul_f64(factor).min(self.policy.max);
-        delay
+        self.attempt = self.attempt.saturating_add(1);
+        hint.unwrap_or_else(|| self.policy.delay(self.attempt))
     }
-}
-
-/// An error and its sources, `: `-joined, for messages that cross a process boundary.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -488,7 +448,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_by_the_factor_up_to_the_cap_and_yields_to_hints() {
-        let mut backoff = Backoff::new(RetryPolicy::default());
+        let mut backoff = Backoff::new(DEFAULT_RETRY);
         let delays: Vec<u64> = (0..9)
             .map(|_| backoff.next(None).as_millis() as u64)
             .collect();
@@ -501,6 +461,8 @@ mod tests {
             Duration::from_millis(250)
         );
     }
+
+    use kraken_proto::wire::RETRY_AFTER_MS;
 
     #[test]
     fn retry_hints_are_read_and_capped() {

@@ -1,13 +1,13 @@
 //! Build-index errors: why it could not start, and why a tag call failed (with the one mapping
 //! to gRPC status codes).
 
-use kraken_core::{Digest, WireError};
+use kraken_backend::{BackendConfigError, BackendError, NoBackend};
+use kraken_core::{Digest, WireError, error_chain};
 use kraken_oci::TaggedNameError;
-use kraken_origin::backend::{BackendConfigError, BackendError, NoBackend};
+use kraken_originclient::{ClientError, OriginsError, ReferenceError};
 use kraken_transport::grpc::GrpcError;
 use tonic::{Code, Status};
 
-use crate::origins::{OriginClusterError, OriginsError};
 use crate::store::TagStoreError;
 
 /// Why build-index did not start or stopped uncleanly.
@@ -20,7 +20,7 @@ pub enum BuildIndexError {
     #[error("setting up the tag storage backends")]
     Backends(#[from] BackendConfigError),
     #[error("setting up the origin cluster")]
-    Origins(#[from] OriginClusterError),
+    Origins(#[source] ClientError),
     #[error("opening the tag store")]
     Store(#[from] TagStoreError),
     #[error("a build-index task failed")]
@@ -61,6 +61,19 @@ pub enum TagError {
     Store(#[from] TagStoreError),
 }
 
+impl From<ReferenceError> for TagError {
+    fn from(error: ReferenceError) -> Self {
+        match error {
+            ReferenceError::Missing { digest, what } => Self::Missing { digest, what },
+            ReferenceError::NotAManifest { digest, reason } => {
+                Self::NotAManifest { digest, reason }
+            }
+            ReferenceError::TooManyDependencies { max } => Self::TooManyDependencies { max },
+            ReferenceError::Origins(error) => Self::Origins(error),
+        }
+    }
+}
+
 impl TagError {
     pub fn code(&self) -> Code {
         match self {
@@ -79,24 +92,12 @@ impl TagError {
     }
 }
 
-/// The message with every cause, so the client sees why (e.g. which origin failed how).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 impl From<TagError> for Status {
     fn from(error: TagError) -> Self {
         let code = error.code();
         if matches!(code, Code::Internal | Code::Unavailable) {
-            tracing::warn!(error = %chain(&error), "tag call failed");
+            tracing::warn!(error = %error_chain(&error), "tag call failed");
         }
-        Status::new(code, chain(&error))
+        Status::new(code, error_chain(&error))
     }
 }

@@ -5,29 +5,21 @@
 //! layers — so a pull that resolves a tag never meets a missing blob. Tags live on local disk
 //! (atomic writes, loaded into memory at start) and are written through to a storage backend
 //! before a write is acknowledged; a re-pointed tag is visible to the next read at once.
-//! [`BuildIndex`] starts and stops the server; [`TagClient`] is how other components call it;
-//! [`OriginCluster`] is the client-side view of the origin ring it (and the proxy) checks and
-//! reads blobs with.
+//! [`BuildIndex`] starts and stops the server. Other components call it through
+//! `kraken-tagclient`; it reaches the origins through `kraken-originclient`.
 //!
 //! Build-index must never acknowledge a tag that is not durable, never accept one whose
 //! dependencies it could not see on the origins, and never let a refused or failed write
 //! change what reads return. Replication to remote clusters is recorded durably (one task file
 //! per tag and remote) but not executed yet; neither is copying writes to `cluster` peers.
 
-mod deps;
 mod error;
 mod metrics;
-pub mod origins;
 mod server;
 mod service;
 mod store;
 mod tags;
 
-// The client lives in its own small crate so the agent can use it without this server.
-pub use deps::check_manifest_references;
 pub use error::{BuildIndexError, TagError};
-pub use kraken_tagclient::{TagClient, TagClientError, TagPage};
-pub use origins::{OriginCluster, OriginClusterError, OriginsError};
 pub use server::{BuildIndex, backends_from_config};
-pub use service::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use store::{TagRecord, TagStore, TagStoreError};

@@ -4,12 +4,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kraken_backend::{BackendConfigError, Backends};
 use kraken_config::build_index::BuildIndexConfig;
-use kraken_origin::Backends;
-use kraken_origin::backend::BackendConfigError;
+use kraken_originclient::OriginClusterClient;
 use kraken_proto::buildindex::v1::tag_service_server::TagServiceServer;
 use kraken_tls::TlsMaterial;
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
+use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,6 @@ use tonic_health::server::HealthReporter;
 
 use crate::error::BuildIndexError;
 use crate::metrics as m;
-use crate::origins::OriginCluster;
 use crate::service::TagServiceImpl;
 use crate::store::TagStore;
 use crate::tags::Tags;
@@ -26,8 +26,6 @@ use crate::tags::Tags;
 /// A `Put` checks every dependency on the origins (fetching manifests), which can take a
 /// while for a large index on a busy cluster.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long shutdown waits for in-flight calls.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A running build-index. Stop it with [`BuildIndex::shutdown`]; dropping it only signals its
 /// server to stop.
@@ -80,7 +78,8 @@ impl BuildIndex {
                  built yet: each host only knows the tags written to it (and its backend's)"
             );
         }
-        let origins = OriginCluster::from_config(&tls, &config.origin, &config.hashring)?;
+        let origins = OriginClusterClient::from_config(&tls, &config.origin, &config.hashring)
+            .map_err(BuildIndexError::Origins)?;
         let store = TagStore::open(&config.tag_store.dir).await?;
         metrics::gauge!(m::TAGS).set(store.len() as f64);
         let tags = Arc::new(Tags {
@@ -128,15 +127,9 @@ impl BuildIndex {
             .await;
         self.shutdown.cancel();
         let result = match self.server.take() {
-            Some(mut server) => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-                Ok(Ok(served)) => served.map_err(BuildIndexError::Grpc),
-                Ok(Err(join)) => Err(BuildIndexError::Task(join)),
-                Err(_) => {
-                    tracing::warn!("tag calls still running after the grace period; cutting them");
-                    server.abort();
-                    Ok(())
-                }
-            },
+            Some(server) => drain("build-index gRPC", server, SHUTDOWN_GRACE)
+                .await
+                .into_result(BuildIndexError::Grpc, BuildIndexError::Task),
             None => Ok(()),
         };
         tracing::info!(addr = %self.addr, "build-index stopped");

@@ -18,10 +18,9 @@ use crate::error::TagError;
 use crate::metrics as m;
 use crate::tags::Tags;
 
-/// Page size when a request asks for none.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
-/// Largest page returned, whatever a request asks for.
-pub const MAX_PAGE_SIZE: usize = 1000;
+use kraken_proto::wire::{
+    DEFAULT_TAG_PAGE_SIZE as DEFAULT_PAGE_SIZE, MAX_TAG_PAGE_SIZE as MAX_PAGE_SIZE,
+};
 
 /// Roles that may write tags: the proxy, other build-indexes (replication), CI tools.
 const WRITERS: &[Role] = &[Role::Proxy, Role::BuildIndex, Role::Client];

@@ -15,7 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 use kraken_core::Digest;
 use kraken_oci::TaggedName;
@@ -116,10 +116,7 @@ impl TagStore {
         tokio::task::spawn_blocking(move || write_atomically(&dir, &tag, &body))
             .await
             .map_err(TagStoreError::Task)??;
-        self.index
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, record);
+        kraken_core::sync::write(&self.index).insert(key, record);
         Ok(())
     }
 
@@ -150,7 +147,7 @@ impl TagStore {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, TagRecord>> {
         // The index is only ever replaced entry by entry: a panic elsewhere cannot leave it
         // half-updated, so a poisoned lock is safe to keep using.
-        self.index.read().unwrap_or_else(PoisonError::into_inner)
+        kraken_core::sync::read(&self.index)
     }
 }
 

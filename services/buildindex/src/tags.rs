@@ -5,7 +5,7 @@
 //! `write_through` is on), then on local disk. A failure at any step leaves both as they were,
 //! so a refused or failed `Put` never changes what `Get` answers.
 //!
-//! Backend layout: the [`Backend`](kraken_origin::Backend) trait stores blobs by namespace and
+//! Backend layout: the [`Backend`](kraken_backend::Backend) trait stores blobs by namespace and
 //! digest, so a tag is stored in its repository's namespace under the sha256 of its full name
 //! (`repo:tag`), with a JSON record naming the tag (so a listing could rebuild the index). Use
 //! a backend (or root) of its own for tags: nothing but build-index should read these keys.
@@ -15,18 +15,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kraken_config::build_index::BuildIndexConfig;
+use kraken_backend::{BackendError, Backends, UploadSource};
+use kraken_config::build_index::{BuildIndexConfig, TagType};
 use kraken_core::{Digest, Namespace};
 use kraken_oci::TaggedName;
-use kraken_origin::Backends;
-use kraken_origin::backend::{BackendError, UploadSource};
+use kraken_originclient::{OriginClusterClient, TargetKind, check_tag_dependencies};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use crate::deps;
 use crate::error::TagError;
 use crate::metrics as m;
-use crate::origins::OriginCluster;
 use crate::store::{TagRecord, TagStore, TagStoreError, write_atomically};
 
 /// A tag record in a backend is a few hundred bytes; anything larger is not ours.
@@ -44,7 +42,7 @@ struct BackendRecord {
 pub(crate) struct Tags {
     pub(crate) store: TagStore,
     pub(crate) backends: Backends,
-    pub(crate) origins: OriginCluster,
+    pub(crate) origins: OriginClusterClient,
     pub(crate) config: BuildIndexConfig,
 }
 
@@ -58,8 +56,13 @@ impl Tags {
         replicate: bool,
     ) -> Result<(), TagError> {
         let started = std::time::Instant::now();
-        let tag_type = self.config.tag_type_for(name.repository.as_str());
-        let checked = deps::check(&self.origins, tag_type, &name.repository, &digest).await;
+        let kind = match self.config.tag_type_for(name.repository.as_str()) {
+            TagType::Docker => TargetKind::Manifest,
+            TagType::Default => TargetKind::Blob,
+        };
+        let checked = check_tag_dependencies(&self.origins, kind, &name.repository, &digest)
+            .await
+            .map_err(TagError::from);
         metrics::histogram!(m::DEPENDENCY_CHECK_SECONDS).record(started.elapsed().as_secs_f64());
         let dependencies = checked?;
         tracing::debug!(dependencies, "every dependency is on the origins");

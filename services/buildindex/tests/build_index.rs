@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kraken_buildindex::{BuildIndex, TagClient};
+use kraken_backend::{Backend, Backends, FsBackend};
+use kraken_buildindex::BuildIndex;
 use kraken_config::Pattern;
 use kraken_config::build_index::{BuildIndexConfig, TagType, TagTypeRule};
 use kraken_config::cluster::UpstreamConfig;
@@ -20,7 +21,7 @@ use kraken_oci::TaggedName;
 use kraken_oci::media_type::{
     DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
 };
-use kraken_origin::{Backend, Backends, FsBackend};
+use kraken_tagclient::TagClient;
 use kraken_tls::Role;
 use serde_json::json;
 use tokio::net::TcpListener;

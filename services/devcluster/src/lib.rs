@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kraken_agent::Agent;
+use kraken_backend::Backends;
 use kraken_buildindex::BuildIndex;
 use kraken_config::Pattern;
 use kraken_config::agent::AgentConfig;
@@ -26,7 +27,8 @@ use kraken_config::store::StoreConfig;
 use kraken_config::tls::TlsSection;
 use kraken_config::tracker::TrackerConfig;
 use kraken_core::{Digest, Namespace};
-use kraken_origin::{Backends, Origin, OriginClient};
+use kraken_origin::Origin;
+use kraken_originclient::OriginClient;
 use kraken_proto::agent::v1::GetBlobRequest;
 use kraken_proto::agent::v1::agent_service_client::AgentServiceClient;
 use kraken_proxy::Proxy;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kraken_core::{Digest, Namespace, NamespaceError, WireError};
+use kraken_proto::wire::{RETRY_AFTER_MS, UPLOAD_OFFSET};
 use kraken_store::{StoreError, UploadIdError};
 use kraken_transport::cluster::ClusterError;
 use kraken_transport::grpc::GrpcError;
@@ -12,18 +13,11 @@ use kraken_transport::quic::TransportError;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::backend::{BackendConfigError, BackendError, NoBackend};
 use crate::metrics as m;
+use kraken_backend::{BackendConfigError, BackendError, NoBackend};
 
-/// Metadata key of the delay (milliseconds, decimal) after which an `UNAVAILABLE` request is
-/// worth retrying: the origin is fetching the blob from its backend.
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 /// What callers are told to wait when the backend is unavailable.
 const BACKEND_RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// Metadata key of the offset a resumable upload must continue at, sent with
-/// `FAILED_PRECONDITION` when a chunk arrives at the wrong offset.
-pub const UPLOAD_OFFSET: &str = "upload-offset";
 
 /// Why an origin operation failed: a request (mapped to a gRPC status by the one
 /// `From<OriginError> for Status`) or start-up.

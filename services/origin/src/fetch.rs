@@ -6,10 +6,11 @@
 //! requested digest: a backend copy that does not hash to its name is never stored or seeded.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use kraken_core::sync::lock;
 use kraken_core::{Digest, Namespace};
 use kraken_store::{BlobStore, CommitOptions, StoreError};
 use tokio::io::AsyncReadExt;
@@ -17,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::backend::{Backend, BackendError, Backends};
 use crate::error::OriginError;
 use crate::metrics as m;
 use crate::replicate::{Persistence, Replicator};
 use crate::staging::StagedUpload;
+use kraken_backend::{Backend, BackendError, Backends};
 
 /// What callers are told to wait before asking again.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -279,10 +280,6 @@ async fn fetch(
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -293,7 +290,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::backend::{BackendBlob, FsBackend, StoredBlob, UploadSource};
+    use kraken_backend::{BackendBlob, FsBackend, StoredBlob, UploadSource};
 
     /// An fs backend that counts downloads and can hold them until released.
     #[derive(Debug)]

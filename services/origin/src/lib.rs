@@ -3,8 +3,8 @@
 //! while staging it in the local content-addressed store, writes it to the storage backend its
 //! namespace routes to, fetches blobs that only the backend has, and seeds every blob it holds
 //! to agents over the QUIC peer protocol (it never announces: trackers learn about origins
-//! from the hash ring). [`Origin`] starts and stops all of it; [`OriginClient`] talks to one
-//! origin, [`OriginClusterClient`] to the whole ring (owner lookup, failover, passive health).
+//! from the hash ring). [`Origin`] starts and stops all of it. Other components reach it through
+//! `kraken-originclient`; the storage backends are `kraken-backend`.
 //!
 //! Origins form a self-healing cluster: a rendezvous ring (static hosts or DNS, with weights)
 //! whose members probe each other with gRPC health checks; `Locations` names a digest's
@@ -24,9 +24,6 @@
 //! background while callers are told to retry (`UNAVAILABLE` + `retry-after-ms`), and
 //! write-backs run off the request path.
 
-pub mod backend;
-mod client;
-mod cluster_client;
 mod error;
 mod fetch;
 mod metrics;
@@ -36,9 +33,5 @@ mod service;
 mod staging;
 mod writeback;
 
-pub use backend::{Backend, BackendError, Backends, FsBackend};
-pub use client::{BlobStat, ByteStream, ClientError, Location, OriginClient, Uploaded};
-pub use cluster_client::OriginClusterClient;
-pub use error::{OriginError, RETRY_AFTER_MS, UPLOAD_OFFSET};
+pub use error::OriginError;
 pub use server::Origin;
-pub use service::CHUNK_SIZE;

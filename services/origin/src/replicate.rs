@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kraken_core::{Digest, Namespace};
+use kraken_core::{Digest, Namespace, error_chain};
 use kraken_store::{BlobStore, StoreError};
 use kraken_transport::cluster::HostPool;
 use tokio::sync::{Semaphore, mpsc};
@@ -30,9 +30,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::client::{ClientError, OriginClient};
 use crate::error::OriginError;
 use crate::metrics as m;
+use kraken_originclient::{ClientError, OriginClient};
 
 /// Replications waiting for a slot; beyond it new ones are dropped (and counted).
 const QUEUE_CAPACITY: usize = 1024;
@@ -276,18 +276,4 @@ impl Inner {
         metrics::counter!(m::REPLICATION_BYTES).increment(size);
         Ok(CopyOutcome::Copied)
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -22,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::backend::Backends;
 use crate::error::OriginError;
 use crate::fetch::BackendFetcher;
 use crate::replicate::{Persistence, Replicator};
 use crate::service::{OriginService, Shared};
 use crate::writeback::{TaskSource, WriteBackQueue};
+use kraken_backend::Backends;
 
 /// How long a gRPC request may take before tonic cancels it. Generous because an `Upload`'s
 /// response future spans the whole transfer of a blob of any size; client streams are bounded

@@ -30,16 +30,15 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use tracing::field::{Empty, display};
 
-use crate::backend::Backends;
 use crate::error::OriginError;
 use crate::fetch::{BackendFetcher, Presence, stat_with_timeout};
 use crate::metrics as m;
 use crate::replicate::{Persistence, Replicator};
 use crate::staging::StagedUpload;
 use crate::writeback::{TaskSource, WriteBackQueue};
+use kraken_backend::Backends;
+use kraken_proto::wire::CHUNK_SIZE;
 
-/// Largest message this origin sends, and what clients should send.
-pub const CHUNK_SIZE: usize = 1 << 20;
 /// A client stream that sends nothing for this long is dropped (and its upload aborted).
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -19,10 +19,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kraken_config::writeback::WritebackConfig;
+use kraken_core::backoff::Backoff;
 use kraken_core::{Digest, Namespace};
 use kraken_store::{BlobStore, StoreError};
 use tokio::sync::{Notify, Semaphore};
@@ -31,10 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::backend::{Backends, UploadSource};
 use crate::error::OriginError;
 use crate::fetch::stat_with_timeout;
 use crate::metrics as m;
+use kraken_backend::{Backends, UploadSource};
 
 /// First line of every task file; the format may grow, never silently change.
 const MAGIC: &str = "kraken-writeback 1";
@@ -424,7 +425,7 @@ impl QueueState {
 
 impl QueueInner {
     fn state(&self) -> MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        kraken_core::sync::lock(&self.state)
     }
 
     /// Hands due tasks to workers, at most `workers` at a time, until shutdown.
@@ -517,12 +518,10 @@ impl QueueInner {
                     return;
                 };
                 entry.attempts = entry.attempts.saturating_add(1);
-                let delay = backoff(
-                    self.retry_interval,
-                    self.max_retry_interval,
-                    entry.attempts,
-                    rand::random::<f64>(),
-                );
+                // Spread so that tasks failing together during an outage do not all come
+                // back at the same instant.
+                let delay = Backoff::doubling(self.retry_interval, self.max_retry_interval)
+                    .jittered(entry.attempts, rand::random::<f64>());
                 let attempts = entry.attempts;
                 state.schedule(entry, Instant::now() + delay);
                 drop(state);
@@ -643,16 +642,6 @@ async fn pin(store: &BlobStore, digest: &Digest) -> Result<(), OriginError> {
     }
 }
 
-/// The retry delay after `attempts` failures: `initial × 2^(attempts-1)` capped at `max`,
-/// then spread by ±20 % (`unit` is uniform in [0, 1)) so that tasks failing together during an
-/// outage do not all come back at the same instant.
-fn backoff(initial: Duration, max: Duration, attempts: u32, unit: f64) -> Duration {
-    let exponent = attempts.saturating_sub(1).min(30);
-    let base = initial.saturating_mul(1u32 << exponent).min(max);
-    let spread = 0.8 + 0.4 * unit.clamp(0.0, 1.0);
-    base.mul_f64(spread)
-}
-
 /// The `Instant` for a wall-clock due time (past times are due now).
 fn due_instant(at: SystemTime) -> Instant {
     let wait = at
@@ -741,7 +730,7 @@ mod tests {
     use kraken_store::CommitOptions;
 
     use super::*;
-    use crate::backend::{Backend, BackendBlob, BackendError, FsBackend, StoredBlob};
+    use kraken_backend::{Backend, BackendBlob, BackendError, FsBackend, StoredBlob};
 
     /// An fs backend that fails every call while `down` is set and counts uploads.
     #[derive(Debug)]
@@ -899,18 +888,6 @@ mod tests {
         ] {
             assert!(Task::decode(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
-        let (initial, max) = (Duration::from_secs(1), Duration::from_secs(10));
-        let exact: Vec<u64> = (1..=6)
-            .map(|n| backoff(initial, max, n, 0.5).as_millis() as u64)
-            .collect();
-        assert_eq!(exact, vec![1000, 2000, 4000, 8000, 10000, 10000]);
-        assert_eq!(backoff(initial, max, 1, 0.0), Duration::from_millis(800));
-        assert_eq!(backoff(initial, max, 1, 1.0), Duration::from_millis(1200));
-        assert_eq!(backoff(initial, max, u32::MAX, 0.5), max, "no overflow");
     }
 
     #[tokio::test]

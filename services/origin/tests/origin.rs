@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+use kraken_backend::{Backend, FsBackend, UploadSource};
 use kraken_config::Pattern;
 use kraken_config::backend::{
     BackendBandwidthConfig, BackendConfig, BackendKind, FsBackendConfig, S3BackendConfig,
@@ -19,10 +20,9 @@ use kraken_config::backend::{
 use kraken_config::origin::OriginConfig;
 use kraken_config::store::StoreConfig;
 use kraken_core::{Digest, Namespace, PeerId, PeerInfo};
-use kraken_origin::backend::UploadSource;
-use kraken_origin::{
-    Backend, ByteStream, CHUNK_SIZE, ClientError, FsBackend, Origin, OriginClient, RETRY_AFTER_MS,
-    UPLOAD_OFFSET,
+use kraken_origin::Origin;
+use kraken_originclient::{
+    ByteStream, CHUNK_SIZE, ClientError, OriginClient, RETRY_AFTER_MS, UPLOAD_OFFSET,
 };
 use kraken_proto::origin::v1::{
     AbortUploadRequest, CommitUploadRequest, DeleteRequest, DownloadRequest, DuplicateHeader,
@@ -150,7 +150,7 @@ async fn upload(
     client: &OriginClient,
     namespace: &Namespace,
     data: &Bytes,
-) -> kraken_origin::Uploaded {
+) -> kraken_originclient::Uploaded {
     client
         .upload(
             namespace,

@@ -1,7 +1,8 @@
 //! Why the proxy could not start or stopped uncleanly. Request errors are registry errors
 //! ([`kraken_oci::RegistryError`]) or gRPC statuses, built where they happen.
 
-use kraken_buildindex::{OriginClusterError, TagClientError};
+use kraken_originclient::ClientError;
+use kraken_tagclient::TagClientError;
 use kraken_transport::grpc::GrpcError;
 
 use crate::staging::StagingError;
@@ -17,7 +18,7 @@ pub enum ProxyError {
     #[error(transparent)]
     Grpc(#[from] GrpcError),
     #[error("setting up the origin cluster")]
-    Origins(#[from] OriginClusterError),
+    Origins(#[from] ClientError),
     #[error("setting up the build-index client")]
     BuildIndex(#[from] TagClientError),
     #[error("preparing the upload staging directory")]

@@ -4,11 +4,12 @@
 use std::collections::HashSet;
 
 use futures::StreamExt;
-use kraken_buildindex::{OriginCluster, OriginsError, TagClient};
 use kraken_core::{Digest, Namespace};
 use kraken_oci::{MAX_MANIFEST_SIZE, Manifest, TaggedName};
+use kraken_originclient::{OriginClusterClient, OriginsError};
 use kraken_proto::proxy::v1::proxy_service_server::ProxyService;
 use kraken_proto::proxy::v1::{PrefetchRequest, PrefetchResponse};
+use kraken_tagclient::TagClient;
 use kraken_tls::{Role, require_role};
 use tonic::{Request, Response, Status};
 use tracing::field::{Empty, display};
@@ -24,7 +25,7 @@ const MAX_BLOBS: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct ProxyServiceImpl {
-    pub(crate) origins: OriginCluster,
+    pub(crate) origins: OriginClusterClient,
     pub(crate) tags: TagClient,
 }
 
@@ -39,7 +40,7 @@ pub(crate) struct ImageBlobs {
 /// Walks the image at `root`: the manifest, for an index every child manifest, and every
 /// config and layer. Manifests are fetched (which already warms their owners).
 pub(crate) async fn image_blobs(
-    origins: &OriginCluster,
+    origins: &OriginClusterClient,
     namespace: &Namespace,
     root: Digest,
 ) -> Result<ImageBlobs, Status> {

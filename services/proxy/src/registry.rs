@@ -22,10 +22,6 @@ use http::header::{
     ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, LOCATION, RANGE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use kraken_buildindex::{
-    MAX_PAGE_SIZE, OriginCluster, OriginsError, TagClient, TagClientError, TagError,
-    check_manifest_references,
-};
 use kraken_core::{Digest, Namespace};
 use kraken_oci::headers::{
     API_VERSION, DOCKER_CONTENT_DIGEST, DOCKER_DISTRIBUTION_API_VERSION, DOCKER_UPLOAD_UUID,
@@ -34,6 +30,10 @@ use kraken_oci::headers::{
 use kraken_oci::{
     MAX_MANIFEST_SIZE, Manifest, Reference, RegistryError, TaggedName, parse_repository,
 };
+use kraken_originclient::{
+    ByteStream, OriginClusterClient, OriginsError, ReferenceError, check_manifest_references,
+};
+use kraken_tagclient::{MAX_TAG_PAGE_SIZE as MAX_PAGE_SIZE, TagClient, TagClientError};
 use tokio::sync::Semaphore;
 use tonic::Code;
 
@@ -47,7 +47,7 @@ const MAX_CATALOG_TAGS: usize = 1_000_000;
 /// What the registry handlers share.
 #[derive(Debug)]
 pub(crate) struct Registry {
-    pub(crate) origins: OriginCluster,
+    pub(crate) origins: OriginClusterClient,
     pub(crate) tags: TagClient,
     pub(crate) staging: Staging,
     /// Requests in flight; beyond the limit new ones are shed with 429 instead of queued.
@@ -567,12 +567,12 @@ impl Registry {
     ) -> Result<()> {
         match check_manifest_references(&self.origins, repository, digest, manifest).await {
             Ok(_) => Ok(()),
-            Err(TagError::Missing { digest, what }) => Err(RegistryError::new(
+            Err(ReferenceError::Missing { digest, what }) => Err(RegistryError::new(
                 kraken_oci::ErrorCode::ManifestBlobUnknown,
                 format!("{what} {digest} is not in the registry: push it first"),
             )
             .with_detail(serde_json::json!({ "digest": digest.to_string() }))),
-            Err(TagError::Origins(error)) => Err(origins_error(error)),
+            Err(ReferenceError::Origins(error)) => Err(origins_error(error)),
             Err(other) => Err(RegistryError::manifest_invalid(other.to_string())),
         }
     }
@@ -693,7 +693,7 @@ impl Registry {
 /// stream type: passing the boxed download stream straight through trips a compiler limit on
 /// proving the handler future `Send`.
 fn relay(
-    mut source: kraken_origin::ByteStream,
+    mut source: ByteStream,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {

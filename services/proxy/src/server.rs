@@ -6,11 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kraken_buildindex::{OriginCluster, TagClient};
 use kraken_config::proxy::ProxyConfig;
+use kraken_originclient::OriginClusterClient;
 use kraken_proto::proxy::v1::proxy_service_server::ProxyServiceServer;
+use kraken_tagclient::TagClient;
 use kraken_tls::TlsMaterial;
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
+use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -27,15 +29,13 @@ use crate::staging::Staging;
 const MAX_REGISTRY_REQUESTS: usize = 1024;
 /// A prefetch walks an image and asks the origins about each blob.
 const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long shutdown waits for in-flight requests (uploads may be long; they are cut after).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A running proxy. Stop it with [`Proxy::shutdown`]; dropping it only signals it to stop.
 #[derive(Debug)]
 pub struct Proxy {
     registry_addr: SocketAddr,
     grpc_addr: SocketAddr,
-    origins: OriginCluster,
+    origins: OriginClusterClient,
     health: HealthReporter,
     shutdown: CancellationToken,
     registry: Option<JoinHandle<std::io::Result<()>>>,
@@ -68,7 +68,7 @@ impl Proxy {
                 what: "gRPC",
                 source,
             })?;
-        let origins = OriginCluster::from_config(&tls, &config.origin, &config.hashring)?;
+        let origins = OriginClusterClient::from_config(&tls, &config.origin, &config.hashring)?;
         let tags = TagClient::new(&config.build_index, &tls)?;
         let staging = Staging::open(config.store.dir.join("uploads"))
             .await
@@ -144,7 +144,7 @@ impl Proxy {
 
     /// Every configured origin with its health as the proxy's passive checks see it.
     pub fn origin_hosts(&self) -> Vec<kraken_transport::cluster::HostStatus> {
-        self.origins.client().hosts()
+        self.origins.hosts()
     }
 
     /// Stops gracefully: NOT_SERVING, no new requests, in-flight ones get a grace period.
@@ -158,36 +158,21 @@ impl Proxy {
         self.shutdown.cancel();
         let mut result = Ok(());
         if let Some(task) = self.registry.take() {
-            match wait(task).await {
-                Some(Ok(Ok(()))) | None => {}
-                Some(Ok(Err(error))) => result = Err(ProxyError::Serve(error)),
-                Some(Err(join)) => result = Err(ProxyError::Task(join)),
-            }
+            result = drain("proxy registry", task, SHUTDOWN_GRACE)
+                .await
+                .into_result(ProxyError::Serve, ProxyError::Task);
         }
         if let Some(task) = self.grpc.take() {
-            match wait(task).await {
-                Some(Ok(Ok(()))) | None => {}
-                Some(Ok(Err(error))) => result = result.and(Err(ProxyError::Grpc(error))),
-                Some(Err(join)) => result = result.and(Err(ProxyError::Task(join))),
-            }
+            let grpc = drain("proxy gRPC", task, SHUTDOWN_GRACE)
+                .await
+                .into_result(ProxyError::Grpc, ProxyError::Task);
+            result = result.and(grpc);
         }
         if let Some(task) = self.sweeper.take() {
             let _ = task.await;
         }
         tracing::info!(registry = %self.registry_addr, grpc = %self.grpc_addr, "proxy stopped");
         result
-    }
-}
-
-/// Waits up to the grace period, then aborts; `None` when aborted.
-async fn wait<T>(mut task: JoinHandle<T>) -> Option<Result<T, tokio::task::JoinError>> {
-    match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
-        Ok(result) => Some(result),
-        Err(_) => {
-            tracing::warn!("requests still running after the grace period; cutting them");
-            task.abort();
-            None
-        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -369,7 +369,7 @@ impl Staging {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Upload>>> {
         // Entries are inserted and removed whole: a poisoned map is still consistent.
-        self.uploads.lock().unwrap_or_else(PoisonError::into_inner)
+        kraken_core::sync::lock(&self.uploads)
     }
 }
 

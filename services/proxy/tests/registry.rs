@@ -62,7 +62,7 @@ impl Fixture {
             build_index_config,
             cluster.tls(Role::BuildIndex).unwrap(),
             TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            kraken_origin::Backends::default(),
+            kraken_backend::Backends::default(),
         )
         .await
         .unwrap();
@@ -873,7 +873,7 @@ async fn a_blob_mounts_across_repositories() {
     let backend = fixture.cluster.dir.join("backend");
     let mut found = false;
     for _ in 0..50 {
-        found = kraken_origin::FsBackend::new(&backend)
+        found = kraken_backend::FsBackend::new(&backend)
             .blob_path(&"target/app".parse::<Namespace>().unwrap(), &digest)
             .exists();
         if found {

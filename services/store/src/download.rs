@@ -20,7 +20,9 @@ use crate::layout::{DATA_FILE, META_FILE, PIECES_FILE};
 use crate::meta::BlobMeta;
 use crate::metrics as m;
 use crate::reader::read_exact_at;
-use crate::store::{BlobStore, CommitOutcome, Inner, blocking, lock};
+use kraken_core::sync::lock;
+
+use crate::store::{BlobStore, CommitOutcome, Inner, blocking};
 
 /// Where a download stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

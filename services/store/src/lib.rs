@@ -22,7 +22,6 @@
 //!
 //! Everything but `cache/` is discarded when the store is opened again.
 
-mod clock;
 mod download;
 mod error;
 mod index;
@@ -35,9 +34,10 @@ mod recovery;
 mod store;
 mod upload;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+// The clock is a foundation type; re-exported because a store is built with one.
 pub use download::{DownloadHandle, DownloadState};
 pub use error::StoreError;
+pub use kraken_core::clock::{Clock, ManualClock, SystemClock};
 pub use layout::{UploadId, UploadIdError};
 pub use reader::BlobReader;
 pub use store::{BlobInfo, BlobStore, CleanupReport, CommitOptions, CommitOutcome};

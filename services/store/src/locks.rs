@@ -2,7 +2,7 @@
 //! rewrites) serialise per digest, so unrelated blobs never wait on each other.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use kraken_core::Digest;
 use tokio::sync::OwnedMutexGuard;
@@ -62,7 +62,7 @@ impl DigestLocks {
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<Digest, Slot>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+        kraken_core::sync::lock(&self.slots)
     }
 }
 

@@ -1,14 +1,13 @@
 //! Start-up: create the directories, throw away what a previous run left half-done, and rebuild
 //! the index from the cache, dropping any entry that is not provably whole.
 
-use std::error::Error;
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::path::Path;
 use std::time::SystemTime;
 
-use kraken_core::Digest;
+use kraken_core::{Digest, error_chain};
 
 use crate::StoreError;
 use crate::error::Result;
@@ -129,7 +128,7 @@ fn load_entry(
     if !dir.is_dir() {
         return Err("it is not a directory".into());
     }
-    let meta = BlobMeta::read(&dir.join(META_FILE)).map_err(|e| chain(&e))?;
+    let meta = BlobMeta::read(&dir.join(META_FILE)).map_err(|e| error_chain(&e))?;
     if meta.digest != digest {
         return Err(format!("its metadata names another blob, {}", meta.digest));
     }
@@ -177,16 +176,4 @@ pub(crate) fn remove_path(path: &Path) {
     if let Err(error) = result {
         tracing::warn!(path = %path.display(), error = %error, "cannot remove");
     }
-}
-
-/// An error with its sources, for a one-line log reason.
-fn chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

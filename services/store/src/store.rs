@@ -6,18 +6,18 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use kraken_config::store::StoreConfig;
+use kraken_core::sync::lock;
 use kraken_core::{Digest, MetaInfo, PieceHashAlgorithm, PieceLengthPolicy};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::StoreError;
-use crate::clock::{Clock, SystemClock};
 use crate::download::DownloadShared;
 use crate::error::Result;
 use crate::index::Index;
@@ -28,6 +28,7 @@ use crate::metrics as m;
 use crate::reader::BlobReader;
 use crate::recovery::{self, remove_path};
 use crate::upload::UploadSlot;
+use kraken_core::clock::{Clock, SystemClock};
 
 /// In-memory last-access times reach the metadata files only when they moved by at least this
 /// much: reads stay free of disk writes, and idle cleanup (hours) does not need more precision
@@ -627,12 +628,6 @@ fn ticker(period: Duration) -> Interval {
     let mut interval = tokio::time::interval_at(Instant::now() + period, period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval
-}
-
-/// Locks a std mutex, ignoring poisoning: every critical section leaves its data consistent
-/// (no user code runs inside), so a panic elsewhere does not make it unusable.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs blocking file work off the async runtime.

@@ -15,7 +15,9 @@ use crate::StoreError;
 use crate::error::Result;
 use crate::layout::{DATA_FILE, UploadId};
 use crate::metrics as m;
-use crate::store::{BlobStore, CommitOptions, CommitOutcome, Inner, blocking, lock};
+use kraken_core::sync::lock;
+
+use crate::store::{BlobStore, CommitOptions, CommitOutcome, Inner, blocking};
 
 /// Read size while hashing, and chunk size of [`BlobStore::put_reader`].
 const CHUNK: usize = 1 << 20;

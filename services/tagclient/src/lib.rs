@@ -19,6 +19,7 @@ use kraken_proto::buildindex::v1::tag_service_client::TagServiceClient;
 use kraken_proto::buildindex::v1::{
     GetRequest, HasRequest, ListRepositoryRequest, ListRequest, PutRequest, ReplicateRequest,
 };
+pub use kraken_proto::wire::{DEFAULT_TAG_PAGE_SIZE, MAX_TAG_PAGE_SIZE};
 use kraken_tls::TlsMaterial;
 use kraken_transport::cluster::{ClusterError, HostPool, HostStatus, PoolOptions};
 use kraken_transport::health::is_network_error;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -135,7 +135,7 @@ where
 impl<K, V, E> Inner<K, V, E> {
     fn lock(&self) -> MutexGuard<'_, State<K, V, E>> {
         // The critical sections only insert and remove whole entries.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        kraken_core::sync::lock(&self.state)
     }
 }
 

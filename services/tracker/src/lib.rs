@@ -29,7 +29,8 @@ use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
 use tokio::net::TcpListener;
 
 pub use handout::HandoutPolicy;
-pub use origin::{GrpcOriginDirectory, OriginDirectory, OriginError, RETRY_AFTER_MS};
+pub use kraken_proto::wire::RETRY_AFTER_MS;
+pub use origin::{GrpcOriginDirectory, OriginDirectory, OriginError};
 pub use peerstore::{
     Clock, MemoryPeerStore, PeerEntry, PeerStore, PeerStoreError, RedisPeerStore, SystemClock,
     build_peer_store,

@@ -6,18 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kraken_config::TrackerConfig;
-use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo};
-use kraken_proto::origin::v1::blob_service_client::BlobServiceClient;
-use kraken_proto::origin::v1::{GetMetaInfoRequest, GetPeerContextRequest, LocationsRequest};
+use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo, error_chain};
+use kraken_originclient::{ClientError, OriginClient, OriginClusterClient};
 use kraken_tls::TlsMaterial;
-use kraken_transport::cluster::{ClusterError, HostPool, PoolOptions};
-use tonic::transport::Channel;
+use kraken_transport::cluster::ClusterError;
 
 use crate::cache::CoalescingCache;
-
-/// The metadata key with which an origin (and the tracker) asks a caller to come back later,
-/// in milliseconds.
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 /// How long a `Locations` or `GetPeerContext` call may take. Both are answered from memory,
 /// so anything slower means the origin is in trouble and the next one should be asked.
@@ -29,8 +23,6 @@ const METAINFO_TIMEOUT: Duration = Duration::from_secs(10);
 const LOCATIONS_CACHE_CAPACITY: usize = 65_536;
 /// Origins whose identity is remembered at once; clusters have a handful.
 const PEER_CONTEXT_CACHE_CAPACITY: usize = 1_024;
-/// How long a lookup waits for a DNS list of origins to resolve the first time.
-const MEMBERS_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Why the origins did not give an answer.
 ///
@@ -106,7 +98,7 @@ pub struct GrpcOriginDirectory {
 }
 
 struct Directory {
-    origins: HostPool,
+    origins: OriginClusterClient,
     locations: CoalescingCache<Digest, Arc<[String]>, OriginError>,
     peer_contexts: CoalescingCache<String, PeerInfo, OriginError>,
 }
@@ -123,10 +115,9 @@ impl GrpcOriginDirectory {
     /// A directory of the origins in `config.origin`, reached with `tls`. A DNS host list
     /// needs a tokio runtime (it is re-resolved in the background).
     pub fn from_config(config: &TrackerConfig, tls: TlsMaterial) -> Result<Self, OriginError> {
-        let options = PoolOptions::upstream("origin", &config.origin.healthcheck);
         let origins =
-            HostPool::new(&config.origin.hosts, &tls, options).map_err(|error| match error {
-                ClusterError::NoHosts => OriginError::NotConfigured,
+            OriginClusterClient::new(&config.origin, &tls).map_err(|error| match error {
+                ClientError::Cluster(ClusterError::NoHosts) => OriginError::NotConfigured,
                 other => OriginError::Address {
                     origin: config
                         .origin
@@ -134,7 +125,7 @@ impl GrpcOriginDirectory {
                         .dns
                         .clone()
                         .unwrap_or_else(|| config.origin.hosts.static_hosts.join(",")),
-                    reason: chain(&other),
+                    reason: error_chain(&other),
                 },
             })?;
         Ok(Self {
@@ -166,7 +157,7 @@ impl OriginDirectory for GrpcOriginDirectory {
             match result {
                 Ok(peer) => owners.push(peer),
                 Err(error) => {
-                    tracing::warn!(error = %chain(&error), "origin left out of the hand-out");
+                    tracing::warn!(error = %error_chain(&error), "origin left out of the hand-out");
                     last_error = Some(error);
                 }
             }
@@ -189,29 +180,26 @@ impl OriginDirectory for GrpcOriginDirectory {
         }
         let mut not_found = None;
         let mut last_failure = None;
-        for origin in inner.origins.order_hosts(owners.iter().cloned()) {
-            let request = GetMetaInfoRequest {
-                namespace: namespace.to_string(),
-                digest: digest.to_string(),
-            };
-            let mut client = match inner.client(&origin) {
+        for origin in inner.origins.healthy_first(owners.iter().cloned()) {
+            let client = match inner.client(&origin) {
                 Ok(client) => client,
                 Err(error) => {
                     last_failure = Some(error);
                     continue;
                 }
             };
-            let reply = call(METAINFO_TIMEOUT, client.get_meta_info(request)).await;
+            let reply = call(METAINFO_TIMEOUT, client.get_metainfo(namespace, digest)).await;
+            inner.origins.record(&origin, &reply);
             match reply {
-                Ok(reply) => {
-                    inner.origins.record_success(&origin);
-                    match validate_metainfo(&origin, digest, reply.metainfo.as_ref()) {
-                        Ok(metainfo) => return Ok(metainfo),
-                        Err(error) => last_failure = Some(error),
-                    }
+                Ok(metainfo) if metainfo.digest() == digest => return Ok(metainfo),
+                Ok(metainfo) => {
+                    last_failure = Some(OriginError::InvalidResponse {
+                        origin,
+                        what: "metainfo",
+                        reason: format!("it describes {} instead of {digest}", metainfo.digest()),
+                    });
                 }
-                Err(status) if status.code() == tonic::Code::NotFound => {
-                    inner.origins.record_success(&origin);
+                Err(ClientError::Status(status)) if status.code() == tonic::Code::NotFound => {
                     // Keep asking: another owner may hold a replica that was never written
                     // back, e.g. after this one lost its disk.
                     not_found = Some(OriginError::NotFound {
@@ -220,22 +208,16 @@ impl OriginDirectory for GrpcOriginDirectory {
                         message: status.message().to_owned(),
                     });
                 }
-                Err(status) => match retry_after(&status) {
-                    // The owner is fetching the blob from its backend: it exists, and asking
-                    // the others would only start more backend fetches.
-                    Some(retry_after) if status.code() == tonic::Code::Unavailable => {
-                        inner.origins.record_success(&origin);
-                        return Err(OriginError::Fetching {
-                            digest: *digest,
-                            origin,
-                            retry_after,
-                        });
-                    }
-                    _ => {
-                        inner.origins.record_status(&origin, &status);
-                        last_failure = Some(OriginError::Call { origin, status });
-                    }
-                },
+                // The owner is fetching the blob from its backend: it exists, and asking the
+                // others would only start more backend fetches.
+                Err(ClientError::Retry(retry_after)) => {
+                    return Err(OriginError::Fetching {
+                        digest: *digest,
+                        origin,
+                        retry_after,
+                    });
+                }
+                Err(error) => last_failure = Some(failure(origin, error)),
             }
         }
         if let Some(not_found) = not_found {
@@ -271,61 +253,37 @@ impl Directory {
         self: Arc<Self>,
         digest: Digest,
     ) -> Result<Arc<[String]>, OriginError> {
-        self.origins
-            .ready(MEMBERS_PATIENCE)
+        // Asked of the digest's owners first: they answer from the same ring as everyone else.
+        let reply = self
+            .origins
+            .locations(&digest)
             .await
-            .map_err(|error| OriginError::Address {
-                origin: self.origins.name().to_owned(),
-                reason: chain(&error),
+            .map_err(|error| match error {
+                ClientError::Cluster(error) => OriginError::Address {
+                    origin: "origin".to_owned(),
+                    reason: error_chain(&error),
+                },
+                ClientError::Unreachable { tried, host, last } => OriginError::Unreachable {
+                    tried: format!("{tried} origins, the last {host}"),
+                    last: Box::new(failure(host, *last)),
+                },
+                other => failure(String::new(), other),
             })?;
-        // The digest's owners first: they answer from the same ring as everyone else.
-        let order = self.origins.order(&digest);
-        let mut last_failure = None;
-        for origin in &order {
-            let mut client = match self.client(origin) {
-                Ok(client) => client,
-                Err(error) => {
-                    last_failure = Some(error);
-                    continue;
-                }
-            };
-            let request = LocationsRequest {
-                digest: digest.to_string(),
-            };
-            match call(LOOKUP_TIMEOUT, client.locations(request)).await {
-                Ok(reply) => {
-                    self.origins.record_success(origin);
-                    // Unhealthy owners are left out unless all are, in which case trying them
-                    // is better than handing out no origin at all.
-                    let healthy: Vec<String> = reply
-                        .origins
-                        .iter()
-                        .filter(|o| o.healthy)
-                        .map(|o| o.address.clone())
-                        .collect();
-                    let mut owners = if healthy.is_empty() {
-                        reply.origins.into_iter().map(|o| o.address).collect()
-                    } else {
-                        healthy
-                    };
-                    let mut seen = std::collections::HashSet::new();
-                    owners.retain(|o| !o.is_empty() && seen.insert(o.clone()));
-                    return Ok(owners.into());
-                }
-                Err(status) => {
-                    self.origins.record_status(origin, &status);
-                    tracing::debug!(origin, %status, "Locations failed; trying the next origin");
-                    last_failure = Some(OriginError::Call {
-                        origin: origin.clone(),
-                        status,
-                    });
-                }
-            }
-        }
-        Err(OriginError::Unreachable {
-            tried: order.join(", "),
-            last: Box::new(last_failure.unwrap_or(OriginError::NotConfigured)),
-        })
+        // Unhealthy owners are left out unless all are, in which case trying them is better
+        // than handing out no origin at all.
+        let healthy: Vec<String> = reply
+            .iter()
+            .filter(|o| o.healthy)
+            .map(|o| o.address.clone())
+            .collect();
+        let mut owners = if healthy.is_empty() {
+            reply.into_iter().map(|o| o.address).collect()
+        } else {
+            healthy
+        };
+        let mut seen = std::collections::HashSet::new();
+        owners.retain(|o| !o.is_empty() && seen.insert(o.clone()));
+        Ok(owners.into())
     }
 
     async fn peer_context(self: Arc<Self>, origin: String) -> Result<PeerInfo, OriginError> {
@@ -345,29 +303,10 @@ impl Directory {
     }
 
     async fn fetch_peer_context(self: Arc<Self>, origin: String) -> Result<PeerInfo, OriginError> {
-        let mut client = self.client(&origin)?;
-        let reply = match call(
-            LOOKUP_TIMEOUT,
-            client.get_peer_context(GetPeerContextRequest {}),
-        )
-        .await
-        {
-            Ok(reply) => reply,
-            Err(status) => {
-                self.origins.record_status(&origin, &status);
-                return Err(OriginError::Call { origin, status });
-            }
-        };
-        self.origins.record_success(&origin);
-        let invalid = |reason: String| OriginError::InvalidResponse {
-            origin: origin.clone(),
-            what: "peer context",
-            reason,
-        };
-        let wire = reply
-            .peer
-            .ok_or_else(|| invalid("field `peer` is missing".to_owned()))?;
-        let peer = PeerInfo::try_from(&wire).map_err(|e| invalid(e.to_string()))?;
+        let client = self.client(&origin)?;
+        let reply = call(LOOKUP_TIMEOUT, client.peer_context()).await;
+        self.origins.record(&origin, &reply);
+        let (peer, _name) = reply.map_err(|error| failure(origin, error))?;
         // Whatever it reports, an owner is handed out as an origin: that is what it is on the
         // ring, and agents treat origins as seeders of last resort.
         Ok(PeerInfo {
@@ -376,61 +315,50 @@ impl Directory {
         })
     }
 
-    /// A client of `origin` over the pool's channel (one per origin, for the life of the
-    /// tracker: channels connect lazily and reconnect on their own).
-    fn client(&self, origin: &str) -> Result<BlobServiceClient<Channel>, OriginError> {
+    /// A client of `origin` over the cluster client's channel (one per origin, for the life of
+    /// the tracker: channels connect lazily and reconnect on their own).
+    fn client(&self, origin: &str) -> Result<OriginClient, OriginError> {
         self.origins
-            .channel(origin)
-            .map(BlobServiceClient::new)
+            .client(origin)
             .map_err(|e| OriginError::Address {
                 origin: origin.to_owned(),
-                reason: chain(&e),
+                reason: error_chain(&e),
             })
     }
 }
 
-fn validate_metainfo(
-    origin: &str,
-    digest: &Digest,
-    wire: Option<&kraken_proto::common::v1::MetaInfo>,
-) -> Result<MetaInfo, OriginError> {
-    let invalid = |reason: String| OriginError::InvalidResponse {
-        origin: origin.to_owned(),
-        what: "metainfo",
-        reason,
-    };
-    let wire = wire.ok_or_else(|| invalid("field `metainfo` is missing".to_owned()))?;
-    let metainfo = MetaInfo::try_from(wire).map_err(|e| invalid(e.to_string()))?;
-    if metainfo.digest() != digest {
-        return Err(invalid(format!(
-            "it describes {} instead of {digest}",
-            metainfo.digest()
-        )));
+/// A failed call to `origin` as the tracker reports it.
+fn failure(origin: String, error: ClientError) -> OriginError {
+    match error {
+        ClientError::Status(status) => OriginError::Call { origin, status },
+        ClientError::Response { what, source } => OriginError::InvalidResponse {
+            origin,
+            what,
+            reason: source.to_string(),
+        },
+        ClientError::Missing(field) => OriginError::InvalidResponse {
+            origin,
+            what: field,
+            reason: format!("field `{field}` is missing"),
+        },
+        other => OriginError::Call {
+            origin,
+            status: tonic::Status::unavailable(error_chain(&other)),
+        },
     }
-    Ok(metainfo)
 }
 
 /// A unary call with a deadline enforced on our side too (tonic only forwards `grpc-timeout`).
 async fn call<T>(
     timeout: Duration,
-    reply: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, tonic::Status> {
+    reply: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
     match tokio::time::timeout(timeout, reply).await {
-        Ok(reply) => reply.map(tonic::Response::into_inner),
-        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-            "no answer within {timeout:?}"
+        Ok(reply) => reply,
+        Err(_) => Err(ClientError::Status(tonic::Status::deadline_exceeded(
+            format!("no answer within {timeout:?}"),
         ))),
     }
-}
-
-/// The `retry-after-ms` an origin attached to a status.
-pub(crate) fn retry_after(status: &tonic::Status) -> Option<Duration> {
-    status
-        .metadata()
-        .get(RETRY_AFTER_MS)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_millis)
 }
 
 /// A status as `Code: message`, plus the innermost cause when there is one (for a failed
@@ -449,51 +377,4 @@ fn describe_status(status: &tonic::Status) -> String {
         }
     }
     text
-}
-
-/// An error and its sources, for one log line or status message.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // tonic statuses repeat their source's text; say each thing once.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_retry_after_metadata() {
-        let mut status = tonic::Status::unavailable("fetching");
-        assert_eq!(retry_after(&status), None);
-        status.metadata_mut().insert(
-            RETRY_AFTER_MS,
-            tonic::metadata::MetadataValue::from(2500u64),
-        );
-        assert_eq!(retry_after(&status), Some(Duration::from_millis(2500)));
-    }
-
-    #[test]
-    fn rejects_metainfo_for_another_blob() {
-        let metainfo =
-            MetaInfo::generate(&b"hello"[..], 4, kraken_core::PieceHashAlgorithm::Blake3).unwrap();
-        let wire = kraken_proto::common::v1::MetaInfo::from(&metainfo);
-        let right = validate_metainfo("o1", metainfo.digest(), Some(&wire)).unwrap();
-        assert_eq!(right, metainfo);
-        let error = validate_metainfo("o1", &Digest::of(b"other"), Some(&wire)).unwrap_err();
-        assert!(error.to_string().contains("instead of"), "{error}");
-        assert!(matches!(
-            validate_metainfo("o1", metainfo.digest(), None),
-            Err(OriginError::InvalidResponse { .. })
-        ));
-    }
 }

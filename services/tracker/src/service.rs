@@ -16,7 +16,10 @@ use tracing::field;
 
 use crate::cache::CoalescingCache;
 use crate::handout::HandoutPolicy;
-use crate::origin::{OriginDirectory, OriginError, RETRY_AFTER_MS, chain};
+use kraken_core::error_chain;
+use kraken_proto::wire::RETRY_AFTER_MS;
+
+use crate::origin::{OriginDirectory, OriginError};
 use crate::peerstore::{PeerEntry, PeerStore, PeerStoreError};
 
 /// What agents are told to wait before asking again when the origins gave no hint.
@@ -82,7 +85,7 @@ impl ServiceError {
 
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Self {
-        let message = chain(&error);
+        let message = error_chain(&error);
         let retry_after = match &error {
             ServiceError::Namespace(_)
             | ServiceError::Digest(_)
@@ -184,7 +187,7 @@ impl Tracker {
         let owners = owners.unwrap_or_else(|error| {
             // Peers can still help each other; the origins come back on the next announce.
             metrics::counter!("kraken_tracker_origin_lookup_failures_total").increment(1);
-            tracing::warn!(error = %chain(&error), "announcing without origins");
+            tracing::warn!(error = %error_chain(&error), "announcing without origins");
             Vec::new()
         });
         let handout = self
@@ -245,7 +248,7 @@ impl TrackerService for Tracker {
         metrics::histogram!("kraken_tracker_announce_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
-            tracing::debug!(error = %chain(error), "announce failed");
+            tracing::debug!(error = %error_chain(error), "announce failed");
         }
         result.map(Response::new).map_err(Status::from)
     }
@@ -260,7 +263,7 @@ impl TrackerService for Tracker {
         let label = result.as_ref().map_or_else(ServiceError::label, |_| "ok");
         metrics::counter!("kraken_tracker_metainfo_requests_total", "result" => label).increment(1);
         if let Err(error) = &result {
-            tracing::debug!(error = %chain(error), "metainfo request failed");
+            tracing::debug!(error = %error_chain(error), "metainfo request failed");
         }
         result.map(Response::new).map_err(Status::from)
     }

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use futures::StreamExt;
 use kraken_core::{Digest, Namespace, Sha256Hasher};
-use kraken_origin::OriginClient;
+use kraken_originclient::OriginClient;
 use kraken_proto::agent::v1::{GetBlobRequest, agent_service_client::AgentServiceClient};
 use kraken_proto::origin::v1::PrefetchRequest;
 use kraken_telemetry::ProgressReporter;

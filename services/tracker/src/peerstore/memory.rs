@@ -2,7 +2,7 @@
 //! digest so that every announce of a blob reaches the same one.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use kraken_core::{Digest, PeerId};
@@ -66,7 +66,7 @@ impl MemoryPeerStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The critical sections only move plain data and cannot leave it half-updated, so a
         // panic elsewhere while holding the lock is no reason to stop serving.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        kraken_core::sync::lock(&self.state)
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use kraken_config::tracker::RedisPeerStoreConfig;
 use kraken_core::{Digest, PeerId};
@@ -21,22 +21,10 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{PeerEntry, PeerStore, PeerStoreError};
 
-/// Wall-clock time for the window computation. Injected so that tests can roll windows over
-/// without sleeping.
-pub trait Clock: Send + Sync + fmt::Debug {
-    fn now(&self) -> SystemTime;
-}
-
-/// The system's wall clock. Trackers sharing a Redis must agree on it to within a small
-/// fraction of a window (NTP is plenty for windows of minutes).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
+// Wall-clock time for the window computation, injected so that tests can roll windows over
+// without sleeping. Trackers sharing a Redis must agree on it to within a small fraction of a
+// window (NTP is plenty for windows of minutes).
+pub use kraken_core::clock::{Clock, SystemClock};
 
 /// Announces in Redis time-window sets; see the module documentation.
 #[derive(Clone)]

@@ -9,7 +9,7 @@ use kraken_core::{Digest, PeerId};
 use kraken_tracker::{PeerEntry, PeerStore, PeerStoreError, RedisPeerStore, build_peer_store};
 use redis::AsyncCommands;
 
-use crate::support::{ManualClock, RedisServer, free_port};
+use crate::support::{ManualClock, RedisServer, WindowClock, free_port};
 
 fn config(addr: String, window: Duration, windows: u32) -> RedisPeerStoreConfig {
     RedisPeerStoreConfig {

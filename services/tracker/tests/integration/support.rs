@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub(crate) use kraken_core::clock::ManualClock;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo, PieceHashAlgorithm};
 use kraken_proto::common::v1 as pb;
 use kraken_proto::tracker::v1::tracker_service_client::TrackerServiceClient;
@@ -149,38 +150,30 @@ pub(crate) fn free_port() -> u16 {
 // ---------------------------------------------------------------------------------------------
 // clock
 
-/// A wall clock that moves only when told to.
-#[derive(Debug)]
-pub(crate) struct ManualClock(Mutex<SystemTime>);
-
-impl ManualClock {
+/// Test helpers over the shared manual clock.
+pub(crate) trait WindowClock {
     /// A clock 1 ms into a window of `window`, so that advancing by whole windows crosses
     /// exactly that many window boundaries.
-    pub(crate) fn at_window_start(window: Duration) -> Arc<Self> {
+    fn at_window_start(window: Duration) -> Arc<ManualClock>;
+    /// Start (unix ms) of the window the clock is in.
+    fn window_start_ms(&self, window: Duration) -> u64;
+}
+
+impl WindowClock for ManualClock {
+    fn at_window_start(window: Duration) -> Arc<ManualClock> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
         let window_ms = window.as_millis() as u64;
         let start = now / window_ms * window_ms + 1;
-        Arc::new(Self(Mutex::new(UNIX_EPOCH + Duration::from_millis(start))))
+        Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_millis(start)))
     }
 
-    pub(crate) fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap() += by;
-    }
-
-    /// Start (unix ms) of the window the clock is in.
-    pub(crate) fn window_start_ms(&self, window: Duration) -> u64 {
+    fn window_start_ms(&self, window: Duration) -> u64 {
         let now = self.now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
         let window_ms = window.as_millis() as u64;
         now / window_ms * window_ms
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        *self.0.lock().unwrap()
     }
 }
 

@@ -1,0 +1,513 @@
+//! `registry_blob` and `registry_tag` against a real Docker registry: Debian's
+//! `docker-registry` (distribution 2.8; `apt-get install docker-registry`, which tests/run.sh
+//! does), with htpasswd basic auth on (bcrypt, generated here), over plain HTTP and over TLS
+//! with a private CA. Blobs and manifests are pushed with the registry's own HTTP API, then
+//! pulled through the backends.
+//!
+//! distribution cannot issue tokens itself (it only verifies them), so Docker's token flow is
+//! exercised against an in-test registry front whose challenges and token endpoint follow the
+//! token authentication spec.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use common::{ServerProcess, blob, digest, file_with, free_port, ns, read_all, system_program};
+use kraken_backend::{
+    Backend, BackendError, Backends, RegistryBlobBackend, RegistryTagBackend, UploadSource,
+};
+use kraken_config::Pattern;
+use kraken_config::backend::{
+    AuthConfig, BackendBandwidthConfig, BackendConfig, BackendKind, BasicAuthConfig,
+    RegistryBackendConfig, RegistrySecurityConfig, RegistryTlsClientConfig, RegistryTlsConfig,
+};
+use kraken_core::{Digest, Namespace};
+
+const USER: &str = "puller";
+const PASSWORD: &str = "s3cret-pass";
+
+/// A running `docker-registry` with basic auth for [`USER`].
+struct Registry {
+    server: ServerProcess,
+    dir: tempfile::TempDir,
+    /// The CA that signed the registry's certificate, when it serves TLS.
+    ca_pem: Option<PathBuf>,
+    client: reqwest::Client,
+}
+
+impl Registry {
+    fn start(tls: bool) -> Self {
+        let program = system_program("docker-registry", "apt-get install -y docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash_with_result(PASSWORD, 4)
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoY);
+        std::fs::write(dir.path().join("htpasswd"), format!("{USER}:{hash}\n")).unwrap();
+        let port = free_port();
+        let mut tls_section = String::new();
+        let mut ca_pem = None;
+        kraken_tls::install_crypto_provider();
+        let mut client = reqwest::Client::builder();
+        if tls {
+            let ca = kraken_tls::DevCa::new().unwrap();
+            let leaf = ca
+                .issue(
+                    kraken_tls::Role::Origin,
+                    &kraken_tls::LeafOptions::default(),
+                )
+                .unwrap();
+            let (cert, key, ca_path) = (
+                dir.path().join("registry.pem"),
+                dir.path().join("registry.key"),
+                dir.path().join("ca.pem"),
+            );
+            std::fs::write(&cert, &leaf.cert_pem).unwrap();
+            std::fs::write(&key, &leaf.key_pem).unwrap();
+            std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+            tls_section = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+            client = client.tls_certs_merge(
+                reqwest::Certificate::from_pem_bundle(ca.cert_pem().as_bytes()).unwrap(),
+            );
+            ca_pem = Some(ca_path);
+        }
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: error\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {root}\n  \
+             maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: kraken-test\n{tls_section}\
+             auth:\n  htpasswd:\n    realm: kraken-test\n    path: {htpasswd}\n",
+            root = dir.path().join("data").display(),
+            htpasswd = dir.path().join("htpasswd").display(),
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut command = Command::new(program);
+        command.arg("serve").arg(&config_path);
+        let server = ServerProcess::start(
+            "docker-registry",
+            command,
+            ([127, 0, 0, 1], port).into(),
+            &dir.path().join("registry.log"),
+        );
+        Self {
+            server,
+            dir,
+            ca_pem,
+            client: client.build().unwrap(),
+        }
+    }
+
+    fn address(&self) -> String {
+        self.server.addr.to_string()
+    }
+
+    fn base(&self) -> String {
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.server.addr)
+    }
+
+    /// Pushes a blob with the registry API (monolithic upload), as `docker push` would.
+    async fn push_blob(&self, repository: &str, data: &[u8]) -> Digest {
+        let digest = digest(data);
+        let started = self
+            .client
+            .post(format!("{}/v2/{repository}/blobs/uploads/", self.base()))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            started.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            self.server.log_text()
+        );
+        let location = started.headers()[header::LOCATION].to_str().unwrap();
+        let mut url = reqwest::Url::parse(&self.base())
+            .unwrap()
+            .join(location)
+            .unwrap();
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let finished = self
+            .client
+            .put(url)
+            .basic_auth(USER, Some(PASSWORD))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(finished.status(), StatusCode::CREATED);
+        digest
+    }
+
+    /// Pushes a schema 2 image manifest (config + one layer) under `tag`; returns its bytes.
+    async fn push_image(&self, repository: &str, tag: &str) -> Vec<u8> {
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let layer = blob(10_000, 42);
+        let config_digest = self.push_blob(repository, config).await;
+        let layer_digest = self.push_blob(repository, &layer).await;
+        let manifest = serde_json::to_vec_pretty(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": config.len(),
+                "digest": config_digest.to_string(),
+            },
+            "layers": [{
+                "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "size": layer.len(),
+                "digest": layer_digest.to_string(),
+            }],
+        }))
+        .unwrap();
+        let pushed = self
+            .client
+            .put(format!("{}/v2/{repository}/manifests/{tag}", self.base()))
+            .basic_auth(USER, Some(PASSWORD))
+            .header(
+                header::CONTENT_TYPE,
+                "application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .body(manifest.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            pushed.status(),
+            StatusCode::CREATED,
+            "{}",
+            self.server.log_text()
+        );
+        manifest
+    }
+
+    /// The backend settings an operator would write for this registry.
+    fn backend_config(&self, username: &str, password: &str) -> RegistryBackendConfig {
+        let password_file = self.dir.path().join(format!("password-{username}"));
+        std::fs::write(&password_file, format!("{password}\n")).unwrap();
+        RegistryBackendConfig {
+            address: self.address(),
+            timeout: Duration::from_secs(30),
+            security: RegistrySecurityConfig {
+                tls: RegistryTlsConfig {
+                    client: RegistryTlsClientConfig {
+                        disabled: self.ca_pem.is_none(),
+                    },
+                    ca: self.ca_pem.clone(),
+                },
+                basic: BasicAuthConfig {
+                    username: username.to_owned(),
+                    password: None,
+                    password_file: (!username.is_empty()).then_some(password_file),
+                },
+            },
+        }
+    }
+}
+
+/// Routes `namespace` to a `registry_blob` backend built from config, as an origin does.
+fn pull_through(config: RegistryBackendConfig, namespace: &Namespace) -> Arc<dyn Backend> {
+    let rules = [BackendConfig {
+        namespace: Pattern::new("^library/").unwrap(),
+        backend: BackendKind::RegistryBlob(config),
+        bandwidth: BackendBandwidthConfig::default(),
+    }];
+    let backends = Backends::from_config(&rules, &AuthConfig::default(), 1).unwrap();
+    backends.backend_for(namespace).unwrap().clone()
+}
+
+#[tokio::test]
+async fn registry_blob_pulls_through_from_docker_registry_with_basic_auth() {
+    let registry = Registry::start(false);
+    let namespace = ns("library/app");
+    let data = blob(3 << 20, 7);
+    let digest = registry.push_blob(namespace.as_str(), &data).await;
+
+    let backend = pull_through(registry.backend_config(USER, PASSWORD), &namespace);
+    assert_eq!(backend.kind(), "registry_blob");
+    assert_eq!(
+        backend.stat(&namespace, &digest).await.unwrap(),
+        Some(data.len() as u64)
+    );
+    let downloaded = backend.download(&namespace, &digest).await.unwrap();
+    assert_eq!(downloaded.size, data.len() as u64);
+    let bytes = read_all(downloaded).await;
+    assert_eq!(
+        Digest::of(&bytes),
+        digest,
+        "the pulled bytes hash to the digest"
+    );
+
+    let missing = common::digest(b"never pushed");
+    assert_eq!(backend.stat(&namespace, &missing).await.unwrap(), None);
+    let error = backend.download(&namespace, &missing).await.unwrap_err();
+    assert!(matches!(error, BackendError::NotFound { .. }), "{error}");
+    // The blob is in `library/app` only: registries scope blobs by repository.
+    assert_eq!(
+        backend.stat(&ns("library/other"), &digest).await.unwrap(),
+        None
+    );
+
+    let error = backend
+        .upload(&namespace, &digest, UploadSource::File(file_with(&data)), 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, BackendError::ReadOnly { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn wrong_or_missing_credentials_are_reported_as_such() {
+    let registry = Registry::start(false);
+    let namespace = ns("library/app");
+    let digest = registry.push_blob(namespace.as_str(), b"layer").await;
+
+    let wrong = RegistryBlobBackend::new(&registry.backend_config(USER, "wrong")).unwrap();
+    let error = wrong.stat(&namespace, &digest).await.unwrap_err();
+    assert!(matches!(error, BackendError::Other { .. }), "{error}");
+    assert!(
+        chain(&error).contains("rejected the credentials"),
+        "{}",
+        chain(&error)
+    );
+
+    let anonymous = RegistryBlobBackend::new(&registry.backend_config("", "")).unwrap();
+    let error = anonymous.download(&namespace, &digest).await.unwrap_err();
+    assert!(
+        chain(&error).contains("requires credentials"),
+        "{}",
+        chain(&error)
+    );
+}
+
+#[tokio::test]
+async fn manifests_are_blobs_and_tags_resolve_to_their_digest() {
+    let registry = Registry::start(false);
+    let namespace = ns("library/app");
+    let manifest = registry.push_image(namespace.as_str(), "v1").await;
+    let manifest_digest = Digest::of(&manifest);
+
+    // A manifest by digest through registry_blob: the registry serves it under /manifests/.
+    let blobs = RegistryBlobBackend::new(&registry.backend_config(USER, PASSWORD)).unwrap();
+    assert_eq!(
+        blobs.stat(&namespace, &manifest_digest).await.unwrap(),
+        Some(manifest.len() as u64)
+    );
+    let downloaded = read_all(blobs.download(&namespace, &manifest_digest).await.unwrap()).await;
+    assert_eq!(downloaded, manifest, "byte for byte, as pushed");
+
+    let tags = RegistryTagBackend::new(&registry.backend_config(USER, PASSWORD)).unwrap();
+    assert_eq!(tags.kind(), "registry_tag");
+    assert_eq!(
+        tags.resolve(&"library/app:v1".parse().unwrap())
+            .await
+            .unwrap(),
+        Some(manifest_digest)
+    );
+    assert_eq!(
+        tags.resolve(&"library/app:v2".parse().unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        tags.resolve(&"library/nothing:v1".parse().unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let registry = Registry::start(true);
+    let namespace = ns("library/app");
+    let data = blob(50_000, 9);
+    let digest = registry.push_blob(namespace.as_str(), &data).await;
+
+    let backend = pull_through(registry.backend_config(USER, PASSWORD), &namespace);
+    let bytes = read_all(backend.download(&namespace, &digest).await.unwrap()).await;
+    assert_eq!(Digest::of(&bytes), digest);
+
+    // Without the CA the registry's certificate is not trusted, and that is not transient.
+    let mut untrusted = registry.backend_config(USER, PASSWORD);
+    untrusted.security.tls.ca = None;
+    let error = RegistryBlobBackend::new(&untrusted)
+        .unwrap()
+        .stat(&namespace, &digest)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, BackendError::Other { .. }),
+        "{}",
+        chain(&error)
+    );
+    assert!(
+        chain(&error).to_lowercase().contains("certificate"),
+        "{}",
+        chain(&error)
+    );
+}
+
+/// An in-test registry that wants bearer tokens (Docker Hub's scheme) from its own token
+/// endpoint, which wants basic credentials.
+#[derive(Default)]
+struct TokenRegistry {
+    addr: Option<SocketAddr>,
+    blob: Vec<u8>,
+    token_requests: Vec<String>,
+    issued: usize,
+}
+
+type SharedTokenRegistry = Arc<Mutex<TokenRegistry>>;
+
+async fn token_registry_blob(
+    State(state): State<SharedTokenRegistry>,
+    headers: HeaderMap,
+) -> Response {
+    let state = state.lock().unwrap();
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer token-"));
+    if !authorized {
+        let addr = state.addr.unwrap();
+        let challenge = format!(
+            r#"Bearer realm="http://{addr}/token",service="test-registry",scope="repository:library/app:pull""#
+        );
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, challenge)],
+            r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+        )
+            .into_response();
+    }
+    state.blob.clone().into_response()
+}
+
+async fn token_endpoint(
+    State(state): State<SharedTokenRegistry>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    state.token_requests.push(format!(
+        "service={} scope={} auth={basic}",
+        query.get("service").cloned().unwrap_or_default(),
+        query.get("scope").cloned().unwrap_or_default()
+    ));
+    if !basic.starts_with("Basic ") {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    state.issued += 1;
+    axum::Json(serde_json::json!({"token": format!("token-{}", state.issued), "expires_in": 300}))
+        .into_response()
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_fetched_with_basic_credentials_and_cached() {
+    let data = blob(20_000, 11);
+    let digest = digest(&data);
+    let state: SharedTokenRegistry = Arc::new(Mutex::new(TokenRegistry {
+        blob: data.clone(),
+        ..TokenRegistry::default()
+    }));
+    let app = Router::new()
+        .route("/v2/library/app/blobs/{digest}", get(token_registry_blob))
+        .route("/token", get(token_endpoint))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    state.lock().unwrap().addr = Some(addr);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let config = RegistryBackendConfig {
+        address: addr.to_string(),
+        timeout: Duration::from_secs(10),
+        security: RegistrySecurityConfig {
+            tls: RegistryTlsConfig {
+                client: RegistryTlsClientConfig { disabled: true },
+                ca: None,
+            },
+            basic: BasicAuthConfig {
+                username: USER.to_owned(),
+                password: None,
+                password_file: Some(password_file),
+            },
+        },
+    };
+    let backend = RegistryBlobBackend::new(&config).unwrap();
+    let namespace = ns("library/app");
+    for _ in 0..3 {
+        let bytes = read_all(backend.download(&namespace, &digest).await.unwrap()).await;
+        assert_eq!(bytes, data);
+    }
+    assert_eq!(
+        backend.stat(&namespace, &digest).await.unwrap(),
+        Some(data.len() as u64)
+    );
+
+    let state = state.lock().unwrap();
+    assert_eq!(
+        state.issued, 1,
+        "one token serves every request until it expires"
+    );
+    assert_eq!(state.token_requests.len(), 1);
+    let request = &state.token_requests[0];
+    assert!(
+        request.starts_with("service=test-registry scope=repository:library/app:pull auth=Basic "),
+        "{request}"
+    );
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[tokio::test]
+async fn keeps_the_backend_contract() {
+    let registry = Registry::start(false);
+    let namespace = ns("library/contract");
+    let data = blob(200_000, 11);
+    registry.push_blob(namespace.as_str(), &data).await;
+    let backend = pull_through(registry.backend_config(USER, PASSWORD), &namespace);
+    common::contract::read_only(backend.as_ref(), &namespace, &data, &digest(b"absent")).await;
+}
