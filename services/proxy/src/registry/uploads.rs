@@ -301,3 +301,73 @@ fn blob_created(repository: &Namespace, digest: &Digest) -> Response {
         Body::empty(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+    use kraken_oci::ErrorCode;
+
+    use super::*;
+    use crate::staging::Staging;
+
+    fn headers(pairs: &[(http::HeaderName, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.clone(), HeaderValue::from_str(value).unwrap()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn chunk_bounds_come_from_content_range_and_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path().join("uploads")).await.unwrap();
+        let upload = staging.create("lib/app".parse().unwrap()).await.unwrap();
+        let bounds = |pairs: &[(http::HeaderName, &str)]| chunk_bounds(&headers(pairs), &upload);
+
+        assert_eq!(bounds(&[]).unwrap(), (None, None));
+        assert_eq!(bounds(&[(CONTENT_LENGTH, "7")]).unwrap(), (None, Some(7)));
+        assert_eq!(
+            bounds(&[(CONTENT_RANGE, "bytes 100-199/*")]).unwrap(),
+            (Some(100), Some(100))
+        );
+        assert_eq!(
+            bounds(&[(CONTENT_RANGE, "0-99"), (CONTENT_LENGTH, "100")]).unwrap(),
+            (Some(0), Some(100))
+        );
+        let refusals = [
+            vec![(CONTENT_RANGE, "0-99"), (CONTENT_LENGTH, "99")],
+            vec![(CONTENT_RANGE, "9-1")],
+            vec![(CONTENT_RANGE, "bytes=0-9")],
+            // 2^64 bytes: refused, neither wrapped to 0 nor a panic.
+            vec![(CONTENT_RANGE, "0-18446744073709551615")],
+        ];
+        for pairs in refusals {
+            let error = bounds(&pairs).unwrap_err();
+            assert_eq!(error.code(), ErrorCode::BlobUploadInvalid, "{pairs:?}");
+            assert_eq!(
+                error.status(),
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "{pairs:?}"
+            );
+            assert_eq!(error.headers()[RANGE], "0-0", "{pairs:?}");
+            assert_eq!(error.headers()[DOCKER_UPLOAD_UUID], upload.id.as_str());
+        }
+        let error = bounds(&[(CONTENT_LENGTH, "lots")]).unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn locations_are_canonical_routes() {
+        let digest = Digest::of(b"x");
+        let response = blob_created(&"lib/app".parse().unwrap(), &digest);
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(
+            response.headers()[LOCATION],
+            format!("/v2/lib/app/blobs/{digest}").as_str()
+        );
+        assert_eq!(
+            response.headers()[DOCKER_CONTENT_DIGEST],
+            digest.to_string().as_str()
+        );
+    }
+}
