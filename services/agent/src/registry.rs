@@ -20,15 +20,17 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures::TryStreamExt;
 use kraken_config::agent::AgentConfig;
 use kraken_core::{Digest, Namespace};
-use kraken_oci::headers::{API_VERSION, DOCKER_CONTENT_DIGEST, DOCKER_DISTRIBUTION_API_VERSION};
-use kraken_oci::{ErrorCode, Reference, RegistryError, TaggedName, parse_repository};
+use kraken_oci::response::{self, BlobResponse, ManifestResponse};
+use kraken_oci::{
+    ByteRange, ByteSpan, ErrorCode, Reference, RegistryError, Route, TaggedName, parse_repository,
+};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -90,15 +92,12 @@ async fn allow_cidrs(
             .into_response();
     }
     let mut response = next.run(request).await;
-    response.headers_mut().insert(
-        DOCKER_DISTRIBUTION_API_VERSION,
-        HeaderValue::from_static(API_VERSION),
-    );
+    response::set_api_version(response.headers_mut());
     response
 }
 
 async fn api_version() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], "{}").into_response()
+    response::api_base()
 }
 
 /// The query of `tags/list`.
@@ -106,29 +105,6 @@ async fn api_version() -> Response {
 struct TagsQuery {
     n: Option<u32>,
     last: Option<String>,
-}
-
-/// One request, as parsed from the path after `/v2/`.
-#[derive(Debug, PartialEq, Eq)]
-enum Route<'a> {
-    Manifest { name: &'a str, reference: &'a str },
-    Blob { name: &'a str, digest: &'a str },
-    Tags { name: &'a str },
-}
-
-/// Splits a `/v2/` path: repository names contain slashes, so the route is found from the
-/// right (`…/manifests/<ref>`, `…/blobs/<digest>`, `…/tags/list`).
-fn route(path: &str) -> Option<Route<'_>> {
-    if let Some(name) = path.strip_suffix("/tags/list") {
-        return Some(Route::Tags { name });
-    }
-    if let Some((name, reference)) = path.rsplit_once("/manifests/") {
-        return Some(Route::Manifest { name, reference });
-    }
-    if let Some((name, digest)) = path.rsplit_once("/blobs/") {
-        return Some(Route::Blob { name, digest });
-    }
-    None
 }
 
 async fn dispatch(
@@ -147,15 +123,17 @@ async fn dispatch(
                 .into_response(),
         );
     }
-    let (label, result) = match route(&path) {
+    // `path` is what `/v2/{*path}` captured (percent-decoded by axum); only the read subset of
+    // the grammar is served here, uploads and the catalog are the proxy's.
+    let (label, result) = match Route::parse_tail(&path) {
         Some(Route::Manifest { name, reference }) => {
             ("manifest", manifest(&state, name, reference, head).await)
         }
         Some(Route::Blob { name, digest }) => {
             ("blob", blob(&state, name, digest, head, &headers).await)
         }
-        Some(Route::Tags { name }) => ("tags", tags(&state, name, query).await),
-        None => (
+        Some(Route::TagsList { name }) => ("tags", tags(&state, name, query).await),
+        _ => (
             "other",
             Err(RegistryError::new(
                 ErrorCode::Unsupported,
@@ -220,17 +198,9 @@ async fn manifest(
             }
             other => agent_error(other),
         })?;
-    let media_type = manifest.media_type();
-    let headers = [
-        (header::CONTENT_TYPE, media_type.to_owned()),
-        (DOCKER_CONTENT_DIGEST, digest.to_string()),
-        (header::ETAG, format!("\"{digest}\"")),
-        (header::CONTENT_LENGTH, body.len().to_string()),
-    ];
-    if head {
-        return Ok((headers, Body::empty()).into_response());
-    }
-    Ok((headers, body).into_response())
+    Ok(ManifestResponse::new(&digest, manifest.media_type())
+        .etag()
+        .body(body, head))
 }
 
 async fn blob(
@@ -248,15 +218,6 @@ async fn blob(
         AgentError::NotFound { .. } => RegistryError::blob_unknown(digest),
         other => agent_error(other),
     };
-    let common = |length: u64| {
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (DOCKER_CONTENT_DIGEST, digest.to_string()),
-            (header::ETAG, format!("\"{digest}\"")),
-            (header::ACCEPT_RANGES, "bytes".to_owned()),
-            (header::CONTENT_LENGTH, length.to_string()),
-        ]
-    };
     if head {
         // The size comes from the store or the metainfo: a HEAD never starts a download.
         let size = state
@@ -264,14 +225,14 @@ async fn blob(
             .size(&namespace, &digest)
             .await
             .map_err(blob_error)?;
-        return Ok((common(size), Body::empty()).into_response());
+        return Ok(BlobResponse::new(&digest, size).etag().body(Body::empty()));
     }
     let range = match request_headers.get(header::RANGE) {
         None => None,
         Some(value) => Some(ByteRange::parse(value.to_str().unwrap_or_default())?),
     };
-    let (offset, length) = match range {
-        None => (0, None),
+    let requested = match range {
+        None => None,
         Some(range) => {
             // HTTP range semantics need the size first: an end past the blob is clamped, a
             // start at or past it is unsatisfiable.
@@ -280,17 +241,16 @@ async fn blob(
                 .size(&namespace, &digest)
                 .await
                 .map_err(blob_error)?;
-            match range.resolve(size) {
-                Some(resolved) => resolved,
-                None => {
-                    return Err(RegistryError::range_invalid(format!(
-                        "range {range} is outside blob {digest} of {size} bytes"
-                    ))
-                    .with_header(header::CONTENT_RANGE, format!("bytes */{size}")));
-                }
-            }
+            let span = range.resolve(size).ok_or_else(|| {
+                RegistryError::range_not_satisfiable(
+                    format!("range {range} is outside blob {digest} of {size} bytes"),
+                    size,
+                )
+            })?;
+            Some(span)
         }
     };
+    let (offset, length) = requested.map_or((0, None), |span| (span.start(), Some(span.len())));
     let stream = state
         .fetcher
         .fetch(&namespace, &digest, offset, length, "registry")
@@ -300,15 +260,14 @@ async fn blob(
     // A failure mid-stream aborts the response: the client sees a short body, never bytes that
     // failed verification.
     let body = Body::from_stream(stream.map_err(io::Error::other));
-    if range.is_none() {
-        return Ok((common(len), body).into_response());
-    }
-    let end = (start + len).saturating_sub(1);
-    let mut response = (StatusCode::PARTIAL_CONTENT, common(len), body).into_response();
-    if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
-        response.headers_mut().insert(header::CONTENT_RANGE, value);
-    }
-    Ok(response)
+    let response = match requested {
+        None => BlobResponse::new(&digest, len),
+        // The span the stream actually covers (the one asked for, unless the blob changed
+        // size under us).
+        Some(span) => BlobResponse::new(&digest, size)
+            .span(Some(ByteSpan::with_len(start, len).unwrap_or(span))),
+    };
+    Ok(response.etag().body(body))
 }
 
 async fn tags(
@@ -336,16 +295,11 @@ async fn tags(
     if page.tags.is_empty() && query.last.is_none() {
         return Err(RegistryError::name_unknown(name));
     }
-    let body = serde_json::json!({ "name": name, "tags": page.tags });
-    let mut response = axum::Json(body).into_response();
-    if let Some(next) = &page.next_page_token
-        && let Ok(link) = HeaderValue::from_str(&format!(
-            "</v2/{name}/tags/list?n={page_size}&last={next}>; rel=\"next\""
-        ))
-    {
-        response.headers_mut().insert(header::LINK, link);
-    }
-    Ok(response)
+    let next = page
+        .next_page_token
+        .as_deref()
+        .map(|last| response::next_link(&Route::TagsList { name }, page_size, last));
+    Ok(response::tag_list(name, &page.tags, next))
 }
 
 /// An agent failure as the registry reports it.
@@ -376,133 +330,5 @@ impl std::fmt::Display for ErrorChain<'_> {
             source = error.source();
         }
         Ok(())
-    }
-}
-
-/// A single byte range of a `Range` header (multipart ranges are not served).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ByteRange {
-    /// `bytes=start-` or `bytes=start-end` (inclusive).
-    From { start: u64, end: Option<u64> },
-    /// `bytes=-n`: the last `n` bytes.
-    Suffix(u64),
-}
-
-impl ByteRange {
-    /// `(offset, Some(length))` within a blob of `size` bytes, `None` when unsatisfiable.
-    fn resolve(self, size: u64) -> Option<(u64, Option<u64>)> {
-        match self {
-            Self::From { start, .. } if start >= size => None,
-            Self::From { start, end } => {
-                let end = end.map_or(size - 1, |end| end.min(size - 1));
-                Some((start, Some(end - start + 1)))
-            }
-            Self::Suffix(0) => None,
-            Self::Suffix(n) => {
-                let n = n.min(size);
-                (n > 0).then_some((size - n, Some(n)))
-            }
-        }
-    }
-
-    fn parse(value: &str) -> Result<Self, RegistryError> {
-        let invalid = || {
-            RegistryError::range_invalid(format!(
-                "Range `{value}` is not a single `bytes=start-end`, `bytes=start-` or `bytes=-n`"
-            ))
-        };
-        let spec = value.trim().strip_prefix("bytes=").ok_or_else(invalid)?;
-        let (start, end) = spec.split_once('-').ok_or_else(invalid)?;
-        let number = |s: &str| s.trim().parse::<u64>().map_err(|_| invalid());
-        match (start.trim().is_empty(), end.trim().is_empty()) {
-            (true, false) => Ok(Self::Suffix(number(end)?)),
-            (false, true) => Ok(Self::From {
-                start: number(start)?,
-                end: None,
-            }),
-            (false, false) => {
-                let (start, end) = (number(start)?, number(end)?);
-                if end < start {
-                    return Err(invalid());
-                }
-                Ok(Self::From {
-                    start,
-                    end: Some(end),
-                })
-            }
-            (true, true) => Err(invalid()),
-        }
-    }
-}
-
-impl std::fmt::Display for ByteRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::From {
-                start,
-                end: Some(end),
-            } => write!(f, "bytes={start}-{end}"),
-            Self::From { start, end: None } => write!(f, "bytes={start}-"),
-            Self::Suffix(n) => write!(f, "bytes=-{n}"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_are_found_from_the_right() {
-        assert_eq!(
-            route("library/ubuntu/manifests/latest"),
-            Some(Route::Manifest {
-                name: "library/ubuntu",
-                reference: "latest"
-            })
-        );
-        // A repository may itself contain `blobs` or `manifests` as a component.
-        assert_eq!(
-            route("team/blobs/app/blobs/sha256:ab"),
-            Some(Route::Blob {
-                name: "team/blobs/app",
-                digest: "sha256:ab"
-            })
-        );
-        assert_eq!(route("a/b/tags/list"), Some(Route::Tags { name: "a/b" }));
-        assert_eq!(route("_catalog"), None);
-    }
-
-    #[test]
-    fn byte_ranges() {
-        assert_eq!(
-            ByteRange::parse("bytes=0-99").ok(),
-            Some(ByteRange::From {
-                start: 0,
-                end: Some(99)
-            })
-        );
-        assert_eq!(
-            ByteRange::parse("bytes=100-").ok(),
-            Some(ByteRange::From {
-                start: 100,
-                end: None
-            })
-        );
-        assert_eq!(
-            ByteRange::parse("bytes=-5").ok(),
-            Some(ByteRange::Suffix(5))
-        );
-        for bad in [
-            "bytes=5-1",
-            "bytes=-",
-            "items=0-1",
-            "bytes=a-b",
-            "bytes=0-1,3-4",
-        ] {
-            let error = ByteRange::parse(bad).unwrap_err();
-            assert_eq!(error.code(), ErrorCode::RangeInvalid, "{bad}");
-            assert!(error.message().contains(bad), "{bad}: {}", error.message());
-        }
     }
 }

@@ -344,6 +344,15 @@ impl RegistryError {
         Self::new(ErrorCode::RangeInvalid, message)
     }
 
+    /// 416 `RANGE_INVALID` for a blob of `size` bytes, with `Content-Range: bytes */<size>` so
+    /// the client learns the size.
+    pub fn range_not_satisfiable(message: impl Into<String>, size: u64) -> Self {
+        Self::range_invalid(message).with_header(
+            header::CONTENT_RANGE,
+            crate::range::unsatisfied_content_range(size),
+        )
+    }
+
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unsupported, message)
     }
@@ -374,6 +383,13 @@ impl fmt::Display for RegistryError {
 }
 
 impl std::error::Error for RegistryError {}
+
+/// A malformed `Range` is `416 RANGE_INVALID` naming the header.
+impl From<crate::range::RangeError> for RegistryError {
+    fn from(error: crate::range::RangeError) -> Self {
+        Self::range_invalid(error.to_string())
+    }
+}
 
 impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {

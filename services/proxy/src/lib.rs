@@ -18,7 +18,6 @@ mod error;
 mod metrics;
 mod prefetch;
 mod registry;
-mod route;
 mod server;
 mod staging;
 

@@ -1,0 +1,223 @@
+//! The Docker Registry v2 / OCI distribution API: push (monolithic, chunked and streamed blob
+//! uploads, cross-repository mounts, manifests with reference checks) and pull (blobs with
+//! `Range`, manifests by tag or digest), tag listing and the catalog.
+//!
+//! Nothing is stored here for good: blobs are staged on local disk until verified, then
+//! streamed to their owning origins; manifests are blobs too, stored under the repository's
+//! namespace; tags go to build-index. A request the registry refuses leaves every store as it
+//! was: checks run before anything is written.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, Method, StatusCode, Uri};
+use kraken_core::{Digest, Namespace};
+use kraken_oci::{RegistryError, Route, parse_repository, response};
+use kraken_originclient::{
+    ByteStream, OriginClusterClient, OriginsError, ReferenceError, check_manifest_references,
+};
+use kraken_tagclient::{MAX_TAG_PAGE_SIZE as MAX_PAGE_SIZE, TagClient, TagClientError};
+use tokio::sync::Semaphore;
+use tonic::Code;
+
+use crate::metrics as m;
+use crate::staging::Staging;
+
+mod blobs;
+mod listings;
+mod manifests;
+mod uploads;
+
+/// What the registry handlers share.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    pub(crate) origins: OriginClusterClient,
+    pub(crate) tags: TagClient,
+    pub(crate) staging: Staging,
+    /// Requests in flight; beyond the limit new ones are shed with 429 instead of queued.
+    pub(crate) permits: Semaphore,
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// The registry's router: every `/v2/…` path goes to one dispatcher (repository names hold
+/// `/`, which path patterns cannot express in the middle of a route).
+pub(crate) fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/v2", axum::routing::any(handle))
+        .route("/v2/", axum::routing::any(handle))
+        .route("/v2/{*rest}", axum::routing::any(handle))
+        .fallback(|| async {
+            RegistryError::unsupported("not a registry API path").with_status(StatusCode::NOT_FOUND)
+        })
+        .with_state(registry)
+}
+
+async fn handle(
+    State(registry): State<Arc<Registry>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let route = Route::parse(uri.path());
+    let kind = route.as_ref().map_or("unknown", Route::kind);
+    let span = tracing::debug_span!("registry", %method, path = uri.path(), route = kind);
+    let _permit = match registry.permits.try_acquire() {
+        Ok(permit) => permit,
+        Err(_) => {
+            metrics::counter!(m::SHED).increment(1);
+            return RegistryError::from_code(kraken_oci::ErrorCode::TooManyRequests)
+                .with_header(http::header::RETRY_AFTER, "1")
+                .into_response();
+        }
+    };
+    let result = async {
+        let Some(route) = route else {
+            return Err(RegistryError::unsupported(format!(
+                "{} is not a registry API path",
+                uri.path()
+            ))
+            .with_status(StatusCode::NOT_FOUND));
+        };
+        dispatch(&registry, &method, route, &uri, &headers, body).await
+    };
+    let result = tracing::Instrument::instrument(result, span).await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            if error.status().is_server_error() {
+                tracing::warn!(%method, path = uri.path(), %error, "registry request failed");
+            } else {
+                tracing::debug!(%method, path = uri.path(), %error, "registry request refused");
+            }
+            error.into_response()
+        }
+    };
+    response::set_api_version(response.headers_mut());
+    metrics::counter!(
+        m::REQUESTS,
+        "method" => method.to_string(),
+        "route" => kind,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}
+
+async fn dispatch(
+    registry: &Registry,
+    method: &Method,
+    route: Route<'_>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let head = method == Method::HEAD;
+    match (method.clone(), route) {
+        (Method::GET | Method::HEAD, Route::Base) => Ok(response::api_base()),
+        (Method::GET, Route::Catalog) => registry.catalog(uri).await,
+        (Method::GET, Route::TagsList { name }) => registry.tags_list(name, uri).await,
+        (Method::GET | Method::HEAD, Route::Manifest { name, reference }) => {
+            registry.get_manifest(name, reference, head).await
+        }
+        (Method::PUT, Route::Manifest { name, reference }) => {
+            registry.put_manifest(name, reference, headers, body).await
+        }
+        (Method::GET | Method::HEAD, Route::Blob { name, digest }) => {
+            registry.get_blob(name, digest, headers, head).await
+        }
+        (Method::POST, Route::UploadStart { name }) => {
+            registry.start_upload(name, uri, headers, body).await
+        }
+        (Method::GET | Method::HEAD, Route::Upload { name, id }) => {
+            registry.upload_status(name, id).await
+        }
+        (Method::PATCH, Route::Upload { name, id }) => {
+            registry.patch_upload(name, id, headers, body).await
+        }
+        (Method::PUT, Route::Upload { name, id }) => {
+            registry.put_upload(name, id, uri, headers, body).await
+        }
+        (Method::DELETE, Route::Upload { name, id }) => registry.cancel_upload(name, id).await,
+        (Method::DELETE, Route::Manifest { .. } | Route::Blob { .. }) => Err(
+            RegistryError::unsupported("deletion is not supported by this registry"),
+        ),
+        (method, route) => Err(RegistryError::unsupported(format!(
+            "{method} is not supported on the {} endpoint",
+            route.kind()
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Chunks of a download re-offered as an upload source, through a task and a small bounded
+/// channel (a few chunks in flight at most). The indirection also gives the upload a concrete
+/// stream type: passing the boxed download stream straight through trips a compiler limit on
+/// proving the handler future `Send`.
+fn relay(
+    mut source: ByteStream,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::spawn(async move {
+        while let Some(chunk) = source.next().await {
+            let failed = chunk.is_err();
+            if sender
+                .send(chunk.map_err(std::io::Error::other))
+                .await
+                .is_err()
+                || failed
+            {
+                break;
+            }
+        }
+    });
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
+}
+
+fn repository(name: &str) -> Result<Namespace> {
+    Ok(parse_repository(name)?)
+}
+
+fn digest_param(text: &str) -> Result<Digest> {
+    text.parse::<Digest>().map_err(|error| {
+        RegistryError::digest_invalid(format!("invalid digest {:?}: {error}", clip(text)))
+    })
+}
+
+fn clip(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+fn origins_error(error: OriginsError) -> RegistryError {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    match error {
+        OriginsError::NotFound { digest, .. } => RegistryError::blob_unknown(digest),
+        OriginsError::Unavailable { .. } => RegistryError::unavailable(message),
+        OriginsError::TooLarge { .. } | OriginsError::Corrupt { .. } => {
+            RegistryError::internal(message)
+        }
+    }
+}
+
+fn tag_error(error: TagClientError) -> RegistryError {
+    match error.code() {
+        Some(Code::InvalidArgument) => RegistryError::name_invalid(error.to_string()),
+        _ => RegistryError::unavailable(format!("build-index: {error}")),
+    }
+}
