@@ -305,7 +305,7 @@ async fn tags(
 /// An agent failure as the registry reports it.
 fn agent_error(error: AgentError) -> RegistryError {
     let code = error.code();
-    let message = format!("{}", ErrorChain(&error));
+    let message = kraken_core::error_chain(&error);
     match code {
         tonic::Code::NotFound => {
             RegistryError::new(ErrorCode::BlobUnknown, message).with_status(StatusCode::NOT_FOUND)
@@ -315,20 +315,5 @@ fn agent_error(error: AgentError) -> RegistryError {
         }
         tonic::Code::InvalidArgument => RegistryError::digest_invalid(message),
         _ => RegistryError::internal(message),
-    }
-}
-
-/// An error with its sources, `a: b: c`.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            write!(f, ": {error}")?;
-            source = error.source();
-        }
-        Ok(())
     }
 }

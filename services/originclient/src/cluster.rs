@@ -472,35 +472,13 @@ impl OriginClusterClient {
         path: &Path,
         size: u64,
     ) -> Result<Uploaded, OriginsError> {
-        let mut last = None;
-        for (address, client) in self.candidate_clients(digest).await? {
-            let file =
-                tokio::fs::File::open(path)
-                    .await
-                    .map_err(|source| OriginsError::Unavailable {
-                        digest: *digest,
-                        source: ClientError::Source(source),
-                    })?;
-            let outcome = client.upload(namespace, digest, file, Some(size)).await;
-            self.record(&address, &outcome);
-            match outcome {
-                Ok(uploaded) => return Ok(uploaded),
-                Err(error) if is_transient(&error) => {
-                    tracing::warn!(origin = %address, %digest, %error, "upload failed; next owner");
-                    last = Some(error);
-                }
-                Err(error) => {
-                    return Err(OriginsError::Unavailable {
-                        digest: *digest,
-                        source: error,
-                    });
-                }
-            }
-        }
-        Err(OriginsError::Unavailable {
-            digest: *digest,
-            source: last.unwrap_or(ClientError::Missing("owner on the origin ring")),
+        self.upload_to_owners(digest, |client| async move {
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(ClientError::Source)?;
+            client.upload(namespace, digest, file, Some(size)).await
         })
+        .await
     }
 
     /// Uploads a small blob held in memory (a manifest), falling over between owners like
@@ -511,13 +489,33 @@ impl OriginClusterClient {
         digest: &Digest,
         data: Bytes,
     ) -> Result<Uploaded, OriginsError> {
-        let mut last = None;
         let size = data.len() as u64;
-        for (address, client) in self.candidate_clients(digest).await? {
+        self.upload_to_owners(digest, |client| {
             let chunks = futures::stream::iter([Ok::<_, std::io::Error>(data.clone())]);
-            let outcome = client
-                .upload_stream(namespace, digest, chunks, Some(size))
-                .await;
+            async move {
+                client
+                    .upload_stream(namespace, digest, chunks, Some(size))
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Runs `upload` against the candidates in turn until one stores the blob: a transient
+    /// failure (down, overloaded, cut off) moves on to the next; any other answer, a content
+    /// mismatch above all, is final. A source that cannot be read is final too.
+    async fn upload_to_owners<F, Fut>(
+        &self,
+        digest: &Digest,
+        upload: F,
+    ) -> Result<Uploaded, OriginsError>
+    where
+        F: Fn(OriginClient) -> Fut,
+        Fut: Future<Output = Result<Uploaded, ClientError>>,
+    {
+        let mut last = None;
+        for (address, client) in self.candidate_clients(digest).await? {
+            let outcome = upload(client).await;
             self.record(&address, &outcome);
             match outcome {
                 Ok(uploaded) => return Ok(uploaded),

@@ -33,27 +33,7 @@ pub async fn writable(backend: &dyn Backend, namespace: &Namespace, seed: u64) {
 
     let from_file = blob(70_000, seed);
     let from_reader = blob(3_000, seed + 1);
-    for (data, source) in [
-        (&from_file, UploadSource::File(file_with(&from_file))),
-        (
-            &from_reader,
-            UploadSource::Reader(Box::pin(std::io::Cursor::new(from_reader.clone()))),
-        ),
-    ] {
-        let digest = Digest::of(data);
-        backend
-            .upload(namespace, &digest, source, data.len() as u64)
-            .await
-            .unwrap_or_else(|e| panic!("{kind}: upload failed: {e:?}"));
-        assert_eq!(
-            backend.stat(namespace, &digest).await.unwrap(),
-            Some(data.len() as u64),
-            "{kind}: a stored blob stats to its size"
-        );
-        let downloaded = backend.download(namespace, &digest).await.unwrap();
-        assert_eq!(downloaded.size, data.len() as u64, "{kind}: download size");
-        assert_eq!(&read_all(downloaded).await, data, "{kind}: download bytes");
-    }
+    round_trip(backend, namespace, &[&from_file, &from_reader]).await;
 
     // Storing a blob again (a retried write-back) is harmless.
     let digest = Digest::of(&from_file);
@@ -153,4 +133,41 @@ pub async fn read_only(
         matches!(error, BackendError::ReadOnly { .. }),
         "{kind}: uploads are refused as read-only, got {error:?}"
     );
+}
+
+/// Stores each blob (the first from a file, the rest from readers, as write-backs and backend
+/// copies hand them over), then checks each stats to its size and downloads to its bytes.
+/// Returns their digests, sorted (as `list` reports them).
+pub async fn round_trip(
+    backend: &dyn Backend,
+    namespace: &Namespace,
+    blobs: &[&[u8]],
+) -> Vec<Digest> {
+    let kind = backend.kind();
+    let mut digests = Vec::new();
+    for (i, data) in blobs.iter().enumerate() {
+        let digest = Digest::of(data);
+        let source = if i == 0 {
+            UploadSource::File(file_with(data))
+        } else {
+            UploadSource::Reader(Box::pin(std::io::Cursor::new(data.to_vec())))
+        };
+        backend
+            .upload(namespace, &digest, source, data.len() as u64)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: upload failed: {e:?}"));
+        digests.push(digest);
+    }
+    for (data, digest) in blobs.iter().zip(&digests) {
+        assert_eq!(
+            backend.stat(namespace, digest).await.unwrap(),
+            Some(data.len() as u64),
+            "{kind}: a stored blob stats to its size"
+        );
+        let downloaded = backend.download(namespace, digest).await.unwrap();
+        assert_eq!(downloaded.size, data.len() as u64, "{kind}: download size");
+        assert_eq!(&read_all(downloaded).await, data, "{kind}: download bytes");
+    }
+    digests.sort();
+    digests
 }
