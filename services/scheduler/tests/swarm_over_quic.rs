@@ -14,12 +14,11 @@ use bytes::Bytes;
 use kraken_config::store::StoreConfig;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo};
 use kraken_scheduler::{
-    AnnounceError, AnnounceReply, Announcer, DriverConfig, Faults, Scheduler, Status,
+    AnnounceError, AnnounceReply, Announcer, BlobState, DriverConfig, Faults, Scheduler,
+    SwarmMember,
 };
 use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::{DevCa, LeafOptions, Role, TlsMaterial};
-use kraken_transport::bandwidth::BandwidthLimiter;
-use kraken_transport::quic::{PeerEndpoint, QuicTuning};
 
 /// Every announcer gets every other peer, complete ones first, then the origins.
 #[derive(Default)]
@@ -68,8 +67,6 @@ async fn node(
 ) -> Node {
     let issued = ca.issue(role, &LeafOptions::default()).unwrap();
     let tls = TlsMaterial::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
-    let endpoint =
-        PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &tls, &QuicTuning::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(StoreConfig {
         dir: dir.path().to_owned(),
@@ -77,28 +74,23 @@ async fn node(
     })
     .await
     .unwrap();
-    let local = PeerInfo {
-        peer_id: PeerId::random(),
-        addr: endpoint.local_addr().unwrap(),
-        complete: false,
-        origin,
-    };
     let config = kraken_config::scheduler::SchedulerConfig {
         conn_tti: Duration::from_secs(60),
         ..Default::default()
     };
-    let mut config = DriverConfig::from_config(&config, origin);
-    config.faults = faults;
-    config.tick = Duration::from_millis(50);
+    let mut driver = DriverConfig::from_config(&config, origin);
+    driver.faults = faults;
+    let member = SwarmMember {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise_ip: None,
+        peer_id: PeerId::random(),
+        origin,
+        driver,
+        bandwidth: config.conn.bandwidth.clone(),
+    };
     let announcer = tracker.map(|t| t as Arc<dyn Announcer>);
-    let scheduler = Scheduler::start(
-        local,
-        config,
-        endpoint,
-        store.clone(),
-        BandwidthLimiter::unlimited(),
-        announcer,
-    );
+    let scheduler = Scheduler::bind(member, &tls, store.clone(), announcer).unwrap();
+    assert_eq!(scheduler.local().addr, scheduler.p2p_addr());
     Node {
         scheduler,
         store,
@@ -186,13 +178,13 @@ async fn agents_download_a_blob_from_an_origin_and_each_other() {
             .unwrap();
         assert_eq!(stored, data);
     }
-    // A second request for a complete blob joins the seeding torrent.
+    // A second request for a complete blob finds it stored.
     let again = agents[0]
         .scheduler
         .download(&namespace, &metainfo)
         .await
         .unwrap();
-    assert_eq!(*again.status.borrow(), Status::Complete);
+    assert!(matches!(again, BlobState::Stored), "{again:?}");
     for agent in &agents {
         agent.scheduler.shutdown().await;
     }
