@@ -14,8 +14,8 @@ use bytes::Bytes;
 use kraken_config::store::StoreConfig;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo};
 use kraken_scheduler::{
-    AnnounceError, AnnounceReply, Announcer, BlobState, DriverConfig, Faults, Scheduler,
-    SwarmMember,
+    AnnounceError, AnnounceReply, Announcer, BlobState, DownloadError, DriverConfig, Faults,
+    Scheduler, SchedulerError, SwarmMember, TorrentState,
 };
 use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::{DevCa, LeafOptions, Role, TlsMaterial};
@@ -261,4 +261,118 @@ async fn a_peer_serving_corrupt_pieces_is_blacklisted_and_the_download_still_suc
     victim.scheduler.shutdown().await;
     liar.scheduler.shutdown().await;
     origin.scheduler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_download_is_seen_out_and_the_next_request_starts_afresh() {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let tracker = Arc::new(FakeTracker::default());
+    let origin = node(&ca, Role::Origin, true, None, Faults::default()).await;
+    let data = blob(1 << 20);
+    let metainfo = seed(&origin, &data).await;
+    let digest = *metainfo.digest();
+    let namespace: Namespace = "library/test".parse().unwrap();
+    // Nobody to download from yet: the download waits for peers.
+    let agent = node(
+        &ca,
+        Role::Agent,
+        false,
+        Some(tracker.clone()),
+        Faults::default(),
+    )
+    .await;
+    let BlobState::Downloading(mut first) = agent
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap()
+    else {
+        panic!("an empty store holds the blob");
+    };
+    assert_eq!(
+        agent.scheduler.state(&digest),
+        Some(TorrentState::Downloading)
+    );
+
+    agent.scheduler.remove(&digest);
+    // No polling: download() waits for the removed torrent to close, then starts a new one.
+    let BlobState::Downloading(mut second) = agent
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap()
+    else {
+        panic!("a removed download left the blob stored");
+    };
+    match first.wait().await {
+        Err(SchedulerError::Failed {
+            source: DownloadError::Removed,
+            ..
+        }) => {}
+        other => panic!("the removed download ended with {other:?}"),
+    }
+    tracker
+        .origins
+        .lock()
+        .unwrap()
+        .push(*origin.scheduler.local());
+    tokio::time::timeout(Duration::from_secs(60), second.wait())
+        .await
+        .expect("download finished in time")
+        .unwrap();
+    assert!(matches!(
+        agent
+            .scheduler
+            .download(&namespace, &metainfo)
+            .await
+            .unwrap(),
+        BlobState::Stored
+    ));
+    agent.scheduler.shutdown().await;
+    origin.scheduler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_running_downloads_and_waits_for_every_task() {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let tracker = Arc::new(FakeTracker::default());
+    let agent = node(
+        &ca,
+        Role::Agent,
+        false,
+        Some(tracker.clone()),
+        Faults::default(),
+    )
+    .await;
+    let data = blob(1 << 20);
+    let metainfo =
+        MetaInfo::generate(&data[..], 64 << 10, kraken_core::PieceHashAlgorithm::Blake3).unwrap();
+    let namespace: Namespace = "library/test".parse().unwrap();
+    let BlobState::Downloading(mut download) = agent
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap()
+    else {
+        panic!("an empty store holds the blob");
+    };
+    tokio::time::timeout(Duration::from_secs(10), agent.scheduler.shutdown())
+        .await
+        .expect("shutdown returned");
+    // Every task has ended, the torrent's included: nothing is left open.
+    assert_eq!(agent.scheduler.stats().torrents, 0);
+    assert_eq!(agent.scheduler.state(metainfo.digest()), None);
+    match download.wait().await {
+        Err(SchedulerError::Failed {
+            source: DownloadError::ShutDown,
+            ..
+        }) => {}
+        other => panic!("the download ended with {other:?}"),
+    }
+    assert!(matches!(
+        agent.scheduler.download(&namespace, &metainfo).await,
+        Err(SchedulerError::ShutDown)
+    ));
 }

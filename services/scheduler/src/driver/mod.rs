@@ -398,13 +398,16 @@ struct TorrentHandle {
     events: mpsc::Sender<Event>,
     status: watch::Receiver<Status>,
     download: Option<DownloadHandle>,
+    /// Cancelled to close the torrent ([`Scheduler::remove`], or a stale torrent in the way of
+    /// a download); from then on it is [`TorrentState::Closing`].
+    remove: CancellationToken,
     /// Cancelled when the torrent's task has ended (and its entry is gone from `torrents`).
     closed: CancellationToken,
 }
 
 impl TorrentHandle {
     fn state(&self) -> TorrentState {
-        if self.closed.is_cancelled() {
+        if self.remove.is_cancelled() || self.closed.is_cancelled() {
             return TorrentState::Closing;
         }
         match (&*self.status.borrow(), &self.download) {
@@ -581,10 +584,12 @@ impl Scheduler {
         self.inner.torrent(digest).map(|handle| handle.state())
     }
 
-    /// Stops exchanging a blob (the store keeps it).
+    /// Stops exchanging a blob: a download in progress fails and drops its staging; a
+    /// committed blob stays in the store. From the return on, [`download`](Self::download) no
+    /// longer hands out this torrent.
     pub fn remove(&self, digest: &Digest) {
         if let Some(handle) = self.inner.torrent(digest) {
-            let _ = handle.events.try_send(Event::Remove);
+            handle.remove.cancel();
         }
     }
 
@@ -663,20 +668,21 @@ impl Inner {
             return existing.clone();
         }
         let (events, receiver) = mpsc::channel(1024);
-        let closed = CancellationToken::new();
+        let (remove, closed) = (CancellationToken::new(), CancellationToken::new());
         let (torrent, status) = Torrent::new(
             self.clone(),
             namespace,
             metainfo,
             download.clone(),
-            events.clone(),
-            receiver,
+            (events.clone(), receiver),
+            remove.clone(),
             closed.clone(),
         );
         let handle = TorrentHandle {
             events,
             status,
             download,
+            remove,
             closed,
         };
         torrents.insert(digest, handle.clone());
@@ -692,13 +698,9 @@ impl Inner {
         digest: &Digest,
         handle: &TorrentHandle,
     ) -> Result<(), SchedulerError> {
-        let closed = async {
-            // Fails only if the task has already ended.
-            let _ = handle.events.send(Event::Remove).await;
-            handle.closed.cancelled().await;
-        };
+        handle.remove.cancel();
         tokio::select! {
-            () = closed => {}
+            () = handle.closed.cancelled() => {}
             () = self.shutdown.cancelled() => return Err(SchedulerError::ShutDown),
         }
         // A task that panicked left its entry behind: drop it, or every download would wait on
@@ -920,4 +922,24 @@ fn dialable(addr: &SocketAddr) -> bool {
 /// A peer id for log fields.
 fn short(peer: &PeerId) -> String {
     peer.to_string()[..8].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_told_the_requested_ip_else_the_bound_one_else_loopback() {
+        let addr = |requested: Option<&str>, bound: &str| {
+            advertised_addr(
+                requested.map(|ip| ip.parse().unwrap()),
+                bound.parse().unwrap(),
+            )
+            .to_string()
+        };
+        assert_eq!(addr(Some("10.0.0.9"), "0.0.0.0:15001"), "10.0.0.9:15001");
+        assert_eq!(addr(None, "10.4.4.4:15001"), "10.4.4.4:15001");
+        assert_eq!(addr(None, "0.0.0.0:15001"), "127.0.0.1:15001");
+        assert_eq!(addr(None, "[::]:15001"), "127.0.0.1:15001");
+    }
 }

@@ -68,7 +68,6 @@ pub(super) enum Event {
     },
     Committed(Result<(), StoreError>),
     Announced(Result<AnnounceReply, AnnounceError>),
-    Remove,
 }
 
 struct Link {
@@ -107,6 +106,8 @@ pub(super) struct Torrent {
     done: bool,
     /// A failed or removed download's staging, dropped before the task ends.
     aborting: Option<DownloadHandle>,
+    /// Cancelled when the torrent is to close ([`super::Scheduler::remove`]).
+    remove: CancellationToken,
     /// Tells waiters the task has ended, when the torrent is dropped (also on a panic).
     _closed: DropGuard,
 }
@@ -123,8 +124,8 @@ impl Torrent {
         namespace: Namespace,
         metainfo: MetaInfo,
         download: Option<DownloadHandle>,
-        events_tx: mpsc::Sender<Event>,
-        events: mpsc::Receiver<Event>,
+        (events_tx, events): (mpsc::Sender<Event>, mpsc::Receiver<Event>),
+        remove: CancellationToken,
         closed: CancellationToken,
     ) -> (Self, watch::Receiver<Status>) {
         let num_pieces = metainfo.num_pieces();
@@ -177,6 +178,7 @@ impl Torrent {
             announcing: false,
             done: false,
             aborting: None,
+            remove,
             _closed: closed.drop_guard(),
         };
         (torrent, watcher)
@@ -188,7 +190,7 @@ impl Torrent {
         if self.swarm.as_ref().is_some_and(Swarm::is_complete) {
             self.commit();
         }
-        let shutdown = self.inner.shutdown.clone();
+        let (shutdown, remove) = (self.inner.shutdown.clone(), self.remove.clone());
         while !self.done {
             let now = Instant::now();
             let wake = self
@@ -201,6 +203,10 @@ impl Torrent {
                     None => break,
                 },
                 () = tokio::time::sleep_until(wake) => self.on_deadline(),
+                () = remove.cancelled() => {
+                    self.fail(DownloadError::Removed);
+                    self.done = true;
+                }
                 () = shutdown.cancelled() => break,
             }
             self.apply_swarm_actions();
@@ -256,10 +262,6 @@ impl Torrent {
             }
             Event::Committed(result) => self.on_committed(result),
             Event::Announced(result) => self.on_announced(result),
-            Event::Remove => {
-                self.fail(DownloadError::Removed);
-                self.done = true;
-            }
         }
     }
 
