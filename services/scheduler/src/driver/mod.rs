@@ -321,7 +321,7 @@ impl Download {
 /// says it is and how its driver behaves. [`Scheduler::bind`] turns it into a running member.
 #[derive(Debug, Clone)]
 pub struct SwarmMember {
-    /// Where the QUIC peer endpoint binds (`scheduler`'s `listen.p2p`; port 0 picks one).
+    /// Where the QUIC peer endpoint binds (the config's `listen.p2p`; port 0 picks one).
     pub listen: SocketAddr,
     /// The IP peers dial. `None`: the bound IP when it is a specific one, else 127.0.0.1
     /// (right for a single-host cluster only; a warning says so).
@@ -831,7 +831,11 @@ async fn upload_worker(inner: Arc<Inner>) {
             continue;
         };
         let digest = next.blob;
-        let result = send_one(&inner, &target, &digest, next.piece).await;
+        // A send can wait on the bandwidth limiter for a while: shutdown does not.
+        let result = tokio::select! {
+            result = send_one(&inner, &target, &digest, next.piece) => result,
+            () = inner.shutdown.cancelled() => return,
+        };
         match result {
             Ok(bytes) => {
                 metrics::counter!("kraken_p2p_pieces_sent_total").increment(1);
