@@ -376,3 +376,62 @@ async fn shutdown_fails_running_downloads_and_waits_for_every_task() {
         Err(SchedulerError::ShutDown)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_nobody_serves_gives_up_at_its_leecher_tti() {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let issued = ca.issue(Role::Agent, &LeafOptions::default()).unwrap();
+    let tls = TlsMaterial::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(StoreConfig {
+        dir: dir.path().to_owned(),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    let tti = Duration::from_millis(300);
+    let config = kraken_config::scheduler::SchedulerConfig {
+        leecher_tti: tti,
+        ..Default::default()
+    };
+    let member = SwarmMember {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise_ip: None,
+        peer_id: PeerId::random(),
+        origin: false,
+        driver: DriverConfig::from_config(&config, false),
+        bandwidth: config.conn.bandwidth.clone(),
+    };
+    let tracker: Arc<dyn Announcer> = Arc::new(FakeTracker::default());
+    let agent = Scheduler::bind(member, &tls, store.clone(), Some(tracker)).unwrap();
+    let data = blob(256 << 10);
+    let metainfo =
+        MetaInfo::generate(&data[..], 64 << 10, kraken_core::PieceHashAlgorithm::Blake3).unwrap();
+    let namespace: Namespace = "library/test".parse().unwrap();
+    let BlobState::Downloading(mut download) = agent.download(&namespace, &metainfo).await.unwrap()
+    else {
+        panic!("an empty store holds the blob");
+    };
+    let started = tokio::time::Instant::now();
+    // The torrent sleeps until its deadline: no tick has to come round first.
+    let result = tokio::time::timeout(Duration::from_secs(5), download.wait())
+        .await
+        .expect("the download gave up in time");
+    match result {
+        Err(SchedulerError::Failed {
+            source: DownloadError::Idle(after),
+            ..
+        }) => assert_eq!(after, tti),
+        other => panic!("the download ended with {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Its staging is gone and a new request starts a new download.
+    let again = agent.download(&namespace, &metainfo).await.unwrap();
+    assert!(matches!(again, BlobState::Downloading(_)), "{again:?}");
+    agent.shutdown().await;
+}
