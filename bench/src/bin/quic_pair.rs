@@ -335,7 +335,11 @@ async fn p2p_end_to_end(
     .await?;
     let namespace: Namespace = "bench/pair".parse()?;
     let started = Instant::now();
-    let mut download = leecher.download(&namespace, &metainfo).await?;
+    let kraken_scheduler::BlobState::Downloading(mut download) =
+        leecher.download(&namespace, &metainfo).await?
+    else {
+        anyhow::bail!("the leecher already held the blob");
+    };
     let mut watcher = download.status.clone();
     let total = metainfo.num_pieces();
     let all_pieces = tokio::spawn(async move {

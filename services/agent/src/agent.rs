@@ -1,19 +1,17 @@
 //! Starting and stopping an agent: store, QUIC endpoint, scheduler, tracker client and the
 //! gRPC server, wired together.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kraken_config::agent::AgentConfig;
 use kraken_core::{Digest, Namespace, PeerId, PeerInfo};
 use kraken_proto::agent::v1::agent_service_server::AgentServiceServer;
-use kraken_scheduler::{Announcer, DriverConfig, Scheduler};
+use kraken_scheduler::{Announcer, DriverConfig, Scheduler, SwarmMember};
 use kraken_store::BlobStore;
 use kraken_tls::TlsMaterial;
-use kraken_transport::bandwidth::BandwidthLimiter;
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
-use kraken_transport::quic::{PeerEndpoint, QuicTuning};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -67,21 +65,6 @@ impl Agent {
             &tls,
             TrackerClientOptions::from_config(&config),
         )?;
-        // Bind before anything spawns tasks, so a port conflict leaves nothing behind.
-        let bind = config.listen.p2p;
-        let endpoint =
-            PeerEndpoint::bind(bind, &tls, &QuicTuning::default()).map_err(|source| {
-                AgentError::BindP2p {
-                    addr: bind,
-                    source: Box::new(source),
-                }
-            })?;
-        let p2p_addr = endpoint
-            .local_addr()
-            .map_err(|source| AgentError::BindP2p {
-                addr: bind,
-                source: Box::new(source),
-            })?;
         let server = GrpcServer::new(&tls, GrpcServerLimits::default())?;
         // No build-index: the agent still serves blobs and manifests by digest.
         let tags = if config.build_index.hosts.is_empty() {
@@ -90,33 +73,27 @@ impl Agent {
             Some(TagClient::new(&config.build_index, &tls)?)
         };
         let store = BlobStore::open(config.store.clone()).await?;
-        let shutdown = CancellationToken::new();
-        let cleanup = store.spawn_cleanup(shutdown.child_token());
-
-        let peer = PeerInfo {
+        // Bind before anything spawns tasks, so a port conflict leaves nothing behind.
+        let member = SwarmMember {
+            listen: config.listen.p2p,
+            advertise_ip: config.peer_ip,
             peer_id: PeerId::random(),
-            addr: SocketAddr::new(advertised_ip(&config), p2p_addr.port()),
-            complete: false,
             origin: false,
-        };
-        let bandwidth = &config.scheduler.conn.bandwidth;
-        let limiter = if bandwidth.enable {
-            BandwidthLimiter::new(
-                Some(bandwidth.egress_bits_per_sec),
-                Some(bandwidth.ingress_bits_per_sec),
-            )
-        } else {
-            BandwidthLimiter::unlimited()
+            driver: DriverConfig::from_config(&config.scheduler, false),
+            bandwidth: config.scheduler.conn.bandwidth.clone(),
         };
         let announcer: Arc<dyn Announcer> = Arc::new(tracker.clone());
-        let scheduler = Scheduler::start(
-            peer,
-            DriverConfig::from_config(&config.scheduler, false),
-            endpoint,
-            store.clone(),
-            limiter,
-            Some(announcer),
-        );
+        let scheduler =
+            Scheduler::bind(member, &tls, store.clone(), Some(announcer)).map_err(|error| {
+                AgentError::BindP2p {
+                    addr: error.addr,
+                    source: error.source,
+                }
+            })?;
+        let peer = *scheduler.local();
+        let p2p_addr = scheduler.p2p_addr();
+        let shutdown = CancellationToken::new();
+        let cleanup = store.spawn_cleanup(shutdown.child_token());
 
         let fetcher = Arc::new(Fetcher::new(
             store.clone(),
@@ -293,13 +270,5 @@ impl Drop for Agent {
                 runtime.spawn(async move { scheduler.shutdown().await });
             }
         }
-    }
-}
-
-fn advertised_ip(config: &AgentConfig) -> IpAddr {
-    match config.peer_ip {
-        Some(ip) => ip,
-        None if !config.listen.p2p.ip().is_unspecified() => config.listen.p2p.ip(),
-        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
     }
 }

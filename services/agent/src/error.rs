@@ -87,7 +87,10 @@ impl From<GrpcError> for AgentError {
 impl From<SchedulerError> for AgentError {
     fn from(error: SchedulerError) -> Self {
         match error {
-            SchedulerError::Failed { digest, reason } => Self::DownloadFailed { digest, reason },
+            SchedulerError::Failed { digest, source } => Self::DownloadFailed {
+                digest,
+                reason: error_chain(&source),
+            },
             SchedulerError::ShutDown => Self::ShuttingDown,
             other => Self::Scheduler(other),
         }
@@ -153,6 +156,7 @@ impl From<AgentError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kraken_scheduler::DownloadError;
 
     #[test]
     fn codes_mean_something() {
@@ -185,7 +189,12 @@ mod tests {
             (
                 SchedulerError::Failed {
                     digest,
-                    reason: "digest mismatch".into(),
+                    source: DownloadError::Commit(std::sync::Arc::new(
+                        StoreError::DigestMismatch {
+                            expected: digest,
+                            actual: Digest::of(b"y"),
+                        },
+                    )),
                 }
                 .into(),
                 Code::Aborted,

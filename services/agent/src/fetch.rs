@@ -18,8 +18,8 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{Stream, StreamExt};
 use kraken_core::{Bitfield, Digest, MetaInfo, Namespace};
 use kraken_oci::{MAX_MANIFEST_SIZE, Manifest};
-use kraken_scheduler::{Download, Scheduler, SchedulerError, Status};
-use kraken_store::{BlobReader, BlobStore, DownloadHandle, DownloadState, StoreError};
+use kraken_scheduler::{BlobState, Download, Scheduler, Status};
+use kraken_store::{BlobReader, BlobStore, DownloadHandle, StoreError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,10 +32,8 @@ use crate::tracker::{TrackerClient, TrackerError};
 pub const STREAM_CHUNK: usize = 1 << 20;
 /// Chunks buffered between a producer and its reader.
 const CHANNEL_DEPTH: usize = 4;
-/// A request can race the end of an earlier download of the same blob (evicted, failed,
-/// removed): the scheduler still hands out the closing torrent for a moment. Retry this often.
-const STALE_RETRIES: u32 = 80;
-const STALE_DELAY: Duration = Duration::from_millis(25);
+/// How often a blob the scheduler reports stored may vanish (evicted) before we open it.
+const EVICTED_RETRIES: u32 = 3;
 /// How often Preload reports progress (when there is any).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -364,57 +362,53 @@ impl Fetcher {
         digest: &Digest,
         check: impl Fn(u64) -> Result<(), AgentError>,
     ) -> Result<Joined, AgentError> {
-        let mut metainfo: Option<MetaInfo> = None;
-        for _ in 0..STALE_RETRIES {
-            if self.store.contains(digest) {
-                match self.store.open_blob(digest).await {
-                    Ok(reader) => {
-                        check(reader.size())?;
+        if let Some(reader) = self.open_stored(digest, &check).await? {
+            return Ok(Joined::Stored(reader));
+        }
+        let metainfo = self.metainfo(namespace, digest).await?;
+        check(metainfo.length())?;
+        // The scheduler sees out a closing download itself; only an eviction between its answer
+        // and our open sends us back to it.
+        for _ in 0..EVICTED_RETRIES {
+            match self.scheduler.download(namespace, &metainfo).await? {
+                BlobState::Downloading(download) => {
+                    return Ok(Joined::Downloading {
+                        handle: download.handle.clone(),
+                        metainfo,
+                        download,
+                    });
+                }
+                BlobState::Stored => {
+                    if let Some(reader) = self.open_stored(digest, &check).await? {
                         return Ok(Joined::Stored(reader));
                     }
-                    // Evicted between the two calls: download it again.
-                    Err(error) if error.is_not_found() => {}
-                    Err(error) => return Err(error.into()),
                 }
-            }
-            let info = match &metainfo {
-                Some(info) => info.clone(),
-                None => {
-                    let info = self.metainfo(namespace, digest).await?;
-                    check(info.length())?;
-                    metainfo.insert(info).clone()
-                }
-            };
-            match self.scheduler.download(namespace, &info).await {
-                Ok(download) => {
-                    if let Some(handle) = download.handle.clone() {
-                        let failed = matches!(*download.status.borrow(), Status::Failed(_));
-                        let open = matches!(
-                            handle.state(),
-                            DownloadState::Downloading | DownloadState::Committed
-                        );
-                        if open && !failed {
-                            return Ok(Joined::Downloading {
-                                metainfo: info,
-                                download,
-                                handle,
-                            });
-                        }
-                    }
-                    // A seeding torrent (the blob is in the store: read it there), or one on
-                    // its way out after a failure or an eviction.
-                }
-                Err(SchedulerError::AlreadyStored(_)) => continue,
-                Err(error) => return Err(error.into()),
-            }
-            if !self.store.contains(digest) {
-                tokio::time::sleep(STALE_DELAY).await;
             }
         }
         Err(AgentError::DownloadFailed {
             digest: *digest,
-            reason: "an earlier download of this blob is still shutting down; try again".into(),
+            reason: "the blob was evicted from the store as soon as it was stored; try again"
+                .into(),
         })
+    }
+
+    /// The blob from the store, `None` when it is not held (or evicted while we opened it).
+    async fn open_stored(
+        &self,
+        digest: &Digest,
+        check: &impl Fn(u64) -> Result<(), AgentError>,
+    ) -> Result<Option<BlobReader>, AgentError> {
+        if !self.store.contains(digest) {
+            return Ok(None);
+        }
+        match self.store.open_blob(digest).await {
+            Ok(reader) => {
+                check(reader.size())?;
+                Ok(Some(reader))
+            }
+            Err(error) if error.is_not_found() => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// The blob's metainfo from the tracker, sharing a lookup already in flight. The lookup
@@ -661,9 +655,9 @@ impl SwarmProducer {
 /// ended (failed verification, removed, gave up on idle peers).
 fn download_error(download: &Download, error: StoreError) -> AgentError {
     match (&*download.status.borrow(), error) {
-        (Status::Failed(reason), _) => AgentError::DownloadFailed {
+        (Status::Failed(failure), _) => AgentError::DownloadFailed {
             digest: download.digest,
-            reason: reason.clone(),
+            reason: crate::tracker::error_chain(failure),
         },
         (_, error @ StoreError::DownloadClosed { .. }) => AgentError::DownloadFailed {
             digest: download.digest,
@@ -743,6 +737,7 @@ mod tests {
     use futures::StreamExt;
     use kraken_config::store::StoreConfig;
     use kraken_core::PieceHashAlgorithm;
+    use kraken_scheduler::DownloadError;
     use kraken_store::BlobStore;
     use tokio::sync::watch;
 
@@ -778,7 +773,9 @@ mod tests {
         }
         match handle.complete().await {
             Ok(_) => status.send_replace(Status::Complete),
-            Err(error) => status.send_replace(Status::Failed(error.to_string())),
+            Err(error) => status.send_replace(Status::Failed(DownloadError::Commit(
+                std::sync::Arc::new(error),
+            ))),
         };
     }
 
@@ -796,7 +793,7 @@ mod tests {
         });
         let download = Download {
             digest: *metainfo.digest(),
-            handle: Some(handle.clone()),
+            handle: handle.clone(),
             status,
         };
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);

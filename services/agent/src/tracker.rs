@@ -381,7 +381,7 @@ impl Announcer for TrackerClient {
     ) -> Result<AnnounceReply, AnnounceError> {
         TrackerClient::announce(self, namespace, digest, me)
             .await
-            .map_err(|error| AnnounceError(error_chain(&error)))
+            .map_err(AnnounceError::new)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Starting and stopping an origin: QUIC endpoint, store, scheduler, `BlobService`.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,13 +9,11 @@ use kraken_core::{Digest, Namespace};
 use kraken_core::{PeerId, PeerInfo};
 use kraken_proto::origin::v1::blob_service_server::BlobServiceServer;
 use kraken_scheduler::core::RevealOrder;
-use kraken_scheduler::{DriverConfig, RevealPolicy, Scheduler};
+use kraken_scheduler::{DriverConfig, RevealPolicy, Scheduler, SwarmMember};
 use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::TlsMaterial;
-use kraken_transport::bandwidth::BandwidthLimiter;
 use kraken_transport::cluster::{HostPool, PoolOptions};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
-use kraken_transport::quic::{PeerEndpoint, QuicTuning};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -105,33 +103,26 @@ impl Origin {
         };
         let server = GrpcServer::new(&tls, limits).map_err(OriginError::Grpc)?;
 
-        let endpoint = PeerEndpoint::bind(config.listen.p2p, &tls, &QuicTuning::default())
-            .map_err(OriginError::Transport)?;
-        let p2p_addr = endpoint.local_addr().map_err(OriginError::Transport)?;
-        let peer = PeerInfo {
-            peer_id: PeerId::from_name(&config.name),
-            addr: SocketAddr::new(advertised_ip(&config, p2p_addr), p2p_addr.port()),
-            complete: false,
-            origin: true,
-        };
         let store = BlobStore::open(config.store.clone())
             .await
             .map_err(OriginError::OpenStore)?;
-        let bandwidth = &config.scheduler.conn.bandwidth;
-        let limiter = if bandwidth.enable {
-            BandwidthLimiter::new(
-                Some(bandwidth.egress_bits_per_sec),
-                Some(bandwidth.ingress_bits_per_sec),
-            )
-        } else {
-            BandwidthLimiter::unlimited()
-        };
         let cluster = cluster(&config, &tls)?;
-        let driver = DriverConfig {
-            reveal: reveal_policy(&cluster, &config.name, config.hashring.max_replica),
-            ..DriverConfig::from_config(&config.scheduler, true)
+        // Seeding only: origins never announce.
+        let member = SwarmMember {
+            listen: config.listen.p2p,
+            advertise_ip: advertised_ip(&config),
+            peer_id: PeerId::from_name(&config.name),
+            origin: true,
+            driver: DriverConfig {
+                reveal: reveal_policy(&cluster, &config.name, config.hashring.max_replica),
+                ..DriverConfig::from_config(&config.scheduler, true)
+            },
+            bandwidth: config.scheduler.conn.bandwidth.clone(),
         };
-        let scheduler = Scheduler::start(peer, driver, endpoint, store.clone(), limiter, None);
+        let scheduler = Scheduler::bind(member, &tls, store.clone(), None)
+            .map_err(|error| OriginError::Transport(*error.source))?;
+        let peer = *scheduler.local();
+        let p2p_addr = scheduler.p2p_addr();
 
         let shutdown = CancellationToken::new();
         let cleanup = store.spawn_cleanup(shutdown.child_token());
@@ -350,24 +341,13 @@ fn reveal_policy(cluster: &HostPool, name: &str, max_replica: usize) -> RevealPo
     })
 }
 
-/// The IP peers dial: `peer_ip`; else the host of `name` if it is an IP literal; else the IP
-/// the peer endpoint is bound to if it is a specific one; else loopback (fine for a
-/// single-host cluster, wrong anywhere else: set `peer_ip`).
-fn advertised_ip(config: &OriginConfig, bound: SocketAddr) -> IpAddr {
-    if let Some(ip) = config.peer_ip {
-        return ip;
-    }
-    if let Ok(ip) = host_of(&config.name).parse() {
-        return ip;
-    }
-    if !bound.ip().is_unspecified() {
-        return bound.ip();
-    }
-    tracing::warn!(
-        name = %config.name,
-        "advertising 127.0.0.1 to peers: set `peer_ip` unless the whole cluster is on this host"
-    );
-    IpAddr::V4(Ipv4Addr::LOCALHOST)
+/// The IP peers dial: `peer_ip`; else the host of `name` if it is an IP literal; else `None`,
+/// and the scheduler advertises the IP the peer endpoint is bound to if it is a specific one,
+/// else loopback (fine for a single-host cluster, wrong anywhere else: set `peer_ip`).
+fn advertised_ip(config: &OriginConfig) -> Option<IpAddr> {
+    config
+        .peer_ip
+        .or_else(|| host_of(&config.name).parse().ok())
 }
 
 /// The host part of `host:port` (IPv6 literals in brackets).
@@ -390,16 +370,15 @@ mod tests {
 
     #[test]
     fn the_advertised_ip_prefers_peer_ip_then_the_name() {
-        let any: SocketAddr = "0.0.0.0:15001".parse().unwrap();
-        let ip = |name, peer_ip, bound| advertised_ip(&config(name, peer_ip), bound).to_string();
-        assert_eq!(ip("origin1:15002", Some("10.0.0.9"), any), "10.0.0.9");
-        assert_eq!(ip("10.1.2.3:15002", None, any), "10.1.2.3");
-        assert_eq!(ip("[fd00::7]:15002", None, any), "fd00::7");
+        let ip = |name, peer_ip| advertised_ip(&config(name, peer_ip)).map(|ip| ip.to_string());
         assert_eq!(
-            ip("origin1:15002", None, "10.4.4.4:15001".parse().unwrap()),
-            "10.4.4.4"
+            ip("origin1:15002", Some("10.0.0.9")).as_deref(),
+            Some("10.0.0.9")
         );
-        assert_eq!(ip("origin1:15002", None, any), "127.0.0.1");
+        assert_eq!(ip("10.1.2.3:15002", None).as_deref(), Some("10.1.2.3"));
+        assert_eq!(ip("[fd00::7]:15002", None).as_deref(), Some("fd00::7"));
+        // Else the scheduler's rule: the bound IP, else loopback.
+        assert_eq!(ip("origin1:15002", None), None);
     }
 
     #[tokio::test]

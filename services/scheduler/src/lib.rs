@@ -8,13 +8,14 @@
 //! peer: every index a peer sends is range-checked, and a peer that lies is reported for
 //! blacklisting rather than believed.
 //!
-//! [`driver`] runs them over the QUIC transport and the blob store: [`Scheduler`] is what an
-//! agent or origin starts.
+//! [`driver`] runs them over the QUIC transport and the blob store: [`Scheduler::bind`] is how an
+//! agent or origin becomes a swarm member.
 
 pub mod core;
 pub mod driver;
 
 pub use driver::{
-    AnnounceError, AnnounceReply, Announcer, Download, DriverConfig, Faults, RevealPolicy,
-    Scheduler, SchedulerError, SchedulerStats, Status,
+    AnnounceError, AnnounceReply, Announcer, BindError, BlobState, Download, DownloadError,
+    DriverConfig, Faults, RevealPolicy, Scheduler, SchedulerError, SchedulerStats, Status,
+    SwarmMember, TorrentState,
 };

@@ -14,12 +14,11 @@ use bytes::Bytes;
 use kraken_config::store::StoreConfig;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo};
 use kraken_scheduler::{
-    AnnounceError, AnnounceReply, Announcer, DriverConfig, Faults, Scheduler, Status,
+    AnnounceError, AnnounceReply, Announcer, BlobState, DownloadError, DriverConfig, Faults,
+    Scheduler, SchedulerError, SwarmMember, TorrentState,
 };
 use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::{DevCa, LeafOptions, Role, TlsMaterial};
-use kraken_transport::bandwidth::BandwidthLimiter;
-use kraken_transport::quic::{PeerEndpoint, QuicTuning};
 
 /// Every announcer gets every other peer, complete ones first, then the origins.
 #[derive(Default)]
@@ -68,8 +67,6 @@ async fn node(
 ) -> Node {
     let issued = ca.issue(role, &LeafOptions::default()).unwrap();
     let tls = TlsMaterial::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
-    let endpoint =
-        PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &tls, &QuicTuning::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(StoreConfig {
         dir: dir.path().to_owned(),
@@ -77,28 +74,23 @@ async fn node(
     })
     .await
     .unwrap();
-    let local = PeerInfo {
-        peer_id: PeerId::random(),
-        addr: endpoint.local_addr().unwrap(),
-        complete: false,
-        origin,
-    };
     let config = kraken_config::scheduler::SchedulerConfig {
         conn_tti: Duration::from_secs(60),
         ..Default::default()
     };
-    let mut config = DriverConfig::from_config(&config, origin);
-    config.faults = faults;
-    config.tick = Duration::from_millis(50);
+    let mut driver = DriverConfig::from_config(&config, origin);
+    driver.faults = faults;
+    let member = SwarmMember {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise_ip: None,
+        peer_id: PeerId::random(),
+        origin,
+        driver,
+        bandwidth: config.conn.bandwidth.clone(),
+    };
     let announcer = tracker.map(|t| t as Arc<dyn Announcer>);
-    let scheduler = Scheduler::start(
-        local,
-        config,
-        endpoint,
-        store.clone(),
-        BandwidthLimiter::unlimited(),
-        announcer,
-    );
+    let scheduler = Scheduler::bind(member, &tls, store.clone(), announcer).unwrap();
+    assert_eq!(scheduler.local().addr, scheduler.p2p_addr());
     Node {
         scheduler,
         store,
@@ -186,13 +178,13 @@ async fn agents_download_a_blob_from_an_origin_and_each_other() {
             .unwrap();
         assert_eq!(stored, data);
     }
-    // A second request for a complete blob joins the seeding torrent.
+    // A second request for a complete blob finds it stored.
     let again = agents[0]
         .scheduler
         .download(&namespace, &metainfo)
         .await
         .unwrap();
-    assert_eq!(*again.status.borrow(), Status::Complete);
+    assert!(matches!(again, BlobState::Stored), "{again:?}");
     for agent in &agents {
         agent.scheduler.shutdown().await;
     }
@@ -269,4 +261,177 @@ async fn a_peer_serving_corrupt_pieces_is_blacklisted_and_the_download_still_suc
     victim.scheduler.shutdown().await;
     liar.scheduler.shutdown().await;
     origin.scheduler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_download_is_seen_out_and_the_next_request_starts_afresh() {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let tracker = Arc::new(FakeTracker::default());
+    let origin = node(&ca, Role::Origin, true, None, Faults::default()).await;
+    let data = blob(1 << 20);
+    let metainfo = seed(&origin, &data).await;
+    let digest = *metainfo.digest();
+    let namespace: Namespace = "library/test".parse().unwrap();
+    // Nobody to download from yet: the download waits for peers.
+    let agent = node(
+        &ca,
+        Role::Agent,
+        false,
+        Some(tracker.clone()),
+        Faults::default(),
+    )
+    .await;
+    let BlobState::Downloading(mut first) = agent
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap()
+    else {
+        panic!("an empty store holds the blob");
+    };
+    assert_eq!(
+        agent.scheduler.state(&digest),
+        Some(TorrentState::Downloading)
+    );
+
+    agent.scheduler.remove(&digest);
+    // No polling: download() waits for the removed torrent to close, then starts a new one.
+    let BlobState::Downloading(mut second) = agent
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap()
+    else {
+        panic!("a removed download left the blob stored");
+    };
+    match first.wait().await {
+        Err(SchedulerError::Failed {
+            source: DownloadError::Removed,
+            ..
+        }) => {}
+        other => panic!("the removed download ended with {other:?}"),
+    }
+    tracker
+        .origins
+        .lock()
+        .unwrap()
+        .push(*origin.scheduler.local());
+    tokio::time::timeout(Duration::from_secs(60), second.wait())
+        .await
+        .expect("download finished in time")
+        .unwrap();
+    assert!(matches!(
+        agent
+            .scheduler
+            .download(&namespace, &metainfo)
+            .await
+            .unwrap(),
+        BlobState::Stored
+    ));
+    agent.scheduler.shutdown().await;
+    origin.scheduler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_running_downloads_and_waits_for_every_task() {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let tracker = Arc::new(FakeTracker::default());
+    let agent = node(
+        &ca,
+        Role::Agent,
+        false,
+        Some(tracker.clone()),
+        Faults::default(),
+    )
+    .await;
+    let data = blob(1 << 20);
+    let metainfo =
+        MetaInfo::generate(&data[..], 64 << 10, kraken_core::PieceHashAlgorithm::Blake3).unwrap();
+    let namespace: Namespace = "library/test".parse().unwrap();
+    let BlobState::Downloading(mut download) = agent
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap()
+    else {
+        panic!("an empty store holds the blob");
+    };
+    tokio::time::timeout(Duration::from_secs(10), agent.scheduler.shutdown())
+        .await
+        .expect("shutdown returned");
+    // Every task has ended, the torrent's included: nothing is left open.
+    assert_eq!(agent.scheduler.stats().torrents, 0);
+    assert_eq!(agent.scheduler.state(metainfo.digest()), None);
+    match download.wait().await {
+        Err(SchedulerError::Failed {
+            source: DownloadError::ShutDown,
+            ..
+        }) => {}
+        other => panic!("the download ended with {other:?}"),
+    }
+    assert!(matches!(
+        agent.scheduler.download(&namespace, &metainfo).await,
+        Err(SchedulerError::ShutDown)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_nobody_serves_gives_up_at_its_leecher_tti() {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let issued = ca.issue(Role::Agent, &LeafOptions::default()).unwrap();
+    let tls = TlsMaterial::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(StoreConfig {
+        dir: dir.path().to_owned(),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    let tti = Duration::from_millis(300);
+    let config = kraken_config::scheduler::SchedulerConfig {
+        leecher_tti: tti,
+        ..Default::default()
+    };
+    let member = SwarmMember {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise_ip: None,
+        peer_id: PeerId::random(),
+        origin: false,
+        driver: DriverConfig::from_config(&config, false),
+        bandwidth: config.conn.bandwidth.clone(),
+    };
+    let tracker: Arc<dyn Announcer> = Arc::new(FakeTracker::default());
+    let agent = Scheduler::bind(member, &tls, store.clone(), Some(tracker)).unwrap();
+    let data = blob(256 << 10);
+    let metainfo =
+        MetaInfo::generate(&data[..], 64 << 10, kraken_core::PieceHashAlgorithm::Blake3).unwrap();
+    let namespace: Namespace = "library/test".parse().unwrap();
+    let BlobState::Downloading(mut download) = agent.download(&namespace, &metainfo).await.unwrap()
+    else {
+        panic!("an empty store holds the blob");
+    };
+    let started = tokio::time::Instant::now();
+    // The torrent sleeps until its deadline: no tick has to come round first.
+    let result = tokio::time::timeout(Duration::from_secs(5), download.wait())
+        .await
+        .expect("the download gave up in time");
+    match result {
+        Err(SchedulerError::Failed {
+            source: DownloadError::Idle(after),
+            ..
+        }) => assert_eq!(after, tti),
+        other => panic!("the download ended with {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Its staging is gone and a new request starts a new download.
+    let again = agent.download(&namespace, &metainfo).await.unwrap();
+    assert!(matches!(again, BlobState::Downloading(_)), "{again:?}");
+    agent.shutdown().await;
 }

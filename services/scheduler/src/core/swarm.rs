@@ -408,6 +408,10 @@ impl Swarm {
 
     /// The earliest request deadline, so the driver knows when to call [`Swarm::tick`].
     pub fn next_deadline(&self) -> Option<Instant> {
+        // The driver asks after every event: skip the scan when nothing is requested.
+        if self.requested == 0 {
+            return None;
+        }
         self.inflight.iter().flatten().map(|r| r.deadline).min()
     }
 

@@ -2,7 +2,6 @@
 //! incoming control streams and piece streams to their blob's torrent.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use kraken_core::{Bitfield, Digest, Namespace, PeerId, PeerInfo};
@@ -134,9 +133,10 @@ pub(super) async fn accept_controls(inner: Arc<Inner>, connection: Connection) {
         let Ok((send, recv)) = connection.accept_bi().await else {
             return;
         };
-        let inner = inner.clone();
+        let task_inner = inner.clone();
         let connection = connection.clone();
-        tokio::spawn(async move {
+        inner.spawn_until_shutdown(async move {
+            let inner = task_inner;
             let (mut sender, mut receiver) = quic::control_stream(send, recv);
             let first = tokio::time::timeout(inner.config.handshake_timeout, receiver.recv()).await;
             let Ok(Ok(Some(pb::Message {
@@ -181,8 +181,9 @@ pub(super) async fn accept_pieces(inner: Arc<Inner>, connection: Connection) {
         let Ok(mut stream) = connection.accept_uni().await else {
             return;
         };
-        let inner = inner.clone();
-        tokio::spawn(async move {
+        let task_inner = inner.clone();
+        inner.spawn_until_shutdown(async move {
+            let inner = task_inner;
             let header = match quic::read_piece_header(&mut stream).await {
                 Ok(header) => header,
                 Err(error) => {
@@ -302,7 +303,9 @@ pub(super) struct LinkTasks {
 }
 
 impl LinkTasks {
+    /// Spawns the writer and the reader as tasks of `inner`.
     pub(super) fn spawn(
+        inner: &Inner,
         link: LinkId,
         sender: ControlSender,
         mut receiver: ControlReceiver,
@@ -316,7 +319,7 @@ impl LinkTasks {
             let _ = outbox.try_send(first);
         }
         let mut sender = sender;
-        tokio::spawn(async move {
+        inner.spawn_until_shutdown(async move {
             while let Some(message) = pending.recv().await {
                 if sender.send(&message).await.is_err() {
                     return;
@@ -324,7 +327,7 @@ impl LinkTasks {
             }
             sender.finish().await;
         });
-        let reader = tokio::spawn(async move {
+        let reader = inner.tasks.spawn(async move {
             loop {
                 match receiver.recv().await {
                     Ok(Some(message)) => {
@@ -353,9 +356,4 @@ impl Drop for LinkTasks {
         // peer.
         self.reader.abort();
     }
-}
-
-/// Time since an instant, saturating.
-pub(super) fn since(earlier: tokio::time::Instant) -> Duration {
-    tokio::time::Instant::now().saturating_duration_since(earlier)
 }

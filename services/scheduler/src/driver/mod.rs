@@ -6,25 +6,50 @@
 //! bounded channel; a fixed pool of upload workers serves queued piece requests across all
 //! blobs. Disk reads, writes and hashing happen in spawned tasks that report back, so a torrent
 //! never waits on the disk.
+//!
+//! Lifecycle: [`Scheduler::bind`] makes a process a swarm member; every task it spawns is
+//! tracked, and [`Scheduler::shutdown`] returns only once all of them have ended. A blob's
+//! torrent is [`TorrentState::Downloading`], then [`TorrentState::Seeding`] once committed, and
+//! [`TorrentState::Closing`] from the moment it fails, is removed or idles out until its task has
+//! ended and its staging is gone; [`Scheduler::download`] waits out a closing torrent itself, so
+//! callers see only [`BlobState::Stored`] or [`BlobState::Downloading`].
+//!
+//! # Lock order
+//!
+//! [`Inner`] has five `std::sync::Mutex`es. Today no code path holds two of them at once: every
+//! critical section is a few map or state-machine calls with no `.await`, no channel send and no
+//! call back into the driver. Keep it that way; if two must ever be held together, take them in
+//! this order and never the reverse:
+//!
+//! 1. `torrents` (which blobs have a task; held while one is opened, so there is one per blob)
+//! 2. `conns` (connection limits and blacklist, [`ConnState`])
+//! 3. `uploads` (the upload queue, [`UploadQueue`])
+//! 4. `upload_targets` (where a queued upload goes)
+//! 5. `served` (connections whose streams are read)
+//!
+//! A torrent's own state is not behind a lock: its task is the only one that touches it.
 
 mod link;
 mod torrent;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kraken_config::scheduler::BandwidthConfig;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo};
-use kraken_store::{BlobStore, DownloadHandle, StoreError};
+use kraken_store::{BlobStore, DownloadHandle, DownloadState, StoreError};
+use kraken_tls::TlsMaterial;
 use kraken_transport::bandwidth::BandwidthLimiter;
-use kraken_transport::quic::{self, PeerEndpoint};
+use kraken_transport::quic::{self, PeerEndpoint, QuicTuning, TransportError};
 use quinn::Connection;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::core::{
     ConnLimits, ConnState, LinkId, PiecePolicy, RevealOrder, SwarmConfig, UploadQueue,
@@ -57,8 +82,6 @@ pub struct DriverConfig {
     pub reveal: RevealPolicy,
     /// Time allowed for a peer to answer our handshake.
     pub handshake_timeout: Duration,
-    /// How often each blob checks timeouts and TTIs.
-    pub tick: Duration,
     /// Deliberate misbehaviour for tests; never set in production.
     pub faults: Faults,
 }
@@ -137,7 +160,6 @@ impl DriverConfig {
             super_seed_window: config.upload.super_seed_window,
             reveal: RevealPolicy::default(),
             handshake_timeout: Duration::from_secs(5),
-            tick: Duration::from_millis(250),
             faults: Faults::default(),
         }
     }
@@ -168,26 +190,60 @@ pub struct AnnounceReply {
     pub interval: Duration,
 }
 
-/// An announce failed; the driver retries at the current interval.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("announce failed: {0}")]
-pub struct AnnounceError(pub String);
+/// An announce failed; the driver retries at the current interval. The source is the
+/// announcer's own error (the tracker client's, in an agent).
+#[derive(Debug, thiserror::Error)]
+#[error("announce failed")]
+pub struct AnnounceError(#[source] Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl AnnounceError {
+    pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self(source.into())
+    }
+}
 
 /// Why a download could not be started or did not finish.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
-    #[error("blob {0} is already stored")]
-    AlreadyStored(Digest),
-    #[error("the blob store refused the download: {0}")]
-    Store(String),
-    #[error("download of {digest} failed: {reason}")]
-    Failed { digest: Digest, reason: String },
+    #[error("the blob store refused the download of {digest}")]
+    Store {
+        digest: Digest,
+        #[source]
+        source: StoreError,
+    },
+    #[error("download of {digest} failed")]
+    Failed {
+        digest: Digest,
+        #[source]
+        source: DownloadError,
+    },
     #[error("the scheduler is shut down")]
     ShutDown,
 }
 
+/// Why a started download ended without a committed blob. Cloned to every watcher of the
+/// download, so the store's error is shared.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DownloadError {
+    /// Every piece arrived but the blob could not be committed: the whole did not match its
+    /// digest, or the disk refused (full, read-only); the source says which.
+    #[error("the blob could not be verified and committed")]
+    Commit(#[source] Arc<StoreError>),
+    /// No peer delivered a piece within `leecher_tti`.
+    #[error("no piece received for {}", humantime::format_duration(*.0))]
+    Idle(Duration),
+    /// [`Scheduler::remove`] was called.
+    #[error("the download was removed")]
+    Removed,
+    #[error("the scheduler shut down")]
+    ShutDown,
+    /// The torrent's task ended without a verdict (it panicked).
+    #[error("the download ended without a result")]
+    Abandoned,
+}
+
 /// Progress of one blob, as a watchable value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Status {
     Downloading {
         pieces: u32,
@@ -195,16 +251,47 @@ pub enum Status {
     },
     /// Every piece held and the whole blob verified and committed.
     Complete,
-    Failed(String),
+    Failed(DownloadError),
+}
+
+/// Where a blob's torrent is in its life, as [`Scheduler::state`] reports it. One owner (the
+/// torrent's task) moves it forward; it never goes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorrentState {
+    /// Pieces are arriving into the store's staging.
+    Downloading,
+    /// The blob is committed; the torrent serves it to peers.
+    Seeding,
+    /// Failed, removed or idle: the task is ending and will drop the blob's staging. A new
+    /// download of the blob starts once it is gone.
+    Closing,
+}
+
+/// What [`Scheduler::download`] found or started.
+#[derive(Debug)]
+pub enum BlobState {
+    /// The store holds the whole, verified blob: read it there.
+    Stored,
+    /// The blob is being downloaded through the swarm.
+    Downloading(Download),
+}
+
+impl BlobState {
+    /// Waits until the blob is stored (at once if it already is).
+    pub async fn wait(&mut self) -> Result<(), SchedulerError> {
+        match self {
+            Self::Stored => Ok(()),
+            Self::Downloading(download) => download.wait().await,
+        }
+    }
 }
 
 /// A download in progress: read pieces from `handle` as they arrive, or wait for the end.
 #[derive(Debug, Clone)]
 pub struct Download {
     pub digest: Digest,
-    /// The store's download: verified pieces can be read while the rest arrive. `None` when
-    /// the blob was already complete and seeding.
-    pub handle: Option<DownloadHandle>,
+    /// The store's download: verified pieces can be read while the rest arrive.
+    pub handle: DownloadHandle,
     pub status: watch::Receiver<Status>,
 }
 
@@ -212,24 +299,48 @@ impl Download {
     /// Waits until the blob is complete and committed, or the download failed.
     pub async fn wait(&mut self) -> Result<(), SchedulerError> {
         loop {
-            match &*self.status.borrow_and_update() {
+            let failed = match &*self.status.borrow_and_update() {
                 Status::Complete => return Ok(()),
-                Status::Failed(reason) => {
-                    return Err(SchedulerError::Failed {
-                        digest: self.digest,
-                        reason: reason.clone(),
-                    });
-                }
-                Status::Downloading { .. } => {}
-            }
-            if self.status.changed().await.is_err() {
-                return Err(SchedulerError::Failed {
-                    digest: self.digest,
-                    reason: "the download was dropped".into(),
-                });
-            }
+                Status::Failed(error) => Some(error.clone()),
+                Status::Downloading { .. } => None,
+            };
+            let source = match failed {
+                Some(error) => error,
+                None if self.status.changed().await.is_ok() => continue,
+                None => DownloadError::Abandoned,
+            };
+            return Err(SchedulerError::Failed {
+                digest: self.digest,
+                source,
+            });
         }
     }
+}
+
+/// What makes a process a member of the swarm: where its QUIC peer endpoint listens, who it
+/// says it is and how its driver behaves. [`Scheduler::bind`] turns it into a running member.
+#[derive(Debug, Clone)]
+pub struct SwarmMember {
+    /// Where the QUIC peer endpoint binds (the config's `listen.p2p`; port 0 picks one).
+    pub listen: SocketAddr,
+    /// The IP peers dial. `None`: the bound IP when it is a specific one, else 127.0.0.1
+    /// (right for a single-host cluster only; a warning says so).
+    pub advertise_ip: Option<IpAddr>,
+    pub peer_id: PeerId,
+    /// Origins seed and never announce; agents download and announce.
+    pub origin: bool,
+    pub driver: DriverConfig,
+    /// Caps on P2P traffic (`scheduler.conn.bandwidth`).
+    pub bandwidth: BandwidthConfig,
+}
+
+/// The QUIC peer endpoint could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind the P2P port on {addr}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: Box<TransportError>,
 }
 
 /// Counts for metrics and tests.
@@ -251,6 +362,8 @@ pub struct Scheduler {
 
 pub(crate) struct Inner {
     local: PeerInfo,
+    /// Where the QUIC endpoint is bound.
+    p2p_addr: SocketAddr,
     config: DriverConfig,
     endpoint: PeerEndpoint,
     store: BlobStore,
@@ -268,6 +381,8 @@ pub(crate) struct Inner {
     bad_pieces: AtomicU64,
     blacklisted_peers: AtomicU64,
     shutdown: CancellationToken,
+    /// Every task the driver spawns; [`Scheduler::shutdown`] waits for all of them.
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Inner {
@@ -283,6 +398,36 @@ struct TorrentHandle {
     events: mpsc::Sender<Event>,
     status: watch::Receiver<Status>,
     download: Option<DownloadHandle>,
+    /// Cancelled to close the torrent ([`Scheduler::remove`], or a stale torrent in the way of
+    /// a download); from then on it is [`TorrentState::Closing`].
+    remove: CancellationToken,
+    /// Cancelled when the torrent's task has ended (and its entry is gone from `torrents`).
+    closed: CancellationToken,
+}
+
+impl TorrentHandle {
+    fn state(&self) -> TorrentState {
+        if self.remove.is_cancelled() || self.closed.is_cancelled() {
+            return TorrentState::Closing;
+        }
+        match (&*self.status.borrow(), &self.download) {
+            (Status::Complete, _) => TorrentState::Seeding,
+            (Status::Downloading { .. }, Some(download))
+                if matches!(
+                    download.state(),
+                    DownloadState::Downloading | DownloadState::Committed
+                ) =>
+            {
+                TorrentState::Downloading
+            }
+            // Failed, or the store closed its staging under it.
+            (Status::Failed(_) | Status::Downloading { .. }, _) => TorrentState::Closing,
+        }
+    }
+
+    fn is(&self, other: &TorrentHandle) -> bool {
+        self.events.same_channel(&other.events)
+    }
 }
 
 #[derive(Clone)]
@@ -302,9 +447,44 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Scheduler {
-    /// Starts accepting peers on `endpoint` and serving uploads. `local` is what we announce:
-    /// our peer id, the address peers should dial, and whether we are an origin. Origins pass
-    /// no announcer.
+    /// Makes this process a swarm member: binds the QUIC peer endpoint on `member.listen`
+    /// with `tls`, works out the address peers dial, and [`start`](Self::start)s the driver
+    /// over `store`. Agents pass the tracker as `announcer`; origins pass none.
+    ///
+    /// Binding comes first, so a port conflict returns before any task is spawned.
+    pub fn bind(
+        member: SwarmMember,
+        tls: &TlsMaterial,
+        store: BlobStore,
+        announcer: Option<Arc<dyn Announcer>>,
+    ) -> Result<Self, BindError> {
+        let bind_error = |source| BindError {
+            addr: member.listen,
+            source: Box::new(source),
+        };
+        let endpoint =
+            PeerEndpoint::bind(member.listen, tls, &QuicTuning::default()).map_err(bind_error)?;
+        let bound = endpoint.local_addr().map_err(bind_error)?;
+        let local = PeerInfo {
+            peer_id: member.peer_id,
+            addr: advertised_addr(member.advertise_ip, bound),
+            complete: false,
+            origin: member.origin,
+        };
+        let limiter = limiter(&member.bandwidth);
+        Ok(Self::start(
+            local,
+            member.driver,
+            endpoint,
+            store,
+            limiter,
+            announcer,
+        ))
+    }
+
+    /// Starts accepting peers on an endpoint the caller bound, and serving uploads. `local` is
+    /// what we announce: our peer id, the address peers should dial, and whether we are an
+    /// origin. Origins pass no announcer. [`bind`](Self::bind) is the usual way in.
     pub fn start(
         local: PeerInfo,
         config: DriverConfig,
@@ -313,6 +493,7 @@ impl Scheduler {
         limiter: BandwidthLimiter,
         announcer: Option<Arc<dyn Announcer>>,
     ) -> Self {
+        let p2p_addr = endpoint.local_addr().unwrap_or(local.addr);
         let inner = Arc::new(Inner {
             conns: Mutex::new(ConnState::new(local.peer_id, config.conn.clone())),
             uploads: Mutex::new(UploadQueue::new(
@@ -320,6 +501,7 @@ impl Scheduler {
                 config.max_queued_per_peer,
             )),
             local,
+            p2p_addr,
             config,
             endpoint,
             store,
@@ -333,12 +515,13 @@ impl Scheduler {
             bad_pieces: AtomicU64::new(0),
             blacklisted_peers: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
-        tokio::spawn(accept_loop(inner.clone()));
+        inner.tasks.spawn(accept_loop(inner.clone()));
         for _ in 0..inner.config.upload_slots.max(1) {
-            tokio::spawn(upload_worker(inner.clone()));
+            inner.tasks.spawn(upload_worker(inner.clone()));
         }
-        tokio::spawn(housekeeping(inner.clone()));
+        inner.tasks.spawn(housekeeping(inner.clone()));
         Self { inner }
     }
 
@@ -347,59 +530,118 @@ impl Scheduler {
         &self.inner.local
     }
 
-    /// Starts downloading a blob through the swarm, or joins the download in progress.
+    /// Where the QUIC peer endpoint is bound (the port peers dial).
+    pub fn p2p_addr(&self) -> SocketAddr {
+        self.inner.p2p_addr
+    }
+
+    /// The blob, stored or being downloaded through the swarm: starts a download, joins the one
+    /// in progress, or waits for a closing torrent of the blob (failed, removed, or seeding a
+    /// blob the store has since evicted) to end and then starts afresh. Never returns a torrent
+    /// on its way out.
     pub async fn download(
         &self,
         namespace: &Namespace,
         metainfo: &MetaInfo,
-    ) -> Result<Download, SchedulerError> {
+    ) -> Result<BlobState, SchedulerError> {
         let digest = *metainfo.digest();
-        if let Some(handle) = self.inner.torrent(&digest) {
-            return Ok(Download {
-                digest,
-                handle: handle.download,
-                status: handle.status,
-            });
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return Err(SchedulerError::ShutDown);
+            }
+            let handle = match self.inner.torrent(&digest) {
+                Some(handle) => handle,
+                None if self.inner.store.contains(&digest) => return Ok(BlobState::Stored),
+                None => match self.inner.store.begin_download(metainfo).await {
+                    Ok(download) => {
+                        self.inner
+                            .open_torrent(namespace.clone(), metainfo.clone(), Some(download))
+                    }
+                    // Committed since we looked: the next round finds it stored.
+                    Err(StoreError::AlreadyExists(_)) => continue,
+                    Err(source) => return Err(SchedulerError::Store { digest, source }),
+                },
+            };
+            match (handle.state(), &handle.download) {
+                (TorrentState::Downloading, Some(download)) => {
+                    return Ok(BlobState::Downloading(Download {
+                        digest,
+                        handle: download.clone(),
+                        status: handle.status,
+                    }));
+                }
+                (TorrentState::Seeding, _) if self.inner.store.contains(&digest) => {
+                    return Ok(BlobState::Stored);
+                }
+                // Closing, or seeding a blob evicted from under it: see it out.
+                _ => self.inner.close_and_wait(&digest, &handle).await?,
+            }
         }
-        if self.inner.store.contains(&digest) {
-            return Err(SchedulerError::AlreadyStored(digest));
-        }
-        let download = self
-            .inner
-            .store
-            .begin_download(metainfo)
-            .await
-            .map_err(|e| SchedulerError::Store(e.to_string()))?;
-        let handle = self
-            .inner
-            .open_torrent(namespace.clone(), metainfo.clone(), Some(download));
-        Ok(Download {
-            digest,
-            handle: handle.download,
-            status: handle.status,
-        })
     }
 
-    /// Stops exchanging a blob (the store keeps it).
+    /// Where the blob's torrent is in its life; `None` when it has none.
+    pub fn state(&self, digest: &Digest) -> Option<TorrentState> {
+        self.inner.torrent(digest).map(|handle| handle.state())
+    }
+
+    /// Stops exchanging a blob: a download in progress fails and drops its staging; a
+    /// committed blob stays in the store. From the return on, [`download`](Self::download) no
+    /// longer hands out this torrent.
     pub fn remove(&self, digest: &Digest) {
         if let Some(handle) = self.inner.torrent(digest) {
-            let _ = handle.events.try_send(Event::Remove);
+            handle.remove.cancel();
         }
     }
 
     pub fn stats(&self) -> SchedulerStats {
+        // One lock at a time (see the lock order above).
+        let torrents = lock(&self.inner.torrents).len();
+        let links = lock(&self.inner.upload_targets).len();
         SchedulerStats {
-            torrents: lock(&self.inner.torrents).len(),
-            links: lock(&self.inner.upload_targets).len(),
+            torrents,
+            links,
             bad_pieces: self.inner.bad_pieces.load(Ordering::Relaxed),
             blacklisted_peers: self.inner.blacklisted_peers.load(Ordering::Relaxed),
         }
     }
 
-    /// Stops every task and closes every connection.
+    /// Stops every task and closes every connection; returns once every task the scheduler
+    /// spawned has ended (a piece being written or a blob being committed finishes first).
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         self.inner.endpoint.close();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}
+
+/// The address peers dial: `requested` or else the bound IP when it is a specific one, else
+/// loopback; with the bound port.
+fn advertised_addr(requested: Option<IpAddr>, bound: SocketAddr) -> SocketAddr {
+    let ip = requested.unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            tracing::warn!(
+                %bound,
+                "advertising 127.0.0.1 to peers: set `peer_ip` unless the whole cluster is on \
+                 this host"
+            );
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            bound.ip()
+        }
+    });
+    SocketAddr::new(ip, bound.port())
+}
+
+/// The bandwidth caps of `scheduler.conn.bandwidth`, or none when disabled.
+fn limiter(config: &BandwidthConfig) -> BandwidthLimiter {
+    if config.enable {
+        BandwidthLimiter::new(
+            Some(config.egress_bits_per_sec),
+            Some(config.ingress_bits_per_sec),
+        )
+    } else {
+        BandwidthLimiter::unlimited()
     }
 }
 
@@ -426,24 +668,71 @@ impl Inner {
             return existing.clone();
         }
         let (events, receiver) = mpsc::channel(1024);
+        let (remove, closed) = (CancellationToken::new(), CancellationToken::new());
         let (torrent, status) = Torrent::new(
             self.clone(),
             namespace,
             metainfo,
             download.clone(),
-            events.clone(),
-            receiver,
+            (events.clone(), receiver),
+            remove.clone(),
+            closed.clone(),
         );
         let handle = TorrentHandle {
             events,
             status,
             download,
+            remove,
+            closed,
         };
         torrents.insert(digest, handle.clone());
         drop(torrents);
-        tokio::spawn(torrent.run());
+        self.tasks.spawn(torrent.run());
         metrics::gauge!("kraken_p2p_torrents").increment(1.0);
         handle
+    }
+
+    /// Asks a torrent to close (a closing one ignores it) and waits until its task has ended.
+    async fn close_and_wait(
+        &self,
+        digest: &Digest,
+        handle: &TorrentHandle,
+    ) -> Result<(), SchedulerError> {
+        handle.remove.cancel();
+        tokio::select! {
+            () = handle.closed.cancelled() => {}
+            () = self.shutdown.cancelled() => return Err(SchedulerError::ShutDown),
+        }
+        // A task that panicked left its entry behind: drop it, or every download would wait on
+        // it again.
+        let mut torrents = lock(&self.torrents);
+        if torrents.get(digest).is_some_and(|entry| entry.is(handle)) {
+            torrents.remove(digest);
+        }
+        Ok(())
+    }
+
+    /// Spawns a task that [`Scheduler::shutdown`] waits for. `work` must end soon after
+    /// `shutdown` is cancelled (or be bounded, like a disk write).
+    fn spawn<F>(&self, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(work);
+    }
+
+    /// Spawns network work that is dropped at shutdown instead of awaited to its end.
+    fn spawn_until_shutdown<F>(&self, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = work => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
     }
 
     /// Called by a torrent task when it ends.
@@ -479,7 +768,7 @@ impl Inner {
         metrics::gauge!("kraken_p2p_connections").increment(1.0);
         let inner = self.clone();
         let connection = connection.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let controls = link::accept_controls(inner.clone(), connection.clone());
             let pieces = link::accept_pieces(inner.clone(), connection.clone());
             tokio::select! {
@@ -542,7 +831,11 @@ async fn upload_worker(inner: Arc<Inner>) {
             continue;
         };
         let digest = next.blob;
-        let result = send_one(&inner, &target, &digest, next.piece).await;
+        // A send can wait on the bandwidth limiter for a while: shutdown does not.
+        let result = tokio::select! {
+            result = send_one(&inner, &target, &digest, next.piece) => result,
+            () = inner.shutdown.cancelled() => return,
+        };
         match result {
             Ok(bytes) => {
                 metrics::counter!("kraken_p2p_pieces_sent_total").increment(1);
@@ -633,4 +926,24 @@ fn dialable(addr: &SocketAddr) -> bool {
 /// A peer id for log fields.
 fn short(peer: &PeerId) -> String {
     peer.to_string()[..8].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_told_the_requested_ip_else_the_bound_one_else_loopback() {
+        let addr = |requested: Option<&str>, bound: &str| {
+            advertised_addr(
+                requested.map(|ip| ip.parse().unwrap()),
+                bound.parse().unwrap(),
+            )
+            .to_string()
+        };
+        assert_eq!(addr(Some("10.0.0.9"), "0.0.0.0:15001"), "10.0.0.9:15001");
+        assert_eq!(addr(None, "10.4.4.4:15001"), "10.4.4.4:15001");
+        assert_eq!(addr(None, "0.0.0.0:15001"), "127.0.0.1:15001");
+        assert_eq!(addr(None, "[::]:15001"), "127.0.0.1:15001");
+    }
 }

@@ -1,9 +1,11 @@
 //! One blob's task: the only owner of its swarm state, links and super-seeding state.
 //!
 //! Everything that reaches it is an [`Event`]; it never awaits anything but its event channel
-//! and its tick, so a slow disk or a slow peer can delay a piece but never the blob's other
-//! links. Work that takes time (writing and hashing a piece, committing the blob, announcing,
-//! dialling) runs in spawned tasks that report back with another event.
+//! and its next deadline (the earliest of the swarm's request timeouts, the idle and link
+//! timeouts and the next announce: no fixed tick), so a slow disk or a slow peer can delay a
+//! piece but never the blob's other links. Work that takes time (writing and hashing a piece,
+//! committing the blob, announcing, dialling) runs in spawned tasks that report back with
+//! another event.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,9 +18,12 @@ use kraken_store::{DownloadHandle, StoreError};
 use quinn::Connection;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::link::{self, DialError, LinkTasks, PeerHandshake, PendingLink, since};
-use super::{AnnounceError, AnnounceReply, Inner, Status, UploadTarget, dialable, lock, short};
+use super::link::{self, DialError, LinkTasks, PeerHandshake, PendingLink};
+use super::{
+    AnnounceError, AnnounceReply, DownloadError, Inner, Status, UploadTarget, dialable, lock, short,
+};
 use crate::core::{Action, LinkId, Reveal, SuperSeeder, Swarm};
 
 /// Everything a torrent reacts to.
@@ -63,7 +68,6 @@ pub(super) enum Event {
     },
     Committed(Result<(), StoreError>),
     Announced(Result<AnnounceReply, AnnounceError>),
-    Remove,
 }
 
 struct Link {
@@ -100,7 +104,19 @@ pub(super) struct Torrent {
     announce_interval: Duration,
     announcing: bool,
     done: bool,
+    /// A failed or removed download's staging, dropped before the task ends.
+    aborting: Option<DownloadHandle>,
+    /// Cancelled when the torrent is to close ([`super::Scheduler::remove`]).
+    remove: CancellationToken,
+    /// Tells waiters the task has ended, when the torrent is dropped (also on a panic).
+    _closed: DropGuard,
 }
+
+/// The shortest wait between two wake-ups, so a deadline that is already due cannot make the
+/// task spin.
+const MIN_WAIT: Duration = Duration::from_millis(1);
+/// How long a torrent with no deadline at all sleeps before looking again.
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
 impl Torrent {
     pub(super) fn new(
@@ -108,8 +124,9 @@ impl Torrent {
         namespace: Namespace,
         metainfo: MetaInfo,
         download: Option<DownloadHandle>,
-        events_tx: mpsc::Sender<Event>,
-        events: mpsc::Receiver<Event>,
+        (events_tx, events): (mpsc::Sender<Event>, mpsc::Receiver<Event>),
+        remove: CancellationToken,
+        closed: CancellationToken,
     ) -> (Self, watch::Receiver<Status>) {
         let num_pieces = metainfo.num_pieces();
         let now = Instant::now();
@@ -160,30 +177,41 @@ impl Torrent {
             announce_interval,
             announcing: false,
             done: false,
+            aborting: None,
+            remove,
+            _closed: closed.drop_guard(),
         };
         (torrent, watcher)
     }
 
     pub(super) async fn run(mut self) {
         tracing::debug!(digest = %self.digest, downloading = self.download.is_some(), "torrent opened");
-        let mut tick = tokio::time::interval(self.inner.config.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // An empty blob has nothing to fetch: commit at once.
         if self.swarm.as_ref().is_some_and(Swarm::is_complete) {
             self.commit();
         }
+        let (shutdown, remove) = (self.inner.shutdown.clone(), self.remove.clone());
         while !self.done {
+            let now = Instant::now();
+            let wake = self
+                .next_deadline()
+                .unwrap_or(now + IDLE_WAIT)
+                .max(now + MIN_WAIT);
             tokio::select! {
                 event = self.events.recv() => match event {
                     Some(event) => self.handle(event),
                     None => break,
                 },
-                _ = tick.tick() => self.on_tick(),
-                _ = self.inner.shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(wake) => self.on_deadline(),
+                () = remove.cancelled() => {
+                    self.fail(DownloadError::Removed);
+                    self.done = true;
+                }
+                () = shutdown.cancelled() => break,
             }
             self.apply_swarm_actions();
         }
-        self.close();
+        self.close().await;
     }
 
     fn num_pieces(&self) -> u32 {
@@ -234,10 +262,6 @@ impl Torrent {
             }
             Event::Committed(result) => self.on_committed(result),
             Event::Announced(result) => self.on_announced(result),
-            Event::Remove => {
-                self.fail("removed");
-                self.done = true;
-            }
         }
     }
 
@@ -254,7 +278,7 @@ impl Torrent {
         let local = self.inner.local.peer_id;
         let refuse =
             |mut sender: kraken_transport::quic::ControlSender, code: Code, why: String| {
-                tokio::spawn(async move {
+                self.inner.spawn_until_shutdown(async move {
                     let _ = sender.send(&link::error(code, 0, why)).await;
                     sender.finish().await;
                 });
@@ -313,7 +337,7 @@ impl Torrent {
                 let duplicate = self.links.values().any(|l| l.peer == peer.peer_id);
                 if self.done || duplicate || told.is_none() {
                     lock(&self.inner.conns).dial_abandoned(&self.digest, peer.peer_id);
-                    tokio::spawn(pending.sender.finish());
+                    self.inner.spawn_until_shutdown(pending.sender.finish());
                     return;
                 }
                 lock(&self.inner.conns).established(&self.digest, peer.peer_id);
@@ -365,7 +389,14 @@ impl Torrent {
     ) {
         let now = Instant::now();
         self.inner.serve_connection(&connection);
-        let tasks = LinkTasks::spawn(link, sender, receiver, first, self.events_tx.clone());
+        let tasks = LinkTasks::spawn(
+            &self.inner,
+            link,
+            sender,
+            receiver,
+            first,
+            self.events_tx.clone(),
+        );
         self.by_connection.insert(connection.stable_id(), link);
         self.inner.register_upload_target(
             link,
@@ -528,7 +559,7 @@ impl Torrent {
             return;
         }
         let events = self.events_tx.clone();
-        tokio::spawn(async move {
+        self.inner.spawn(async move {
             let result = download.write_piece(piece, data).await;
             let _ = events
                 .send(Event::PieceWritten {
@@ -647,7 +678,7 @@ impl Torrent {
         };
         self.committing = true;
         let events = self.events_tx.clone();
-        tokio::spawn(async move {
+        self.inner.spawn(async move {
             let result = download.complete().await.map(|_| ());
             let _ = events.send(Event::Committed(result)).await;
         });
@@ -682,45 +713,73 @@ impl Torrent {
             Err(error) => {
                 tracing::error!(digest = %self.digest, %error, "download failed verification");
                 metrics::counter!("kraken_p2p_downloads_failed_total").increment(1);
-                self.status.send_replace(Status::Failed(error.to_string()));
+                self.status
+                    .send_replace(Status::Failed(DownloadError::Commit(Arc::new(error))));
                 self.done = true;
             }
         }
     }
 
-    /// Marks an unfinished download failed and drops its staging.
-    fn fail(&mut self, reason: &str) {
+    /// Marks an unfinished download failed; its staging is dropped when the task ends.
+    fn fail(&mut self, error: DownloadError) {
         if let Some(download) = self.download.take() {
             self.swarm = None;
-            self.status.send_replace(Status::Failed(reason.to_owned()));
-            tokio::spawn(async move {
-                let _ = download.abort().await;
-            });
+            self.status.send_replace(Status::Failed(error));
+            self.aborting = Some(download);
         }
     }
 
     // ---- time ----------------------------------------------------------------------------
 
-    fn on_tick(&mut self) {
+    /// When the torrent next has something to do without an event: the earliest of the
+    /// swarm's request timeouts, giving up on an idle download, closing an idle seeder, closing
+    /// idle or old links, and the next announce.
+    fn next_deadline(&self) -> Option<Instant> {
+        let config = &self.inner.config;
+        let swarm = self
+            .swarm
+            .as_ref()
+            .and_then(Swarm::next_deadline)
+            .map(Instant::from_std);
+        let idle = if self.download.is_some() {
+            (!self.committing)
+                .then(|| after(self.last_piece, config.leecher_tti))
+                .flatten()
+        } else {
+            after(self.last_activity, config.seeder_tti)
+        };
+        let links = self
+            .links
+            .values()
+            .filter_map(|l| link_deadline(l, config.conn_tti, config.conn_ttl))
+            .min();
+        let announce =
+            (self.inner.announcer.is_some() && !self.announcing).then_some(self.announce_at);
+        [swarm, idle, links, announce].into_iter().flatten().min()
+    }
+
+    /// A deadline passed: does whatever is due.
+    fn on_deadline(&mut self) {
         let now = Instant::now();
-        if let Some(swarm) = &mut self.swarm {
+        if let Some(swarm) = &mut self.swarm
+            && swarm
+                .next_deadline()
+                .is_some_and(|due| due <= now.into_std())
+        {
             swarm.tick(now.into_std());
         }
         let config = &self.inner.config;
+        let due = |deadline: Option<Instant>| deadline.is_some_and(|deadline| now >= deadline);
         if self.download.is_some()
             && !self.committing
-            && since(self.last_piece) > config.leecher_tti
+            && due(after(self.last_piece, config.leecher_tti))
         {
             tracing::warn!(digest = %self.digest, "no piece received within leecher_tti; giving up");
-            let tti = config.leecher_tti;
-            self.fail(&format!(
-                "no piece received for {}",
-                humantime::format_duration(tti)
-            ));
+            self.fail(DownloadError::Idle(config.leecher_tti));
             self.done = true;
             return;
         }
-        if self.download.is_none() && since(self.last_activity) > config.seeder_tti {
+        if self.download.is_none() && due(after(self.last_activity, config.seeder_tti)) {
             tracing::debug!(digest = %self.digest, "idle seeder closed (seeder_tti)");
             self.done = true;
             return;
@@ -729,7 +788,7 @@ impl Torrent {
         let stale: Vec<LinkId> = self
             .links
             .iter()
-            .filter(|(_, l)| since(l.last_activity) > conn_tti || since(l.opened) > conn_ttl)
+            .filter(|(_, l)| due(link_deadline(l, conn_tti, conn_ttl)))
             .map(|(id, _)| *id)
             .collect();
         for link in stale {
@@ -751,7 +810,7 @@ impl Torrent {
         };
         let (namespace, digest, events) =
             (self.namespace.clone(), self.digest, self.events_tx.clone());
-        tokio::spawn(async move {
+        self.inner.spawn_until_shutdown(async move {
             let result = announcer.announce(&namespace, &digest, &me).await;
             let _ = events.send(Event::Announced(result)).await;
         });
@@ -769,7 +828,9 @@ impl Torrent {
                     self.dial(reply.peers);
                 }
             }
-            Err(error) => tracing::debug!(digest = %self.digest, %error, "announce failed"),
+            Err(error) => {
+                tracing::debug!(digest = %self.digest, error = ?error, "announce failed")
+            }
         }
         self.announce_at = Instant::now() + self.announce_interval;
     }
@@ -807,7 +868,7 @@ impl Torrent {
                 &neighbors,
             );
             self.pending_dials.insert(peer.peer_id, told);
-            tokio::spawn(link::dial(
+            self.inner.spawn_until_shutdown(link::dial(
                 self.inner.clone(),
                 self.events_tx.clone(),
                 peer,
@@ -817,10 +878,13 @@ impl Torrent {
         }
     }
 
-    fn close(mut self) {
+    /// Ends the torrent: a download still running fails, links close, a failed download's
+    /// staging is dropped, and only then does the blob's entry go, so a new download of it
+    /// starts from a clean store.
+    async fn close(mut self) {
         if self.download.is_some() && !matches!(*self.status.borrow(), Status::Failed(_)) {
             self.status
-                .send_replace(Status::Failed("the scheduler shut down".into()));
+                .send_replace(Status::Failed(DownloadError::ShutDown));
         }
         let links: Vec<LinkId> = self.links.keys().copied().collect();
         for link in links {
@@ -829,9 +893,26 @@ impl Torrent {
         for peer in self.pending_dials.keys() {
             lock(&self.inner.conns).dial_abandoned(&self.digest, *peer);
         }
+        if let Some(download) = self.aborting.take()
+            && let Err(error) = download.abort().await
+        {
+            tracing::debug!(digest = %self.digest, %error, "could not drop the staging");
+        }
         self.inner.torrent_closed(&self.digest);
         tracing::debug!(digest = %self.digest, "torrent closed");
     }
+}
+
+/// `start + wait`, or `None` when that lies beyond what an `Instant` holds (never).
+fn after(start: Instant, wait: Duration) -> Option<Instant> {
+    start.checked_add(wait)
+}
+
+/// When a link is closed: idle for `tti`, or older than `ttl`.
+fn link_deadline(link: &Link, tti: Duration, ttl: Duration) -> Option<Instant> {
+    let idle = after(link.last_activity, tti);
+    let old = after(link.opened, ttl);
+    [idle, old].into_iter().flatten().min()
 }
 
 /// Adds a finished download's counters to the process metrics.
