@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kraken_config::agent::AgentConfig;
 use kraken_core::{Digest, Namespace, PeerId, PeerInfo};
@@ -12,6 +11,7 @@ use kraken_scheduler::{Announcer, DriverConfig, Scheduler, SwarmMember};
 use kraken_store::BlobStore;
 use kraken_tls::TlsMaterial;
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
+use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,9 +22,6 @@ use crate::registry::{self, RegistryState};
 use crate::service::AgentGrpc;
 use crate::tracker::{TrackerClient, TrackerClientOptions};
 use kraken_tagclient::TagClient;
-
-/// How long `shutdown` lets in-flight gRPC calls finish before giving up on them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A running agent. Dropping it without [`shutdown`](Self::shutdown) still stops its tasks,
 /// without waiting for them.
@@ -221,29 +218,33 @@ impl Agent {
         self.shutdown.cancel();
         let mut result = Ok(());
         if let Some(grpc) = self.grpc.take() {
-            match tokio::time::timeout(SHUTDOWN_GRACE, grpc).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(error))) => result = Err(error.into()),
-                Ok(Err(source)) => {
-                    result = Err(AgentError::Task {
-                        task: "gRPC server",
-                        source,
-                    })
-                }
-                Err(_) => tracing::warn!("gRPC calls still running after the grace period"),
-            }
+            result = drain("agent gRPC", grpc, SHUTDOWN_GRACE).await.into_result(
+                AgentError::from,
+                |source| AgentError::Task {
+                    task: "gRPC server",
+                    source,
+                },
+            );
         }
         if let Some((_, registry)) = self.registry.take() {
-            match tokio::time::timeout(SHUTDOWN_GRACE, registry).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(error))) => tracing::warn!(%error, "registry API server failed"),
-                Ok(Err(source)) => {
-                    result = result.and(Err(AgentError::Task {
-                        task: "registry API server",
-                        source,
-                    }))
-                }
-                Err(_) => tracing::warn!("registry requests still running after the grace period"),
+            // A registry that failed has already been logged as such; only a panic is the
+            // agent's failure.
+            let registry = drain("agent registry", registry, SHUTDOWN_GRACE)
+                .await
+                .into_result(
+                    |error| {
+                        tracing::warn!(%error, "registry API server failed");
+                        None
+                    },
+                    |source| {
+                        Some(AgentError::Task {
+                            task: "registry API server",
+                            source,
+                        })
+                    },
+                );
+            if let Err(Some(error)) = registry {
+                result = result.and(Err(error));
             }
         }
         self.scheduler.shutdown().await;

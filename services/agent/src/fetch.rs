@@ -9,13 +9,14 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{Stream, StreamExt};
+use kraken_core::sync::lock;
 use kraken_core::{Bitfield, Digest, MetaInfo, Namespace};
 use kraken_oci::{MAX_MANIFEST_SIZE, Manifest};
 use kraken_scheduler::{BlobState, Download, Scheduler, Status};
@@ -721,13 +722,6 @@ fn held_bytes(held: &Bitfield, metainfo: &MetaInfo) -> u64 {
         full - metainfo.piece_length() + last_len
     } else {
         full
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

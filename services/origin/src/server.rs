@@ -14,6 +14,7 @@ use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::TlsMaterial;
 use kraken_transport::cluster::{HostPool, PoolOptions};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
+use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,8 +32,6 @@ use kraken_backend::Backends;
 /// response future spans the whole transfer of a blob of any size; client streams are bounded
 /// by an idle timeout instead, and backend calls in unary handlers by their own timeouts.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
-/// How long shutdown waits for in-flight requests (e.g. long downloads) before cutting them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// What [`Origin::kill`] leaves the gRPC server to tell open connections to go away.
 const KILL_GRACE: Duration = Duration::from_millis(100);
 
@@ -276,21 +275,12 @@ impl Origin {
     }
 
     async fn stop_server(&mut self, grace: Duration) -> Result<(), OriginError> {
-        let Some(mut server) = self.server.take() else {
+        let Some(server) = self.server.take() else {
             return Ok(());
         };
-        match tokio::time::timeout(grace, &mut server).await {
-            Ok(Ok(result)) => result.map_err(OriginError::Grpc),
-            Ok(Err(join)) => Err(OriginError::Task(join)),
-            Err(_) => {
-                tracing::warn!(
-                    ?grace,
-                    "gRPC requests still running after the grace period; cutting them"
-                );
-                server.abort();
-                Ok(())
-            }
-        }
+        drain("origin gRPC", server, grace)
+            .await
+            .into_result(OriginError::Grpc, OriginError::Task)
     }
 
     async fn stop_background(&mut self) -> Result<(), OriginError> {

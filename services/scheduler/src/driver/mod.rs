@@ -35,12 +35,13 @@ mod torrent;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use kraken_config::scheduler::BandwidthConfig;
+use kraken_core::sync::lock;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo};
 use kraken_store::{BlobStore, DownloadHandle, DownloadState, StoreError};
 use kraken_tls::TlsMaterial;
@@ -435,15 +436,6 @@ struct UploadTarget {
     connection: Connection,
     torrent: mpsc::Sender<Event>,
     metainfo: Arc<MetaInfo>,
-}
-
-/// Locks a std mutex, recovering from poisoning: every critical section here leaves the state
-/// consistent before anything that could panic.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 impl Scheduler {
