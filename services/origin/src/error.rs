@@ -1,6 +1,5 @@
 //! The origin's one error type, and its one mapping to gRPC status codes.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,17 +182,7 @@ impl OriginError {
     /// The message with its whole chain of causes, so the caller (an authenticated member of
     /// the cluster) sees why, not just what.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            // `transparent` variants repeat their inner message; do not print it twice.
-            if !text.ends_with(&cause_text) {
-                let _ = write!(text, ": {cause_text}");
-            }
-            source = cause.source();
-        }
-        text
+        kraken_core::error_chain(self)
     }
 
     fn retry_after(&self) -> Option<Duration> {

@@ -17,7 +17,7 @@ use tracing::field;
 use crate::cache::CoalescingCache;
 use crate::handout::HandoutPolicy;
 use kraken_core::error_chain;
-use kraken_proto::wire::RETRY_AFTER_MS;
+use kraken_transport::health::unavailable_retry_after;
 
 use crate::origin::{OriginDirectory, OriginError};
 use crate::peerstore::{PeerEntry, PeerStore, PeerStoreError};
@@ -100,12 +100,7 @@ impl From<ServiceError> for Status {
             // give them a pace.
             ServiceError::Origin(_) => DEFAULT_RETRY_AFTER,
         };
-        let mut status = Status::unavailable(message);
-        let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
-        status
-            .metadata_mut()
-            .insert(RETRY_AFTER_MS, tonic::metadata::MetadataValue::from(millis));
-        status
+        unavailable_retry_after(message, retry_after)
     }
 }
 
@@ -279,6 +274,8 @@ fn prost_duration(duration: Duration) -> prost_types::Duration {
 
 #[cfg(test)]
 mod tests {
+    use kraken_proto::wire::RETRY_AFTER_MS;
+
     use super::*;
 
     #[test]
