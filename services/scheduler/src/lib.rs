@@ -13,6 +13,7 @@
 
 pub mod core;
 pub mod driver;
+mod metrics;
 
 pub use driver::{
     AnnounceError, AnnounceReply, Announcer, Download, DriverConfig, Faults, RevealPolicy,

@@ -442,7 +442,7 @@ impl Inner {
         torrents.insert(digest, handle.clone());
         drop(torrents);
         tokio::spawn(torrent.run());
-        metrics::gauge!("kraken_p2p_torrents").increment(1.0);
+        metrics::gauge!(crate::metrics::TORRENTS).increment(1.0);
         handle
     }
 
@@ -451,7 +451,7 @@ impl Inner {
         lock(&self.torrents).remove(digest);
         lock(&self.conns).remove_blob(digest);
         lock(&self.uploads).remove_blob(digest);
-        metrics::gauge!("kraken_p2p_torrents").decrement(1.0);
+        metrics::gauge!(crate::metrics::TORRENTS).decrement(1.0);
     }
 
     /// A peer opened a control stream for a blob we have no torrent for: open a seeding torrent
@@ -476,7 +476,7 @@ impl Inner {
         if !lock(&self.served).insert(connection.stable_id()) {
             return;
         }
-        metrics::gauge!("kraken_p2p_connections").increment(1.0);
+        metrics::gauge!(crate::metrics::CONNECTIONS).increment(1.0);
         let inner = self.clone();
         let connection = connection.clone();
         tokio::spawn(async move {
@@ -488,7 +488,7 @@ impl Inner {
                 _ = inner.shutdown.cancelled() => {}
             }
             lock(&inner.served).remove(&connection.stable_id());
-            metrics::gauge!("kraken_p2p_connections").decrement(1.0);
+            metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1.0);
         });
     }
 
@@ -545,8 +545,8 @@ async fn upload_worker(inner: Arc<Inner>) {
         let result = send_one(&inner, &target, &digest, next.piece).await;
         match result {
             Ok(bytes) => {
-                metrics::counter!("kraken_p2p_pieces_sent_total").increment(1);
-                metrics::counter!("kraken_p2p_sent_bytes_total").increment(bytes);
+                metrics::counter!(crate::metrics::PIECES_SENT).increment(1);
+                metrics::counter!(crate::metrics::SENT_BYTES).increment(bytes);
                 let event = Event::PieceSent {
                     link: next.link,
                     piece: next.piece,
@@ -555,7 +555,7 @@ async fn upload_worker(inner: Arc<Inner>) {
             }
             Err(error) => {
                 tracing::debug!(%digest, piece = next.piece, %error, "upload failed");
-                metrics::counter!("kraken_p2p_upload_failures_total").increment(1);
+                metrics::counter!(crate::metrics::UPLOAD_FAILURES).increment(1);
             }
         }
     }
