@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use kraken_config::telemetry::Telemetry;
 use kraken_config::tls::TlsSection;
 use kraken_telemetry::{ShutdownSignal, TelemetryGuard};
@@ -37,8 +37,14 @@ pub(crate) async fn start(component: &str, telemetry: Telemetry<'_>) -> anyhow::
 
 /// Loads the certificates a component presents and trusts. Every component runs with mutual
 /// TLS; there is no plaintext mode.
+///
+/// The section means what the loader validated (`TlsSection::files`, all of `ca`, `cert` and
+/// `key` or none); a component additionally needs it to be there.
 pub(crate) fn tls(section: &TlsSection, file: &Path) -> anyhow::Result<TlsMaterial> {
-    let (Some(ca), Some(cert), Some(key)) = (&section.ca, &section.cert, &section.key) else {
+    let files = section
+        .files()
+        .map_err(|error| anyhow!("{}: {}", file.display(), error.within("tls")))?;
+    let Some([ca, cert, key]) = files else {
         bail!(
             "{}: tls: `ca`, `cert` and `key` are required (every component uses mutual TLS; \
              `kraken certs --out DIR` makes a development PKI)",
@@ -46,9 +52,9 @@ pub(crate) fn tls(section: &TlsSection, file: &Path) -> anyhow::Result<TlsMateri
         );
     };
     let config = TlsConfig {
-        ca: ca.clone(),
-        cert: cert.clone(),
-        key: key.clone(),
+        ca: ca.to_path_buf(),
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
     };
     TlsMaterial::load(&config).context("loading TLS material")
 }
