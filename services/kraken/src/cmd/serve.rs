@@ -64,3 +64,36 @@ pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpList
         .await
         .with_context(|| format!("binding the {what} listener on {addr}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn error(section: &TlsSection) -> String {
+        format!("{:#}", tls(section, Path::new("agent.yaml")).unwrap_err())
+    }
+
+    #[test]
+    fn a_partial_section_names_the_missing_key_as_the_loader_does() {
+        let section = TlsSection {
+            ca: Some(PathBuf::from("/ca.pem")),
+            cert: Some(PathBuf::from("/c.pem")),
+            key: None,
+        };
+        let message = error(&section);
+        assert!(
+            message.starts_with("agent.yaml: tls.key: missing"),
+            "{message}"
+        );
+        let validated = kraken_config::Validate::validate(&section).unwrap_err();
+        assert!(message.contains(&validated.message), "{message}");
+    }
+
+    #[test]
+    fn a_component_needs_the_section() {
+        let message = error(&TlsSection::default());
+        assert!(message.contains("are required"), "{message}");
+    }
+}
