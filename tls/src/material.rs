@@ -6,19 +6,23 @@ use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{PemFile, TlsError};
 use crate::provider::crypto_provider;
 use crate::role::{PeerIdentity, Role};
 
-/// The `tls:` section of every component's configuration.
+/// The three PEM files a component presents and trusts: what [`TlsMaterial::load`] reads.
 ///
-/// All three files are PEM. Every component both serves and dials, so its certificate must
-/// carry the `serverAuth` and `clientAuth` extended key usages and a
-/// `kraken://role/<role>` URI SAN; [`crate::generate_dev_pki`] writes such files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// This is not a config section of its own. In a component's YAML the paths are written in its
+/// `tls:` section, `kraken_config::tls::TlsSection`, which is the one type the config loader
+/// reads and checks (all of `ca`, `cert` and `key`, or none); the binary builds a `TlsConfig`
+/// from a complete section, and [`crate::DevPki::tls_config`] and the CLI's `--pki` build one
+/// directly.
+///
+/// Every component both serves and dials, so its certificate must carry the `serverAuth` and
+/// `clientAuth` extended key usages and a `kraken://role/<role>` URI SAN;
+/// [`crate::generate_dev_pki`] writes such files.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     /// The cluster CA bundle: peers are trusted if, and only if, their certificate chains
     /// to one of these certificates.

@@ -398,7 +398,8 @@ impl DevPki {
         self.dir.join(format!("{role}.key"))
     }
 
-    /// The `tls:` config section for a component (or client) holding `role`.
+    /// The files a component (or client) holding `role` loads: the paths its `tls:` section
+    /// names.
     pub fn tls_config(&self, role: Role) -> TlsConfig {
         TlsConfig {
             ca: self.ca_cert_path(),

@@ -32,7 +32,7 @@ pub const MAX_PIECE_BYTES: u64 = 64 * 1024 * 1024;
 
 const MAX_PIECE_HEADER: usize = 1024;
 
-/// QUIC settings. The defaults follow what was measured on these machines (TOOLS.md): large
+/// QUIC settings. The defaults follow what was measured on these machines (bench/README.md): large
 /// UDP payloads on both ends with MTU discovery capped below the GSO batch limit, and windows
 /// wide enough that one connection can carry several pieces at full speed.
 #[derive(Debug, Clone)]

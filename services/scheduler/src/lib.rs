@@ -13,6 +13,7 @@
 
 pub mod core;
 pub mod driver;
+mod metrics;
 
 pub use driver::{
     AnnounceError, AnnounceReply, Announcer, BindError, BlobState, Download, DownloadError,

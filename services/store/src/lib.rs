@@ -1,8 +1,10 @@
-//! The content-addressed, on-disk blob store shared by origins (blobs they seed and write back to
-//! storage), agents (blobs downloaded piece by piece from peers) and the proxy (staging of pushed
-//! blobs). A blob is named by its sha256 digest; it reaches the cache only through an atomic
-//! `rename` of a staging directory after its whole content has been hashed and compared with that
-//! digest, so a crash at any point leaves either the complete blob or nothing.
+//! The content-addressed, on-disk blob store of origins (uploads pushed to them, blobs they fetch
+//! from storage, seed to peers and write back) and agents (blobs downloaded piece by piece from
+//! peers); the scheduler reads and writes pieces through it on both. The proxy does not use it: it
+//! stages pushed blobs in a directory of its own and streams them to the origins. A blob is named
+//! by its sha256 digest; it reaches the cache only through an atomic `rename` of a staging
+//! directory after its whole content has been hashed and compared with that digest, so a crash at
+//! any point leaves either the complete blob or nothing.
 //!
 //! This crate must never expose a partial or unverified blob under its digest (a reader gets the
 //! verified bytes or `NotFound`, nothing in between), never store a piece that fails its metainfo
@@ -15,7 +17,7 @@
 //! ```text
 //! cache/<hex[0:2]>/<hex[2:4]>/<hex>/data    committed blob content
 //! cache/<hex[0:2]>/<hex[2:4]>/<hex>/meta    JSON: digest, size, persist flag, last access, metainfo
-//! uploads/<upload-id>/data                  an upload being written (origin, proxy)
+//! uploads/<upload-id>/data                  an upload being written (origin)
 //! downloads/<hex>/{data,meta,pieces}        a sparse download being filled by peers (agent)
 //! tmp/                                      metadata rewrites and entries on their way out
 //! ```

@@ -16,6 +16,7 @@
 
 mod cache;
 mod handout;
+mod metrics;
 mod origin;
 mod peerstore;
 mod service;

@@ -241,7 +241,7 @@ impl Directory {
             .get_or_fetch(digest, move || this.fetch_locations(digest))
             .await;
         metrics::counter!(
-            "kraken_tracker_origin_cache_requests_total",
+            crate::metrics::ORIGIN_CACHE_REQUESTS,
             "cache" => "locations",
             "result" => lookup.label()
         )
@@ -294,7 +294,7 @@ impl Directory {
             .get_or_fetch(key, move || this.fetch_peer_context(origin))
             .await;
         metrics::counter!(
-            "kraken_tracker_origin_cache_requests_total",
+            crate::metrics::ORIGIN_CACHE_REQUESTS,
             "cache" => "peer_context",
             "result" => lookup.label()
         )

@@ -165,7 +165,7 @@ impl Tracker {
 
         let interval = prost_duration(self.settings.announce_interval);
         if caller.complete {
-            metrics::histogram!("kraken_tracker_handout_peers").record(0.0);
+            metrics::histogram!(crate::metrics::HANDOUT_PEERS).record(0.0);
             return Ok(AnnounceResponse {
                 peers: Vec::new(),
                 interval: Some(interval),
@@ -181,7 +181,7 @@ impl Tracker {
         let peers = peers?;
         let owners = owners.unwrap_or_else(|error| {
             // Peers can still help each other; the origins come back on the next announce.
-            metrics::counter!("kraken_tracker_origin_lookup_failures_total").increment(1);
+            metrics::counter!(crate::metrics::ORIGIN_LOOKUP_FAILURES).increment(1);
             tracing::warn!(error = %error_chain(&error), "announcing without origins");
             Vec::new()
         });
@@ -189,7 +189,7 @@ impl Tracker {
             .settings
             .policy
             .select(&caller, &peers, &owners, &mut rand::rng());
-        metrics::histogram!("kraken_tracker_handout_peers").record(handout.len() as f64);
+        metrics::histogram!(crate::metrics::HANDOUT_PEERS).record(handout.len() as f64);
         Ok(AnnounceResponse {
             peers: handout.iter().map(pb::PeerInfo::from).collect(),
             interval: Some(interval),
@@ -217,7 +217,7 @@ impl Tracker {
                     .map(|metainfo| pb::MetaInfo::from(&metainfo))
             })
             .await;
-        metrics::counter!("kraken_tracker_metainfo_cache_requests_total", "result" => lookup.label())
+        metrics::counter!(crate::metrics::METAINFO_CACHE_REQUESTS, "result" => lookup.label())
             .increment(1);
         Ok(GetMetaInfoResponse {
             metainfo: Some(result?),
@@ -234,13 +234,13 @@ impl TrackerService for Tracker {
     ) -> Result<Response<AnnounceResponse>, Status> {
         let started = tokio::time::Instant::now();
         if let Err(status) = require_role(&request, ANNOUNCE_ROLES) {
-            metrics::counter!("kraken_tracker_announces_total", "result" => "denied").increment(1);
+            metrics::counter!(crate::metrics::ANNOUNCES, "result" => "denied").increment(1);
             return Err(status);
         }
         let result = self.handle_announce(request.into_inner()).await;
         let label = result.as_ref().map_or_else(ServiceError::label, |_| "ok");
-        metrics::counter!("kraken_tracker_announces_total", "result" => label).increment(1);
-        metrics::histogram!("kraken_tracker_announce_duration_seconds")
+        metrics::counter!(crate::metrics::ANNOUNCES, "result" => label).increment(1);
+        metrics::histogram!(crate::metrics::ANNOUNCE_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
             tracing::debug!(error = %error_chain(error), "announce failed");
@@ -256,7 +256,7 @@ impl TrackerService for Tracker {
         require_role(&request, METAINFO_ROLES)?;
         let result = self.handle_get_metainfo(request.into_inner()).await;
         let label = result.as_ref().map_or_else(ServiceError::label, |_| "ok");
-        metrics::counter!("kraken_tracker_metainfo_requests_total", "result" => label).increment(1);
+        metrics::counter!(crate::metrics::METAINFO_REQUESTS, "result" => label).increment(1);
         if let Err(error) = &result {
             tracing::debug!(error = %error_chain(error), "metainfo request failed");
         }

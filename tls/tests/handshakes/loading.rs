@@ -175,19 +175,3 @@ fn ca_key_must_match_ca_certificate() {
     let err = DevCa::from_pem(a.cert_pem(), &b.key_pem()).unwrap_err();
     assert!(matches!(err, TlsError::CaKeyMismatch), "{err:?}");
 }
-
-#[test]
-fn config_section_rejects_unknown_fields() {
-    let ok: TlsConfig =
-        serde_json::from_str(r#"{"ca": "/etc/kraken/ca.pem", "cert": "c.pem", "key": "c.key"}"#)
-            .unwrap();
-    assert_eq!(ok.cert, PathBuf::from("c.pem"));
-    let err = serde_json::from_str::<TlsConfig>(
-        r#"{"ca": "ca.pem", "cert": "c.pem", "key": "c.key", "insecure": true}"#,
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string().contains("unknown field `insecure`"),
-        "{err}"
-    );
-}

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use kraken_config::telemetry::Telemetry;
 use kraken_config::tls::TlsSection;
 use kraken_telemetry::{ShutdownSignal, TelemetryGuard};
@@ -37,8 +37,14 @@ pub(crate) async fn start(component: &str, telemetry: Telemetry<'_>) -> anyhow::
 
 /// Loads the certificates a component presents and trusts. Every component runs with mutual
 /// TLS; there is no plaintext mode.
+///
+/// The section means what the loader validated (`TlsSection::files`, all of `ca`, `cert` and
+/// `key` or none); a component additionally needs it to be there.
 pub(crate) fn tls(section: &TlsSection, file: &Path) -> anyhow::Result<TlsMaterial> {
-    let (Some(ca), Some(cert), Some(key)) = (&section.ca, &section.cert, &section.key) else {
+    let files = section
+        .files()
+        .map_err(|error| anyhow!("{}: {}", file.display(), error.within("tls")))?;
+    let Some([ca, cert, key]) = files else {
         bail!(
             "{}: tls: `ca`, `cert` and `key` are required (every component uses mutual TLS; \
              `kraken certs --out DIR` makes a development PKI)",
@@ -46,9 +52,9 @@ pub(crate) fn tls(section: &TlsSection, file: &Path) -> anyhow::Result<TlsMateri
         );
     };
     let config = TlsConfig {
-        ca: ca.clone(),
-        cert: cert.clone(),
-        key: key.clone(),
+        ca: ca.to_path_buf(),
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
     };
     TlsMaterial::load(&config).context("loading TLS material")
 }
@@ -57,4 +63,37 @@ pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpList
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn error(section: &TlsSection) -> String {
+        format!("{:#}", tls(section, Path::new("agent.yaml")).unwrap_err())
+    }
+
+    #[test]
+    fn a_partial_section_names_the_missing_key_as_the_loader_does() {
+        let section = TlsSection {
+            ca: Some(PathBuf::from("/ca.pem")),
+            cert: Some(PathBuf::from("/c.pem")),
+            key: None,
+        };
+        let message = error(&section);
+        assert!(
+            message.starts_with("agent.yaml: tls.key: missing"),
+            "{message}"
+        );
+        let validated = kraken_config::Validate::validate(&section).unwrap_err();
+        assert!(message.contains(&validated.message), "{message}");
+    }
+
+    #[test]
+    fn a_component_needs_the_section() {
+        let message = error(&TlsSection::default());
+        assert!(message.contains("are required"), "{message}");
+    }
 }

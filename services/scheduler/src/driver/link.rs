@@ -207,8 +207,7 @@ pub(super) async fn accept_pieces(inner: Arc<Inner>, connection: Connection) {
             let _ = torrent.events.send(started).await;
             match quic::read_piece_payload(&mut stream, header.length, &inner.limiter).await {
                 Ok(data) => {
-                    metrics::counter!("kraken_p2p_received_bytes_total")
-                        .increment(data.len() as u64);
+                    metrics::counter!(crate::metrics::RECEIVED_BYTES).increment(data.len() as u64);
                     let event = Event::PieceArrived {
                         connection_id,
                         piece: header.piece,

@@ -680,7 +680,7 @@ impl Inner {
         torrents.insert(digest, handle.clone());
         drop(torrents);
         self.tasks.spawn(torrent.run());
-        metrics::gauge!("kraken_p2p_torrents").increment(1.0);
+        metrics::gauge!(crate::metrics::TORRENTS).increment(1.0);
         handle
     }
 
@@ -732,7 +732,7 @@ impl Inner {
         lock(&self.torrents).remove(digest);
         lock(&self.conns).remove_blob(digest);
         lock(&self.uploads).remove_blob(digest);
-        metrics::gauge!("kraken_p2p_torrents").decrement(1.0);
+        metrics::gauge!(crate::metrics::TORRENTS).decrement(1.0);
     }
 
     /// A peer opened a control stream for a blob we have no torrent for: open a seeding torrent
@@ -757,7 +757,7 @@ impl Inner {
         if !lock(&self.served).insert(connection.stable_id()) {
             return;
         }
-        metrics::gauge!("kraken_p2p_connections").increment(1.0);
+        metrics::gauge!(crate::metrics::CONNECTIONS).increment(1.0);
         let inner = self.clone();
         let connection = connection.clone();
         self.tasks.spawn(async move {
@@ -769,7 +769,7 @@ impl Inner {
                 _ = inner.shutdown.cancelled() => {}
             }
             lock(&inner.served).remove(&connection.stable_id());
-            metrics::gauge!("kraken_p2p_connections").decrement(1.0);
+            metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1.0);
         });
     }
 
@@ -830,8 +830,8 @@ async fn upload_worker(inner: Arc<Inner>) {
         };
         match result {
             Ok(bytes) => {
-                metrics::counter!("kraken_p2p_pieces_sent_total").increment(1);
-                metrics::counter!("kraken_p2p_sent_bytes_total").increment(bytes);
+                metrics::counter!(crate::metrics::PIECES_SENT).increment(1);
+                metrics::counter!(crate::metrics::SENT_BYTES).increment(bytes);
                 let event = Event::PieceSent {
                     link: next.link,
                     piece: next.piece,
@@ -840,7 +840,7 @@ async fn upload_worker(inner: Arc<Inner>) {
             }
             Err(error) => {
                 tracing::debug!(%digest, piece = next.piece, %error, "upload failed");
-                metrics::counter!("kraken_p2p_upload_failures_total").increment(1);
+                metrics::counter!(crate::metrics::UPLOAD_FAILURES).increment(1);
             }
         }
     }

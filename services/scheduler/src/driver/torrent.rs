@@ -311,7 +311,7 @@ impl Torrent {
             }
             if let Err(refusal) = conns.check_accept(&self.digest, peer_id, &peer.neighbors, now) {
                 drop(conns);
-                metrics::counter!("kraken_p2p_refused_links_total").increment(1);
+                metrics::counter!(crate::metrics::REFUSED_LINKS).increment(1);
                 return refuse(sender, Code::TooManyConnections, refusal.to_string());
             }
             conns.established(&self.digest, peer_id);
@@ -356,7 +356,7 @@ impl Torrent {
             }
             Err(DialError::Failed(why)) => {
                 tracing::debug!(digest = %self.digest, peer = %short(&peer.peer_id), %why, "dial failed");
-                metrics::counter!("kraken_p2p_dial_failures_total").increment(1);
+                metrics::counter!(crate::metrics::DIAL_FAILURES).increment(1);
                 lock(&self.inner.conns).dial_failed(&self.digest, peer.peer_id, now);
             }
         }
@@ -418,7 +418,7 @@ impl Torrent {
             }
         }
         tracing::debug!(digest = %self.digest, peer = %short(&peer.peer_id), origin = peer.origin, "link up");
-        metrics::gauge!("kraken_p2p_links").increment(1.0);
+        metrics::gauge!(crate::metrics::LINKS).increment(1.0);
         self.links.insert(
             link,
             Link {
@@ -448,7 +448,7 @@ impl Torrent {
             let reveals = seeder.remove_link(link);
             self.apply_reveals(reveals);
         }
-        metrics::gauge!("kraken_p2p_links").decrement(1.0);
+        metrics::gauge!(crate::metrics::LINKS).decrement(1.0);
     }
 
     /// Queues a message on a link; a peer that does not drain its control stream is dropped.
@@ -578,7 +578,7 @@ impl Torrent {
             Ok(_) => {
                 self.last_piece = now;
                 self.last_activity = now;
-                metrics::counter!("kraken_p2p_pieces_received_total").increment(1);
+                metrics::counter!(crate::metrics::PIECES_RECEIVED).increment(1);
                 swarm.piece_received(link, piece, true, now.into_std());
                 let held = swarm.have().count();
                 self.status.send_replace(Status::Downloading {
@@ -590,7 +590,7 @@ impl Torrent {
                 error @ (PieceError::HashMismatch { .. } | PieceError::WrongLength { .. }),
             )) => {
                 tracing::warn!(digest = %self.digest, %error, "peer sent a corrupt piece");
-                metrics::counter!("kraken_p2p_bad_pieces_total").increment(1);
+                metrics::counter!(crate::metrics::BAD_PIECES).increment(1);
                 self.inner
                     .bad_pieces
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -642,7 +642,7 @@ impl Torrent {
                         continue;
                     };
                     tracing::warn!(digest = %self.digest, peer = %l.peer, %reason, "blacklisting peer");
-                    metrics::counter!("kraken_p2p_blacklisted_peers_total").increment(1);
+                    metrics::counter!(crate::metrics::BLACKLISTED_PEERS).increment(1);
                     self.inner
                         .blacklisted_peers
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -688,7 +688,7 @@ impl Torrent {
         match result {
             Ok(()) => {
                 tracing::info!(digest = %self.digest, "download complete and verified");
-                metrics::counter!("kraken_p2p_downloads_completed_total").increment(1);
+                metrics::counter!(crate::metrics::DOWNLOADS_COMPLETED).increment(1);
                 if let Some(swarm) = &self.swarm {
                     record_swarm_stats(swarm);
                 }
@@ -712,7 +712,7 @@ impl Torrent {
             }
             Err(error) => {
                 tracing::error!(digest = %self.digest, %error, "download failed verification");
-                metrics::counter!("kraken_p2p_downloads_failed_total").increment(1);
+                metrics::counter!(crate::metrics::DOWNLOADS_FAILED).increment(1);
                 self.status
                     .send_replace(Status::Failed(DownloadError::Commit(Arc::new(error))));
                 self.done = true;
@@ -918,11 +918,11 @@ fn link_deadline(link: &Link, tti: Duration, ttl: Duration) -> Option<Instant> {
 /// Adds a finished download's counters to the process metrics.
 fn record_swarm_stats(swarm: &Swarm) {
     let stats = swarm.stats();
-    metrics::counter!("kraken_p2p_requests_total").increment(stats.requests_sent);
-    metrics::counter!("kraken_p2p_duplicate_pieces_total").increment(stats.duplicate_pieces);
-    metrics::counter!("kraken_p2p_request_timeouts_total").increment(stats.timeouts);
-    metrics::counter!("kraken_p2p_request_queue_timeouts_total").increment(stats.queue_timeouts);
-    metrics::counter!("kraken_p2p_pieces_from_origins_total").increment(stats.pieces_from_origins);
+    metrics::counter!(crate::metrics::REQUESTS).increment(stats.requests_sent);
+    metrics::counter!(crate::metrics::DUPLICATE_PIECES).increment(stats.duplicate_pieces);
+    metrics::counter!(crate::metrics::REQUEST_TIMEOUTS).increment(stats.timeouts);
+    metrics::counter!(crate::metrics::REQUEST_QUEUE_TIMEOUTS).increment(stats.queue_timeouts);
+    metrics::counter!(crate::metrics::PIECES_FROM_ORIGINS).increment(stats.pieces_from_origins);
 }
 
 fn message(kind: Kind) -> pb::Message {

@@ -77,7 +77,7 @@ impl State {
             !peers.is_empty()
         });
         let held: usize = self.blobs.values().map(HashMap::len).sum();
-        metrics::gauge!("kraken_tracker_memory_peerstore_peers").set(held as f64);
+        metrics::gauge!(crate::metrics::MEMORY_PEERSTORE_PEERS).set(held as f64);
     }
 }
 

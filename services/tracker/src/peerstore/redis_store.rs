@@ -121,7 +121,7 @@ impl RedisPeerStore {
     }
 
     fn redis_error(&self, source: redis::RedisError) -> PeerStoreError {
-        metrics::counter!("kraken_tracker_redis_errors_total").increment(1);
+        metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
         PeerStoreError::Redis {
             addr: self.addr.clone(),
             source,
