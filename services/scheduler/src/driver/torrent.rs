@@ -6,6 +6,11 @@
 //! piece but never the blob's other links. Work that takes time (writing and hashing a piece,
 //! committing the blob, announcing, dialling) runs in spawned tasks that report back with
 //! another event.
+//!
+//! Why one file of this size: it is one actor's event loop, and each handler reads and writes
+//! the same state (swarm, links, seeder, status). Split across files, the handlers of one
+//! event kind would lose sight of the invariants the others keep; the protocol logic itself
+//! already lives in the IO-free `core` and is not repeated here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
