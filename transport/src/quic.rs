@@ -533,17 +533,8 @@ pub async fn send_piece(
     header: &pb::PieceHeader,
     data: Bytes,
 ) -> Result<(), TransportError> {
-    let addr = connection.remote_address();
-    let mut stream = connection
-        .open_uni()
-        .await
-        .map_err(|source| TransportError::Connection { addr, source })?;
-    let header = header.encode_to_vec();
-    let mut prefix = BytesMut::with_capacity(4 + header.len());
-    prefix.extend_from_slice(&(header.len() as u32).to_be_bytes());
-    prefix.extend_from_slice(&header);
+    let mut stream = open_piece_stream(connection, header).await?;
     let write = |e: quinn::WriteError| TransportError::Stream(std::io::Error::other(e));
-    stream.write_chunk(prefix.freeze()).await.map_err(write)?;
     stream.write_chunk(data).await.map_err(write)?;
     stream.finish().map_err(|_| TransportError::Closed)?;
     // Wait until the peer has the whole piece. Returning once it is merely buffered would let a
@@ -554,6 +545,28 @@ pub async fn send_piece(
         Ok(Some(_)) => Err(TransportError::Closed),
         Err(error) => Err(TransportError::Stream(std::io::Error::other(error))),
     }
+}
+
+/// Opens a piece stream and writes its length-prefixed header; the payload is the caller's to
+/// write (and the stream to finish). [`send_piece`] is the usual way to send a piece.
+pub async fn open_piece_stream(
+    connection: &Connection,
+    header: &pb::PieceHeader,
+) -> Result<SendStream, TransportError> {
+    let addr = connection.remote_address();
+    let mut stream = connection
+        .open_uni()
+        .await
+        .map_err(|source| TransportError::Connection { addr, source })?;
+    let header = header.encode_to_vec();
+    let mut prefix = BytesMut::with_capacity(4 + header.len());
+    prefix.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    prefix.extend_from_slice(&header);
+    stream
+        .write_chunk(prefix.freeze())
+        .await
+        .map_err(|e| TransportError::Stream(std::io::Error::other(e)))?;
+    Ok(stream)
 }
 
 /// Reads a piece stream's header. The payload follows; read it with [`read_piece_payload`].
