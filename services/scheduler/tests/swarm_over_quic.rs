@@ -444,8 +444,7 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_announcing_a_longer_piece_than_requested_is_refused_before_the_body_and_blacklisted()
- {
+async fn unrequested_and_longer_than_requested_pieces_are_refused_before_the_body() {
     use kraken_proto::p2p::v1::{self as pb, message::Kind};
     use kraken_transport::quic::{self, PeerEndpoint, QuicTuning};
 
@@ -520,6 +519,20 @@ async fn a_peer_announcing_a_longer_piece_than_requested_is_refused_before_the_b
     })
     .await;
     assert!(request.piece < num_pieces);
+
+    // A piece nobody asked for is refused on its header alone.
+    let unrequested = pb::PieceHeader {
+        digest: Bytes::copy_from_slice(metainfo.digest().as_bytes()),
+        piece: num_pieces + 5,
+        offset: 0,
+        length: 64 << 10,
+    };
+    let mut stream = quic::open_piece_stream(&connection, &unrequested)
+        .await
+        .unwrap();
+    let _ = stream.write_all(&data[..4096]).await;
+    let stopped = within("the refusal", stream.stopped()).await.unwrap();
+    assert_eq!(stopped, Some(quic::PIECE_REFUSED.into()));
 
     // Announce 32 MiB for the requested piece, send a little and leave the stream open: the
     // victim can only answer by refusing the header, not by reading the body.
