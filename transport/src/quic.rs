@@ -6,7 +6,7 @@
 //! never completes the handshake.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use kraken_proto::p2p::v1 as pb;
 use kraken_tls::{ALPN_P2P, Role, ServerCheck, TlsMaterial};
 use prost::Message as _;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::bandwidth::BandwidthLimiter;
@@ -32,6 +33,10 @@ pub const MAX_PIECE_BYTES: u64 = 64 * 1024 * 1024;
 
 const MAX_PIECE_HEADER: usize = 1024;
 
+/// Application error code with which a piece stream is stopped when its header or length is
+/// refused.
+pub const PIECE_REFUSED: u32 = 2;
+
 /// QUIC settings. The defaults follow what was measured on these machines (bench/README.md): large
 /// UDP payloads on both ends with MTU discovery capped below the GSO batch limit, and windows
 /// wide enough that one connection can carry several pieces at full speed.
@@ -45,7 +50,8 @@ pub struct QuicTuning {
     pub stream_receive_window: u32,
     pub connection_receive_window: u32,
     pub send_window: u64,
-    /// Concurrent piece streams a peer may open to us.
+    /// Concurrent piece streams a peer may open to us. Each may hold up to one requested
+    /// piece in memory while it arrives, so this bounds what one peer can make us buffer.
     pub max_concurrent_uni_streams: u32,
     /// Concurrent blobs (control streams) per connection.
     pub max_concurrent_bidi_streams: u32,
@@ -53,6 +59,14 @@ pub struct QuicTuning {
     pub idle_timeout: Duration,
     /// How long to wait for a peer to answer a dial.
     pub connect_timeout: Duration,
+    /// How long an inbound handshake may take before it is dropped. Handshakes run
+    /// concurrently, so a slow or silent one only holds its own slot.
+    pub handshake_timeout: Duration,
+    /// Inbound handshakes in progress at once; further connection attempts are refused until
+    /// one finishes.
+    pub max_pending_handshakes: usize,
+    /// Inbound connections (established or handshaking) from one IP address at once.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for QuicTuning {
@@ -63,11 +77,14 @@ impl Default for QuicTuning {
             stream_receive_window: 8 * 1024 * 1024,
             connection_receive_window: 64 * 1024 * 1024,
             send_window: 64 * 1024 * 1024,
-            max_concurrent_uni_streams: 512,
+            max_concurrent_uni_streams: 64,
             max_concurrent_bidi_streams: 4096,
             keep_alive_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 256,
+            max_connections_per_ip: 64,
         }
     }
 }
@@ -105,6 +122,8 @@ pub enum TransportError {
     Stream(#[source] std::io::Error),
     #[error("peer sent a malformed {what}: {reason}")]
     Protocol { what: &'static str, reason: String },
+    #[error("peer announced a {announced} byte piece where {expected} bytes were requested")]
+    PieceLength { announced: u64, expected: u64 },
     #[error("peer closed the stream")]
     Closed,
     #[error("the endpoint is shut down")]
@@ -122,6 +141,12 @@ struct Inner {
     endpoint: Endpoint,
     client_config: quinn::ClientConfig,
     connect_timeout: Duration,
+    handshake_timeout: Duration,
+    max_pending_handshakes: usize,
+    /// Inbound handshakes in flight. Kept across `accept` calls, so a caller that stops
+    /// waiting (a `select!`) loses none; a lock, so one caller drives them at a time.
+    pending: tokio::sync::Mutex<JoinSet<Option<Connection>>>,
+    per_ip: Arc<IpLimit>,
     /// Live connections by remote address, shared by dialled and accepted ones. Each slot is a
     /// mutex so concurrent dials of one peer make one connection.
     pool: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
@@ -167,6 +192,10 @@ impl PeerEndpoint {
                 endpoint,
                 client_config,
                 connect_timeout: tuning.connect_timeout,
+                handshake_timeout: tuning.handshake_timeout,
+                max_pending_handshakes: tuning.max_pending_handshakes.max(1),
+                pending: tokio::sync::Mutex::new(JoinSet::new()),
+                per_ip: Arc::new(IpLimit::new(tuning.max_connections_per_ip.max(1))),
                 pool: Mutex::new(HashMap::new()),
             }),
         })
@@ -206,31 +235,51 @@ impl PeerEndpoint {
 
     /// The next peer that connected to us, after its handshake and role check. `None` once the
     /// endpoint is closed. Peers that fail the handshake are logged and skipped.
+    ///
+    /// Handshakes run concurrently, each bounded by the handshake timeout, so a host that
+    /// sends an Initial and goes silent delays nobody else. At most `max_pending_handshakes`
+    /// run at once and at most `max_connections_per_ip` connections come from one address;
+    /// attempts beyond either are refused. Cancel-safe.
     pub async fn accept(&self) -> Option<Connection> {
+        let mut pending = self.inner.pending.lock().await;
         loop {
-            let incoming = self.inner.endpoint.accept().await?;
-            let remote = incoming.remote_address();
-            let connection = match incoming.await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::debug!(%remote, %error, "peer handshake failed");
-                    continue;
+            let room = pending.len() < self.inner.max_pending_handshakes;
+            tokio::select! {
+                incoming = self.inner.endpoint.accept() => {
+                    let incoming = incoming?;
+                    let remote = incoming.remote_address();
+                    if !room {
+                        tracing::debug!(%remote, "too many pending handshakes: refused");
+                        metrics::counter!("kraken_p2p_refused_handshakes_total", "reason" => "pending").increment(1);
+                        incoming.refuse();
+                        continue;
+                    }
+                    let Some(permit) = self.inner.per_ip.try_acquire(remote.ip()) else {
+                        tracing::debug!(%remote, "too many connections from this address: refused");
+                        metrics::counter!("kraken_p2p_refused_handshakes_total", "reason" => "per_ip").increment(1);
+                        incoming.refuse();
+                        continue;
+                    };
+                    pending.spawn(handshake(incoming, self.inner.handshake_timeout, permit));
                 }
-            };
-            if let Err(error) = check_role(&connection) {
-                tracing::warn!(%remote, %error, "refused peer");
-                connection.close(1u32.into(), b"role not allowed");
-                continue;
+                Some(done) = pending.join_next(), if !pending.is_empty() => {
+                    let Ok(Some(connection)) = done else { continue };
+                    // Remember it, so dialling this peer back reuses the connection.
+                    let slot = self.slot(connection.remote_address());
+                    if let Ok(mut guard) = slot.try_lock()
+                        && guard.as_ref().is_none_or(|c| c.close_reason().is_some())
+                    {
+                        *guard = Some(connection.clone());
+                    }
+                    return Some(connection);
+                }
             }
-            // Remember it, so dialling this peer back reuses the connection.
-            let slot = self.slot(remote);
-            if let Ok(mut guard) = slot.try_lock()
-                && guard.as_ref().is_none_or(|c| c.close_reason().is_some())
-            {
-                *guard = Some(connection.clone());
-            }
-            return Some(connection);
         }
+    }
+
+    /// Connections of this endpoint, including those still handshaking.
+    pub fn open_connections(&self) -> usize {
+        self.inner.endpoint.open_connections()
     }
 
     /// Closes every connection and stops accepting.
@@ -257,6 +306,102 @@ impl PeerEndpoint {
             });
         }
         pool.entry(addr).or_default().clone()
+    }
+}
+
+/// Completes one inbound handshake within `timeout` and checks the peer's role. The permit
+/// counts the connection against its address's limit until the connection closes.
+async fn handshake(
+    incoming: quinn::Incoming,
+    timeout: Duration,
+    permit: IpPermit,
+) -> Option<Connection> {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(error) => {
+            tracing::debug!(%remote, %error, "peer handshake failed");
+            return None;
+        }
+    };
+    // Dropping `connecting` on timeout abandons the handshake.
+    let connection = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
+            tracing::debug!(%remote, %error, "peer handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, ?timeout, "peer handshake timed out");
+            metrics::counter!("kraken_p2p_handshake_timeouts_total").increment(1);
+            return None;
+        }
+    };
+    if let Err(error) = check_role(&connection) {
+        tracing::warn!(%remote, %error, "refused peer");
+        connection.close(1u32.into(), b"role not allowed");
+        return None;
+    }
+    let watched = connection.clone();
+    tokio::spawn(async move {
+        watched.closed().await;
+        drop(permit);
+    });
+    Some(connection)
+}
+
+/// Counts inbound connections per remote IP address.
+#[derive(Debug)]
+struct IpLimit {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One inbound connection (or handshake) from `ip`; released on drop.
+#[derive(Debug)]
+struct IpPermit {
+    limit: Arc<IpLimit>,
+    ip: IpAddr,
+}
+
+impl IpLimit {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        match self.counts.lock() {
+            Ok(counts) => counts,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
+        let mut counts = self.counts();
+        let count = counts.entry(ip).or_default();
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(IpPermit {
+            limit: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        let mut counts = self.limit.counts();
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -388,17 +533,8 @@ pub async fn send_piece(
     header: &pb::PieceHeader,
     data: Bytes,
 ) -> Result<(), TransportError> {
-    let addr = connection.remote_address();
-    let mut stream = connection
-        .open_uni()
-        .await
-        .map_err(|source| TransportError::Connection { addr, source })?;
-    let header = header.encode_to_vec();
-    let mut prefix = BytesMut::with_capacity(4 + header.len());
-    prefix.extend_from_slice(&(header.len() as u32).to_be_bytes());
-    prefix.extend_from_slice(&header);
+    let mut stream = open_piece_stream(connection, header).await?;
     let write = |e: quinn::WriteError| TransportError::Stream(std::io::Error::other(e));
-    stream.write_chunk(prefix.freeze()).await.map_err(write)?;
     stream.write_chunk(data).await.map_err(write)?;
     stream.finish().map_err(|_| TransportError::Closed)?;
     // Wait until the peer has the whole piece. Returning once it is merely buffered would let a
@@ -409,6 +545,28 @@ pub async fn send_piece(
         Ok(Some(_)) => Err(TransportError::Closed),
         Err(error) => Err(TransportError::Stream(std::io::Error::other(error))),
     }
+}
+
+/// Opens a piece stream and writes its length-prefixed header; the payload is the caller's to
+/// write (and the stream to finish). [`send_piece`] is the usual way to send a piece.
+pub async fn open_piece_stream(
+    connection: &Connection,
+    header: &pb::PieceHeader,
+) -> Result<SendStream, TransportError> {
+    let addr = connection.remote_address();
+    let mut stream = connection
+        .open_uni()
+        .await
+        .map_err(|source| TransportError::Connection { addr, source })?;
+    let header = header.encode_to_vec();
+    let mut prefix = BytesMut::with_capacity(4 + header.len());
+    prefix.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    prefix.extend_from_slice(&header);
+    stream
+        .write_chunk(prefix.freeze())
+        .await
+        .map_err(|e| TransportError::Stream(std::io::Error::other(e)))?;
+    Ok(stream)
 }
 
 /// Reads a piece stream's header. The payload follows; read it with [`read_piece_payload`].
@@ -441,17 +599,41 @@ pub async fn read_piece_header(stream: &mut RecvStream) -> Result<pb::PieceHeade
     Ok(header)
 }
 
-/// Reads exactly `len` payload bytes, and checks nothing follows them. Each chunk is counted
-/// against the ingress limit as it arrives.
+/// Reads the payload of a piece we requested: exactly `expected` bytes (the length of the
+/// piece we asked for, from our metainfo), and checks nothing follows them. Each chunk is
+/// counted against the ingress limit as it arrives.
+///
+/// The peer's announced length is checked against `expected` before a byte of the payload is
+/// read or any buffer allocated, and no more than `expected` bytes are ever buffered: a peer
+/// that announces or sends more has the stream stopped with [`PIECE_REFUSED`].
 pub async fn read_piece_payload(
     stream: &mut RecvStream,
-    len: u64,
+    header: &pb::PieceHeader,
+    expected: u64,
     limiter: &BandwidthLimiter,
 ) -> Result<Bytes, TransportError> {
-    let len = usize::try_from(len).map_err(|_| TransportError::Protocol {
-        what: "piece",
-        reason: "length does not fit in memory".into(),
-    })?;
+    let refuse = |stream: &mut RecvStream, error: TransportError| {
+        let _ = stream.stop(PIECE_REFUSED.into());
+        Err(error)
+    };
+    if header.length != expected || header.offset != 0 {
+        return refuse(
+            stream,
+            TransportError::PieceLength {
+                announced: header.length,
+                expected,
+            },
+        );
+    }
+    let Ok(len) = usize::try_from(expected) else {
+        return refuse(
+            stream,
+            TransportError::Protocol {
+                what: "piece",
+                reason: "length does not fit in memory".into(),
+            },
+        );
+    };
     let mut buffer = BytesMut::with_capacity(len);
     while buffer.len() < len {
         let want = len - buffer.len();
@@ -471,10 +653,13 @@ pub async fn read_piece_payload(
     }
     match stream.read_chunk(1, true).await {
         Ok(None) => Ok(buffer.freeze()),
-        Ok(Some(_)) => Err(TransportError::Protocol {
-            what: "piece",
-            reason: format!("more than the announced {len} bytes"),
-        }),
+        Ok(Some(_)) => refuse(
+            stream,
+            TransportError::Protocol {
+                what: "piece",
+                reason: format!("more than the announced {len} bytes"),
+            },
+        ),
         Err(error) => Err(TransportError::Stream(std::io::Error::other(error))),
     }
 }

@@ -48,7 +48,7 @@ async fn control_messages_and_pieces_flow_over_one_connection_per_peer_pair() {
             let mut piece_stream = connection.accept_uni().await.unwrap();
             let header = read_piece_header(&mut piece_stream).await.unwrap();
             let limiter = BandwidthLimiter::unlimited();
-            let payload = read_piece_payload(&mut piece_stream, header.length, &limiter)
+            let payload = read_piece_payload(&mut piece_stream, &header, header.length, &limiter)
                 .await
                 .unwrap();
             tx.finish().await;
@@ -218,7 +218,8 @@ async fn malformed_piece_streams_are_rejected() {
             let mut stream = connection.accept_uni().await.unwrap();
             let header = read_piece_header(&mut stream).await.unwrap();
             let limiter = BandwidthLimiter::unlimited();
-            results.push(read_piece_payload(&mut stream, header.length, &limiter).await);
+            // The receiver asked for a 10 byte piece.
+            results.push(read_piece_payload(&mut stream, &header, 10, &limiter).await);
         }
         results
     });
@@ -230,13 +231,10 @@ async fn malformed_piece_streams_are_rejected() {
         offset: 0,
         length: 10,
     };
-    send_piece(&connection, &header, Bytes::from_static(b"twelve bytes"))
-        .await
-        .unwrap();
+    // The receiver may stop it before or after its transport acknowledged every byte.
+    let _ = send_piece(&connection, &header, Bytes::from_static(b"twelve bytes")).await;
     // Announces 10 bytes but sends 4.
-    send_piece(&connection, &header, Bytes::from_static(b"four"))
-        .await
-        .unwrap();
+    let _ = send_piece(&connection, &header, Bytes::from_static(b"four")).await;
     let results = receiver.await.unwrap();
     assert!(
         matches!(&results[0], Err(TransportError::Protocol { .. })),
@@ -248,4 +246,282 @@ async fn malformed_piece_streams_are_rejected() {
         "{:?}",
         results[1]
     );
+}
+
+/// Fails the test instead of hanging it.
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(30), future)
+        .await
+        .unwrap_or_else(|_| panic!("hang guard: {what}"))
+}
+
+/// Accepts connections on `endpoint` for as long as the test runs.
+fn accept_forever(
+    endpoint: &PeerEndpoint,
+) -> tokio::sync::mpsc::UnboundedReceiver<quinn::Connection> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let endpoint = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(connection) = endpoint.accept().await {
+            if tx.send(connection).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// A genuine QUIC Initial datagram, captured from a client that is then thrown away: sent from
+/// a plain UDP socket it starts a handshake that nobody will ever finish.
+async fn captured_initial() -> Vec<u8> {
+    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = capture.local_addr().unwrap();
+    let ca = DevCa::new().unwrap();
+    let tls = material(&ca, Role::Agent, &LeafOptions::default());
+    let client = endpoint(&tls);
+    let dial = tokio::spawn(async move { client.connect(target).await.map(|_| ()) });
+    let mut datagram = vec![0u8; 65536];
+    let (len, _) = within("capturing an Initial", capture.recv_from(&mut datagram))
+        .await
+        .unwrap();
+    dial.abort();
+    datagram.truncate(len);
+    datagram
+}
+
+#[tokio::test]
+async fn a_silent_quic_initial_does_not_hold_up_other_peers() {
+    let ca = setup();
+    let node = endpoint(&material(&ca, Role::Origin, &LeafOptions::default()));
+    let node_addr = node.local_addr().unwrap();
+    let mut accepted = accept_forever(&node);
+
+    // A host sends one Initial and never says another word.
+    let initial = captured_initial().await;
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    silent.send_to(&initial, node_addr).await.unwrap();
+    within("the silent handshake to start", async {
+        while node.open_connections() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // A certified peer connects meanwhile and talks: the silent one holds up nothing (the
+    // dial gives up after its 5 s connect timeout, well inside the 60 s a handshake could
+    // stall the accept loop before).
+    let peer = endpoint(&material(&ca, Role::Agent, &LeafOptions::default()));
+    let connection = within("dialling", peer.connect(node_addr)).await.unwrap();
+    let accepted = within("accepting", accepted.recv()).await.unwrap();
+    let echo = tokio::spawn(async move {
+        let (send, recv) = accepted.accept_bi().await.unwrap();
+        let (mut tx, mut rx) = control_stream(send, recv);
+        let message = rx.recv().await.unwrap().unwrap();
+        tx.send(&message).await.unwrap();
+        tx.finish().await;
+    });
+    let (mut tx, mut rx) = open_control(&connection).await.unwrap();
+    let hello = pb::Message {
+        kind: Some(Kind::Have(pb::Have { piece: 1 })),
+    };
+    tx.send(&hello).await.unwrap();
+    assert_eq!(within("the echo", rx.recv()).await.unwrap().unwrap(), hello);
+    echo.await.unwrap();
+    assert_eq!(
+        node.open_connections(),
+        2,
+        "the silent handshake is still pending beside the working connection"
+    );
+    node.close();
+    peer.close();
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_completes_is_dropped_after_the_handshake_timeout() {
+    let ca = setup();
+    let tuning = QuicTuning {
+        handshake_timeout: std::time::Duration::from_millis(500),
+        ..QuicTuning::default()
+    };
+    let tls = material(&ca, Role::Origin, &LeafOptions::default());
+    let node = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &tls, &tuning).unwrap();
+    let node_addr = node.local_addr().unwrap();
+    let _accepted = accept_forever(&node);
+    let initial = captured_initial().await;
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    silent.send_to(&initial, node_addr).await.unwrap();
+    // Dropped when its handshake timeout fires; without one only quinn's 60 s idle timeout
+    // would end it, past the hang guard.
+    within("the silent handshake to start", async {
+        while node.open_connections() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    within("the silent handshake to be dropped", async {
+        while node.open_connections() != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    node.close();
+}
+
+#[tokio::test]
+async fn connections_from_one_address_are_capped() {
+    let ca = setup();
+    let tuning = QuicTuning {
+        max_connections_per_ip: 1,
+        connect_timeout: std::time::Duration::from_secs(10),
+        ..QuicTuning::default()
+    };
+    let tls = material(&ca, Role::Origin, &LeafOptions::default());
+    let node = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &tls, &tuning).unwrap();
+    let node_addr = node.local_addr().unwrap();
+    let mut accepted = accept_forever(&node);
+
+    let first = endpoint(&material(&ca, Role::Agent, &LeafOptions::default()));
+    let kept = within("the first dial", first.connect(node_addr))
+        .await
+        .unwrap();
+    let _kept_server_side = within("accepting", accepted.recv()).await.unwrap();
+
+    // Same IP address (loopback), second connection: refused at once.
+    let second = endpoint(&material(&ca, Role::Agent, &LeafOptions::default()));
+    let refused = within("the second dial", second.connect(node_addr)).await;
+    assert!(
+        matches!(refused, Err(TransportError::Connection { .. })),
+        "{refused:?}"
+    );
+
+    // Once the first closes, its slot is free again.
+    kept.close(0u32.into(), b"done");
+    first.close();
+    within("the slot to be released", async {
+        loop {
+            let third = endpoint(&material(&ca, Role::Agent, &LeafOptions::default()));
+            if third.connect(node_addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// Opens a piece stream by hand: the header announces `announced` bytes, then `body` follows
+/// and the stream stays open unless `finish`.
+async fn raw_piece_stream(
+    connection: &quinn::Connection,
+    announced: u64,
+    body: &[u8],
+    finish: bool,
+) -> quinn::SendStream {
+    use prost::Message as _;
+    let header = pb::PieceHeader {
+        digest: Bytes::from_static(&[7; 32]),
+        piece: 3,
+        offset: 0,
+        length: announced,
+    }
+    .encode_to_vec();
+    let mut stream = connection.open_uni().await.unwrap();
+    stream
+        .write_all(&(header.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&header).await.unwrap();
+    // The receiver may already have stopped the stream.
+    let _ = stream.write_all(body).await;
+    if finish {
+        let _ = stream.finish();
+    }
+    stream
+}
+
+#[tokio::test]
+async fn an_oversized_piece_is_refused_before_its_body_is_read() {
+    let ca = setup();
+    let sender = endpoint(&material(&ca, Role::Agent, &LeafOptions::default()));
+    let receiver = endpoint(&material(&ca, Role::Agent, &LeafOptions::default()));
+    let receiver_addr = receiver.local_addr().unwrap();
+    let mut accepted = accept_forever(&receiver);
+    let connection = within("dialling", sender.connect(receiver_addr))
+        .await
+        .unwrap();
+    let inbound = within("accepting", accepted.recv()).await.unwrap();
+    let limiter = BandwidthLimiter::unlimited();
+    const REQUESTED: u64 = 1024;
+
+    // Announces 32 MiB for a 1 KiB request, sends a little and keeps the stream open: had the
+    // receiver started on the body it would wait for the rest, so an answer proves it read
+    // nothing past the header.
+    let announced_big = raw_piece_stream(&connection, 32 << 20, &[0; 4096], false).await;
+    let mut stream = within("the stream", inbound.accept_uni()).await.unwrap();
+    let header = read_piece_header(&mut stream).await.unwrap();
+    let refused = within(
+        "the refusal",
+        read_piece_payload(&mut stream, &header, REQUESTED, &limiter),
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(TransportError::PieceLength {
+                announced,
+                expected: REQUESTED
+            }) if announced == 32 << 20
+        ),
+        "{refused:?}"
+    );
+    let stopped = within("the stop", announced_big.stopped()).await.unwrap();
+    assert_eq!(
+        stopped,
+        Some(kraken_transport::quic::PIECE_REFUSED.into()),
+        "the sender is told the stream was refused"
+    );
+
+    // Announces the requested length but sends 8 MiB: at most the requested bytes are read,
+    // then the stream is stopped.
+    let mut sends_more = {
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            raw_piece_stream(&connection, REQUESTED, &vec![1; 8 << 20], true).await
+        })
+    };
+    let mut stream = within("the stream", inbound.accept_uni()).await.unwrap();
+    let header = read_piece_header(&mut stream).await.unwrap();
+    let refused = within(
+        "the refusal",
+        read_piece_payload(&mut stream, &header, REQUESTED, &limiter),
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(TransportError::Protocol { reason, .. }) if reason.contains("more than")),
+        "{refused:?}"
+    );
+    let sent = within("the sender", &mut sends_more).await.unwrap();
+    assert_eq!(
+        within("the stop", sent.stopped()).await.unwrap(),
+        Some(kraken_transport::quic::PIECE_REFUSED.into())
+    );
+    // The connection itself is still good for pieces of the right size.
+    let stream_ok = {
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            raw_piece_stream(&connection, REQUESTED, &[2; REQUESTED as usize], true).await
+        })
+    };
+    let mut stream = within("the stream", inbound.accept_uni()).await.unwrap();
+    let header = read_piece_header(&mut stream).await.unwrap();
+    let payload = within(
+        "the piece",
+        read_piece_payload(&mut stream, &header, REQUESTED, &limiter),
+    )
+    .await
+    .unwrap();
+    assert_eq!(payload.len() as u64, REQUESTED);
+    stream_ok.await.unwrap();
+    sender.close();
+    receiver.close();
 }

@@ -435,3 +435,129 @@ async fn a_download_nobody_serves_gives_up_at_its_leecher_tti() {
     assert!(matches!(again, BlobState::Downloading(_)), "{again:?}");
     agent.shutdown().await;
 }
+
+/// Fails the test instead of hanging it.
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), future)
+        .await
+        .unwrap_or_else(|_| panic!("hang guard: {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrequested_and_longer_than_requested_pieces_are_refused_before_the_body() {
+    use kraken_proto::p2p::v1::{self as pb, message::Kind};
+    use kraken_transport::quic::{self, PeerEndpoint, QuicTuning};
+
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let tracker = Arc::new(FakeTracker::default());
+    let data = blob(1 << 20);
+    let metainfo =
+        MetaInfo::generate(&data[..], 64 << 10, kraken_core::PieceHashAlgorithm::Blake3).unwrap();
+    let namespace: Namespace = "library/test".parse().unwrap();
+
+    // A hand-driven peer that claims the whole blob.
+    let issued = ca.issue(Role::Agent, &LeafOptions::default()).unwrap();
+    let tls = TlsMaterial::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
+    let rogue =
+        PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &tls, &QuicTuning::default()).unwrap();
+    let rogue_info = PeerInfo {
+        peer_id: PeerId::random(),
+        addr: rogue.local_addr().unwrap(),
+        complete: true,
+        origin: false,
+    };
+    tracker
+        .announce(&namespace, metainfo.digest(), &rogue_info)
+        .await
+        .unwrap();
+
+    let victim = node(
+        &ca,
+        Role::Agent,
+        false,
+        Some(tracker.clone()),
+        Faults::default(),
+    )
+    .await;
+    let _download = victim
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap();
+
+    let connection = within("the victim's dial", rogue.accept()).await.unwrap();
+    let (send, recv) = within("a control stream", connection.accept_bi())
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = quic::control_stream(send, recv);
+    let theirs = within("the handshake", rx.recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(theirs.kind, Some(Kind::Handshake(_))),
+        "{theirs:?}"
+    );
+    let num_pieces = metainfo.num_pieces();
+    tx.send(&pb::Message {
+        kind: Some(Kind::Handshake(pb::Handshake {
+            peer_id: Bytes::copy_from_slice(rogue_info.peer_id.as_bytes()),
+            namespace: namespace.to_string(),
+            digest: metainfo.digest().to_string(),
+            bitfield: kraken_core::Bitfield::full(num_pieces).to_bytes().into(),
+            num_pieces,
+            neighbor_peer_ids: Vec::new(),
+            origin: false,
+        })),
+    })
+    .await
+    .unwrap();
+    let request = within("a request", async {
+        loop {
+            if let Some(Kind::Request(request)) = rx.recv().await.unwrap().unwrap().kind {
+                return request;
+            }
+        }
+    })
+    .await;
+    assert!(request.piece < num_pieces);
+
+    // A piece nobody asked for is refused on its header alone.
+    let unrequested = pb::PieceHeader {
+        digest: Bytes::copy_from_slice(metainfo.digest().as_bytes()),
+        piece: num_pieces + 5,
+        offset: 0,
+        length: 64 << 10,
+    };
+    let mut stream = quic::open_piece_stream(&connection, &unrequested)
+        .await
+        .unwrap();
+    let _ = stream.write_all(&data[..4096]).await;
+    let stopped = within("the refusal", stream.stopped()).await.unwrap();
+    assert_eq!(stopped, Some(quic::PIECE_REFUSED.into()));
+
+    // Announce 32 MiB for the requested piece, send a little and leave the stream open: the
+    // victim can only answer by refusing the header, not by reading the body.
+    let header = pb::PieceHeader {
+        digest: Bytes::copy_from_slice(metainfo.digest().as_bytes()),
+        piece: request.piece,
+        offset: 0,
+        length: 32 << 20,
+    };
+    let mut stream = quic::open_piece_stream(&connection, &header).await.unwrap();
+    let _ = stream.write_all(&data[..4096]).await;
+    // The stream is stopped, or the whole connection closed if the blacklisting got there
+    // first; the body is never awaited.
+    match within("the refusal", stream.stopped()).await {
+        Ok(code) => assert_eq!(code, Some(quic::PIECE_REFUSED.into())),
+        Err(quinn::StoppedError::ConnectionLost(_)) => {}
+        Err(other) => panic!("{other:?}"),
+    }
+    within("the blacklisting", async {
+        while victim.scheduler.stats().blacklisted_peers == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(victim.scheduler.stats().bad_pieces >= 1);
+    victim.scheduler.shutdown().await;
+    rogue.close();
+}

@@ -2,7 +2,7 @@
 //! piece verified before it is written, the whole blob verified before it is committed.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::StoreError;
 use crate::error::Result;
-use crate::layout::{DATA_FILE, META_FILE, PIECES_FILE};
+use crate::layout::{self, DATA_FILE, META_FILE, PIECES_FILE};
 use crate::meta::BlobMeta;
 use crate::metrics as m;
 use crate::reader::read_exact_at;
@@ -542,10 +542,10 @@ fn create_download_files(dir: &Path, metainfo: &MetaInfo, now: SystemTime) -> Re
     if dir.exists() {
         fs::remove_dir_all(dir).map_err(StoreError::io("remove stale download", dir))?;
     }
-    fs::create_dir_all(dir).map_err(StoreError::io("create download directory", dir))?;
+    layout::create_dir_all(dir).map_err(StoreError::io("create download directory", dir))?;
     let create = |name: &str, len: u64| -> Result<File> {
         let path = dir.join(name);
-        let file = OpenOptions::new()
+        let file = layout::file_options()
             .read(true)
             .write(true)
             .create_new(true)

@@ -1,10 +1,40 @@
 //! Where each kind of file lives, and the ids of uploads (which travel in URLs).
 
 use std::fmt;
+use std::fs::{DirBuilder, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use kraken_core::Digest;
+
+/// Mode of every file the store creates: blobs are private to the service and its group (an
+/// operator's tooling may read them), never world-readable.
+pub(crate) const FILE_MODE: u32 = 0o640;
+/// Mode of every directory the store creates.
+pub(crate) const DIR_MODE: u32 = 0o750;
+
+/// Options that create files with [`FILE_MODE`] (before the umask).
+pub(crate) fn file_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(FILE_MODE);
+    options
+}
+
+/// `mkdir -p` with [`DIR_MODE`] for each directory it creates; existing ones are left as they
+/// are. Blocking.
+pub(crate) fn create_dir_all(path: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
+}
+
+/// `mkdir` with [`DIR_MODE`]. Blocking.
+pub(crate) fn create_dir(path: &Path) -> io::Result<()> {
+    DirBuilder::new().mode(DIR_MODE).create(path)
+}
 
 /// Identifies an upload in progress. Random (128 bits) so one client cannot guess and write into
 /// another's upload; parsed strictly because it comes back from clients inside URLs and becomes

@@ -1,6 +1,6 @@
 //! The small JSON file kept next to each blob, and the fsync discipline around it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -76,7 +76,7 @@ impl BlobMeta {
     /// staging directories, which nobody reads until they are renamed into the cache. Blocking.
     pub(crate) fn write_new(&self, path: &Path) -> Result<()> {
         let text = self.encode(path)?;
-        let mut file = OpenOptions::new()
+        let mut file = crate::layout::file_options()
             .write(true)
             .create(true)
             .truncate(true)

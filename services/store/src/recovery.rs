@@ -11,7 +11,7 @@ use kraken_core::{Digest, error_chain};
 
 use crate::StoreError;
 use crate::error::Result;
-use crate::layout::{DATA_FILE, Layout, META_FILE};
+use crate::layout::{self, DATA_FILE, Layout, META_FILE};
 use crate::meta::BlobMeta;
 
 /// A cache entry that survived the start-up checks.
@@ -33,7 +33,7 @@ pub(crate) fn recover(layout: &Layout) -> Result<Vec<RecoveredBlob>> {
         &layout.downloads,
         &layout.tmp,
     ] {
-        fs::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
+        layout::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
     }
     // Staging never survives a restart: an upload's client is gone with its connection, and an
     // agent re-requests the blob (its pieces come back from peers fast).

@@ -614,7 +614,8 @@ fn create_shard(cache: &Path, shard: &Path) -> Result<()> {
     if shard.is_dir() {
         return Ok(());
     }
-    fs::create_dir_all(shard).map_err(StoreError::io("create shard directory", shard))?;
+    crate::layout::create_dir_all(shard)
+        .map_err(StoreError::io("create shard directory", shard))?;
     if let Some(parent) = shard.parent() {
         sync_dir(parent)?;
     }

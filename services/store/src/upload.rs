@@ -1,6 +1,6 @@
 //! Uploads: a blob written sequentially (or in chunks) by one client, then hashed and committed.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::StoreError;
 use crate::error::Result;
-use crate::layout::{DATA_FILE, UploadId};
+use crate::layout::{self, DATA_FILE, UploadId};
 use crate::metrics as m;
 use kraken_core::sync::lock;
 
@@ -47,9 +47,9 @@ impl BlobStore {
         let data = dir.join(DATA_FILE);
         let (new_dir, new_data) = (dir.clone(), data.clone());
         let file = blocking(move || {
-            fs::create_dir(&new_dir)
+            layout::create_dir(&new_dir)
                 .map_err(StoreError::io("create upload directory", &new_dir))?;
-            OpenOptions::new()
+            layout::file_options()
                 .read(true)
                 .write(true)
                 .create_new(true)

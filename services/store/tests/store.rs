@@ -1011,3 +1011,73 @@ async fn metadata_operations_check_their_blob() {
     assert!(info.persist);
     assert_eq!(info.metainfo, Some(replacement));
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn blobs_metadata_and_directories_are_not_world_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = open(&root).await;
+    for sub in ["", "cache", "uploads", "downloads", "tmp"] {
+        assert_eq!(mode(&root.join(sub)), 0o750, "{sub:?}");
+    }
+
+    // An upload: staging, then the committed entry.
+    let data = blob(3_000, 7);
+    let digest = Digest::of(&data);
+    let id = store.create_upload().await.unwrap();
+    let staging = root.join("uploads").join(id.to_string());
+    assert_eq!(mode(&staging), 0o750);
+    assert_eq!(mode(&staging.join("data")), 0o640);
+    store
+        .write_upload(&id, 0, Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    store
+        .commit_upload(&id, &digest, &small_pieces())
+        .await
+        .unwrap();
+    let entry = entry_dir(&root, &digest);
+    for dir in [
+        entry.parent().unwrap().parent().unwrap(),
+        entry.parent().unwrap(),
+        &entry,
+    ] {
+        assert_eq!(mode(dir), 0o750, "{}", dir.display());
+    }
+    assert_eq!(mode(&entry.join("data")), 0o640);
+    assert_eq!(mode(&entry.join("meta")), 0o640);
+    // Rewritten metadata (a temp file renamed over the old one) keeps the mode.
+    store.set_persist(&digest, true).await.unwrap();
+    assert_eq!(mode(&entry.join("meta")), 0o640);
+
+    // A download: staging files, then the committed entry.
+    let data = blob(2_500, 8);
+    let metainfo = MetaInfo::generate(&data[..], 1_000, PieceHashAlgorithm::Blake3).unwrap();
+    let digest = *metainfo.digest();
+    let download = store.begin_download(&metainfo).await.unwrap();
+    let staging = root.join("downloads").join(digest.hex());
+    assert_eq!(mode(&staging), 0o750);
+    for file in ["data", "pieces", "meta"] {
+        assert_eq!(mode(&staging.join(file)), 0o640, "{file}");
+    }
+    for index in 0..metainfo.num_pieces() {
+        download
+            .write_piece(index, piece(&data, &metainfo, index))
+            .await
+            .unwrap();
+    }
+    download.complete().await.unwrap();
+    let entry = entry_dir(&root, &digest);
+    assert_eq!(mode(&entry), 0o750);
+    assert_eq!(mode(&entry.join("data")), 0o640);
+    assert_eq!(mode(&entry.join("meta")), 0o640);
+}

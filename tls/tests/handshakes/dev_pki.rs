@@ -80,12 +80,25 @@ fn keys_are_private_and_certificates_readable() {
     let dir = tempfile::tempdir().unwrap();
     let pki = generate_dev_pki(dir.path(), &DevPkiOptions::default()).unwrap();
     let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(pki.ca_key_path()), 0o600);
-    assert_eq!(mode(pki.ca_cert_path()), 0o644);
+    let check = |pki: &kraken_tls::DevPki| {
+        assert_eq!(mode(pki.ca_key_path()), 0o600);
+        assert_eq!(mode(pki.ca_cert_path()), 0o644);
+        for role in Role::ALL {
+            assert_eq!(mode(pki.key_path(role)), 0o600, "{role}");
+            assert_eq!(mode(pki.cert_path(role)), 0o644, "{role}");
+        }
+    };
+    check(&pki);
+    // `kraken certs --force` over keys someone loosened: the new keys are private again.
     for role in Role::ALL {
-        assert_eq!(mode(pki.key_path(role)), 0o600, "{role}");
-        assert_eq!(mode(pki.cert_path(role)), 0o644, "{role}");
+        std::fs::set_permissions(pki.key_path(role), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
     }
+    let options = DevPkiOptions {
+        overwrite: true,
+        ..DevPkiOptions::default()
+    };
+    check(&generate_dev_pki(dir.path(), &options).unwrap());
 }
 
 #[test]

@@ -345,6 +345,13 @@ impl Swarm {
         self.schedule(now);
     }
 
+    /// Whether `piece` has an outstanding request to `link`: only then may its bytes arrive.
+    pub fn is_requested(&self, link: LinkId, piece: u32) -> bool {
+        self.inflight
+            .get(piece as usize)
+            .is_some_and(|requests| requests.iter().any(|r| r.link == link))
+    }
+
     /// The bytes of `piece` started arriving from `link`: from now on the request is timed as
     /// a transfer, no longer as a queued request.
     pub fn piece_started(&mut self, link: LinkId, piece: u32, now: Instant) {

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use kraken_core::{Bitfield, Digest, Namespace, PeerId, PeerInfo};
 use kraken_proto::p2p::v1::{self as pb, error::Code, message::Kind};
 use kraken_store::{BlobStore, DownloadHandle};
-use kraken_transport::quic::{self, ControlReceiver, ControlSender};
+use kraken_transport::quic::{self, ControlReceiver, ControlSender, TransportError};
 use quinn::Connection;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::Inner;
@@ -200,18 +200,38 @@ pub(super) async fn accept_pieces(inner: Arc<Inner>, connection: Connection) {
                 let _ = stream.stop(1u32.into());
                 return;
             };
+            // Only a piece we asked this peer for is read, and only as long as we know it to
+            // be: the length the peer announces buys it nothing.
+            let (expected, answer) = oneshot::channel();
             let started = Event::PieceStarted {
                 connection_id,
                 piece: header.piece,
+                expected,
             };
             let _ = torrent.events.send(started).await;
-            match quic::read_piece_payload(&mut stream, header.length, &inner.limiter).await {
+            let Ok(Some(expected)) = answer.await else {
+                tracing::debug!(%digest, piece = header.piece, "unrequested piece refused");
+                metrics::counter!("kraken_p2p_refused_pieces_total").increment(1);
+                let _ = stream.stop(quic::PIECE_REFUSED.into());
+                return;
+            };
+            match quic::read_piece_payload(&mut stream, &header, expected, &inner.limiter).await {
                 Ok(data) => {
                     metrics::counter!(crate::metrics::RECEIVED_BYTES).increment(data.len() as u64);
                     let event = Event::PieceArrived {
                         connection_id,
                         piece: header.piece,
                         data,
+                    };
+                    let _ = torrent.events.send(event).await;
+                }
+                Err(
+                    error @ (TransportError::PieceLength { .. } | TransportError::Protocol { .. }),
+                ) => {
+                    tracing::debug!(%digest, piece = header.piece, %error, "piece refused");
+                    let event = Event::PieceRefused {
+                        connection_id,
+                        piece: header.piece,
                     };
                     let _ = torrent.events.send(event).await;
                 }

@@ -21,7 +21,7 @@ use kraken_core::{Bitfield, Digest, MetaInfo, Namespace, PeerId, PeerInfo, Piece
 use kraken_proto::p2p::v1::{self as pb, error::Code, message::Kind};
 use kraken_store::{DownloadHandle, StoreError};
 use quinn::Connection;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -52,15 +52,24 @@ pub(super) enum Event {
     LinkClosed {
         link: LinkId,
     },
-    /// A piece stream's header arrived: the peer started sending.
+    /// A piece stream's header arrived: the peer started sending. The torrent answers with
+    /// the length of the piece if it requested it from that peer, else `None` and the stream
+    /// is refused before its payload is read.
     PieceStarted {
         connection_id: usize,
         piece: u32,
+        expected: oneshot::Sender<Option<u64>>,
     },
     PieceArrived {
         connection_id: usize,
         piece: u32,
         data: Bytes,
+    },
+    /// A requested piece's stream was refused: the peer announced or sent another length than
+    /// the piece has. Treated like a corrupt piece.
+    PieceRefused {
+        connection_id: usize,
+        piece: u32,
     },
     PieceWritten {
         link: LinkId,
@@ -238,18 +247,38 @@ impl Torrent {
             Event::PieceStarted {
                 connection_id,
                 piece,
+                expected,
             } => {
+                let mut length = None;
                 if let (Some(&link), Some(swarm)) =
                     (self.by_connection.get(&connection_id), &mut self.swarm)
+                    && swarm.is_requested(link, piece)
                 {
                     swarm.piece_started(link, piece, now.into_std());
+                    length = self.metainfo.piece_len(piece).ok();
                 }
+                let _ = expected.send(length);
             }
             Event::PieceArrived {
                 connection_id,
                 piece,
                 data,
             } => self.on_piece_arrived(connection_id, piece, data),
+            Event::PieceRefused {
+                connection_id,
+                piece,
+            } => {
+                if let (Some(&link), Some(swarm)) =
+                    (self.by_connection.get(&connection_id), &mut self.swarm)
+                {
+                    tracing::warn!(digest = %self.digest, piece, "peer sent a piece of the wrong length");
+                    metrics::counter!("kraken_p2p_bad_pieces_total").increment(1);
+                    self.inner
+                        .bad_pieces
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    swarm.piece_received(link, piece, false, now.into_std());
+                }
+            }
             Event::PieceWritten {
                 link,
                 piece,
