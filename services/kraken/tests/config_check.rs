@@ -207,3 +207,74 @@ fn the_component_fails_at_start_with_the_same_words() {
     assert!(stderr(&checked).contains(&problem), "{}", stderr(&checked));
     assert!(stderr(&started).contains(&problem), "{}", stderr(&started));
 }
+
+#[test]
+fn missing_secret_files_are_named_with_their_keys() {
+    let dir = with_certs();
+    let secrets = dir.path().join("secrets");
+    let origin = dir.path().join("origin.yaml");
+    std::fs::write(
+        &origin,
+        format!(
+            "extends: {}\nauth:\n  s3:\n    minio-user:\n      aws_access_key_id: minioadmin\n      \
+             aws_secret_access_key_file: {}\n",
+            example("origin").display(),
+            secrets.join("minio").display()
+        ),
+    )
+    .unwrap();
+    let out = kraken(
+        &["config", "check", origin.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains(&format!(
+            "{}: auth.s3.minio-user.aws_secret_access_key_file: cannot read {}: no such file",
+            origin.display(),
+            secrets.join("minio").display()
+        )),
+        "{text}"
+    );
+
+    let tracker = dir.path().join("tracker.yaml");
+    std::fs::write(
+        &tracker,
+        format!(
+            "extends: {}\npeerstore:\n  backend: redis\n  redis:\n    addr: 127.0.0.1:6379\n    \
+             password_file: {}\n",
+            example("tracker").display(),
+            secrets.join("redis").display()
+        ),
+    )
+    .unwrap();
+    let out = kraken(
+        &["config", "check", tracker.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains(&format!(
+            "peerstore.redis.password_file: cannot read {}",
+            secrets.join("redis").display()
+        )),
+        "{text}"
+    );
+    // Once the secret is there, the same file passes.
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("redis"), "hunter2\n").unwrap();
+    let out = kraken(
+        &["config", "check", tracker.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("hunter2"),
+        "the secret is never printed"
+    );
+}

@@ -1,6 +1,7 @@
 //! What a component needs from the machine before it can serve, checked without starting it: the
-//! `tls:` files are readable and load as mutual-TLS material, and every directory it writes to is
-//! a writable directory or can be created. `kraken config check` runs these checks and every
+//! `tls:` files are readable and load as mutual-TLS material, every secret or CA file it names
+//! (`*_file`, a registry backend's `ca`) is readable, and every directory it writes to is a
+//! writable directory or can be created. `kraken config check` runs these checks and every
 //! component runs them at start, so the two fail on the same things with the same messages.
 //!
 //! Addresses are not checked: whether a port is free can only be known by binding it, and it may
@@ -13,18 +14,20 @@ use std::path::{Path, PathBuf};
 
 use kraken_config::AnyConfig;
 use kraken_config::agent::AgentConfig;
-use kraken_config::backend::{BackendConfig, BackendKind};
+use kraken_config::backend::{AuthConfig, BackendConfig, BackendKind};
 use kraken_config::build_index::BuildIndexConfig;
 use kraken_config::origin::OriginConfig;
 use kraken_config::proxy::ProxyConfig;
 use kraken_config::tls::TlsSection;
-use kraken_config::tracker::TrackerConfig;
+use kraken_config::tracker::{PeerStoreBackend, TrackerConfig};
 use kraken_tls::{TlsConfig, TlsMaterial};
 
 /// What a component reads and writes on this machine, each with the config key that names it.
 #[derive(Debug, Default)]
 pub(crate) struct Needs<'a> {
     tls: Option<&'a TlsSection>,
+    /// Files read at start or on first use: secrets and extra CAs.
+    files: Vec<(String, PathBuf)>,
     dirs: Vec<(String, PathBuf)>,
 }
 
@@ -57,6 +60,7 @@ impl<'a> Needs<'a> {
     pub(crate) fn agent(config: &'a AgentConfig) -> Self {
         Self {
             tls: Some(&config.tls),
+            files: Vec::new(),
             dirs: vec![("store.dir".to_owned(), config.store.dir.clone())],
         }
     }
@@ -72,13 +76,22 @@ impl<'a> Needs<'a> {
         dirs.extend(fs_backend_roots(&config.backends));
         Self {
             tls: Some(&config.tls),
+            files: secret_files(&config.backends, &config.auth),
             dirs,
         }
     }
 
     pub(crate) fn tracker(config: &'a TrackerConfig) -> Self {
+        let redis = &config.peerstore.redis;
+        let files = match (&config.peerstore.backend, &redis.password_file) {
+            (PeerStoreBackend::Redis, Some(path)) => {
+                vec![("peerstore.redis.password_file".to_owned(), path.clone())]
+            }
+            _ => Vec::new(),
+        };
         Self {
             tls: Some(&config.tls),
+            files,
             dirs: Vec::new(),
         }
     }
@@ -86,6 +99,7 @@ impl<'a> Needs<'a> {
     pub(crate) fn proxy(config: &'a ProxyConfig) -> Self {
         Self {
             tls: Some(&config.tls),
+            files: Vec::new(),
             dirs: vec![("store.dir".to_owned(), config.store.dir.clone())],
         }
     }
@@ -98,6 +112,7 @@ impl<'a> Needs<'a> {
         dirs.extend(fs_backend_roots(&config.backends));
         Self {
             tls: Some(&config.tls),
+            files: secret_files(&config.backends, &config.auth),
             dirs,
         }
     }
@@ -107,6 +122,14 @@ impl<'a> Needs<'a> {
         let mut problems = Vec::new();
         if let Some(tls) = self.tls {
             problems.extend(tls_problems(tls));
+        }
+        for (key, path) in &self.files {
+            if let Err(error) = fs::read(path) {
+                problems.push(Problem {
+                    key: key.clone(),
+                    what: format!("cannot read {}: {}", path.display(), describe(&error)),
+                });
+            }
         }
         for (key, dir) in &self.dirs {
             if let Err(what) = check_writable_dir(dir) {
@@ -148,6 +171,40 @@ fn fs_backend_roots(backends: &[BackendConfig]) -> impl Iterator<Item = (String,
             )),
             _ => None,
         })
+}
+
+/// Secret files of the auth section and of registry backends, and registry backends' CAs.
+fn secret_files(backends: &[BackendConfig], auth: &AuthConfig) -> Vec<(String, PathBuf)> {
+    let mut files = Vec::new();
+    for (index, rule) in backends.iter().enumerate() {
+        let (kind, registry) = match &rule.backend {
+            BackendKind::RegistryBlob(registry) => ("registry_blob", registry),
+            BackendKind::RegistryTag(registry) => ("registry_tag", registry),
+            _ => continue,
+        };
+        let security = &registry.security;
+        let prefix = format!("backends[{index}].backend.{kind}.security");
+        if let Some(path) = &security.basic.password_file {
+            files.push((format!("{prefix}.basic.password_file"), path.clone()));
+        }
+        if let Some(path) = &security.tls.ca {
+            files.push((format!("{prefix}.tls.ca"), path.clone()));
+        }
+    }
+    for (user, credentials) in &auth.s3 {
+        if let Some(path) = &credentials.aws_secret_access_key_file {
+            files.push((
+                format!("auth.s3.{user}.aws_secret_access_key_file"),
+                path.clone(),
+            ));
+        }
+    }
+    for (user, credentials) in &auth.gcs {
+        if let Some(path) = &credentials.access_blob_file {
+            files.push((format!("auth.gcs.{user}.access_blob_file"), path.clone()));
+        }
+    }
+    files
 }
 
 /// The three files must be named, readable, and together load as this component's identity.
