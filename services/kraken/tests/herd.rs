@@ -358,11 +358,18 @@ fn herd_of_processes_pushes_pulls_through_both_agents_and_stops_on_sigterm() {
             index_json["manifests"][0]["digest"], image.digest,
             "{agent}"
         );
-        for digest in image.manifests.iter().chain(&image.layers) {
+        let blob = |digest: &str| {
             let hex = digest.trim_start_matches("sha256:");
             let copied = std::fs::read(out.join("blobs/sha256").join(hex))
                 .unwrap_or_else(|e| panic!("{agent}: {digest} was not pulled: {e}"));
-            assert_eq!(&sha256(&copied), digest, "{agent}: {digest} changed");
+            assert_eq!(sha256(&copied), digest, "{agent}: {digest} changed");
+            copied
+        };
+        let manifest: serde_json::Value = serde_json::from_slice(&blob(&image.digest)).unwrap();
+        let config = manifest["config"]["digest"].as_str().unwrap();
+        blob(config);
+        for layer in &image.layers {
+            blob(layer);
         }
     }
 
