@@ -6,7 +6,7 @@ use clap::Args;
 use kraken_agent::Agent;
 use kraken_config::agent::AgentConfig;
 
-use super::serve;
+use super::{preflight, serve};
 
 #[derive(Args, Debug)]
 pub(crate) struct AgentArgs {
@@ -17,6 +17,7 @@ pub(crate) struct AgentArgs {
 
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = kraken_config::load::<AgentConfig>(&args.config)?.config;
+    preflight::Needs::agent(&config).check(&args.config)?;
     let running = serve::start("agent", config.telemetry()).await?;
     let tls = serve::tls(&config.tls, &args.config)?;
     let listener = serve::bind(config.listen.grpc, "gRPC").await?;

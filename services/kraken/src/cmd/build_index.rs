@@ -6,7 +6,7 @@ use clap::Args;
 use kraken_buildindex::BuildIndex;
 use kraken_config::build_index::BuildIndexConfig;
 
-use super::serve;
+use super::{preflight, serve};
 
 #[derive(Args, Debug)]
 pub(crate) struct BuildIndexArgs {
@@ -17,6 +17,7 @@ pub(crate) struct BuildIndexArgs {
 
 pub(crate) async fn run(args: BuildIndexArgs) -> anyhow::Result<()> {
     let config = kraken_config::load::<BuildIndexConfig>(&args.config)?.config;
+    preflight::Needs::build_index(&config).check(&args.config)?;
     let running = serve::start("build-index", config.telemetry()).await?;
     let tls = serve::tls(&config.tls, &args.config)?;
     let listener = serve::bind(config.listen.grpc, "gRPC").await?;

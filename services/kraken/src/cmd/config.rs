@@ -1,11 +1,15 @@
 //! `kraken config check FILE`: load a component's config the way the component would (extends,
-//! `${ENV}` substitution, validation) and print the effective result, secrets redacted.
+//! `${ENV}` substitution, validation), check what it names on this machine the way the component
+//! does at start (`tls:` files, writable directories), and print the effective result, secrets
+//! redacted.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use kraken_config::Component;
+
+use super::preflight;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum ConfigCommand {
@@ -20,6 +24,10 @@ pub(crate) enum ConfigCommand {
         /// Output format of the effective configuration.
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
+        /// Check only the file itself, not what it names on this machine (the `tls:` files,
+        /// store and data directories): for a config meant for another host.
+        #[arg(long)]
+        schema_only: bool,
     },
 }
 
@@ -34,6 +42,7 @@ pub(crate) fn run(command: ConfigCommand) -> anyhow::Result<()> {
         file,
         component,
         format,
+        schema_only,
     } = command;
     let component = match component.or_else(|| Component::guess_from_path(&file)) {
         Some(component) => component,
@@ -44,6 +53,10 @@ pub(crate) fn run(command: ConfigCommand) -> anyhow::Result<()> {
         ),
     };
     let loaded = component.load(&file).map_err(anyhow::Error::new)?;
+    if !schema_only {
+        // What the component would trip over at start: certificates, directories.
+        preflight::Needs::of(&loaded.config).check(&file)?;
+    }
     let printed = match format {
         Format::Yaml => loaded.config.to_yaml(),
         Format::Json => loaded.config.to_json_pretty(),

@@ -6,7 +6,7 @@ use clap::Args;
 use kraken_config::origin::OriginConfig;
 use kraken_origin::Origin;
 
-use super::serve;
+use super::{preflight, serve};
 
 #[derive(Args, Debug)]
 pub(crate) struct OriginArgs {
@@ -17,6 +17,7 @@ pub(crate) struct OriginArgs {
 
 pub(crate) async fn run(args: OriginArgs) -> anyhow::Result<()> {
     let config = kraken_config::load::<OriginConfig>(&args.config)?.config;
+    preflight::Needs::origin(&config).check(&args.config)?;
     let running = serve::start("origin", config.telemetry()).await?;
     let tls = serve::tls(&config.tls, &args.config)?;
     let listener = serve::bind(config.listen.grpc, "gRPC").await?;

@@ -6,7 +6,7 @@ use clap::Args;
 use kraken_config::proxy::ProxyConfig;
 use kraken_proxy::Proxy;
 
-use super::serve;
+use super::{preflight, serve};
 
 #[derive(Args, Debug)]
 pub(crate) struct ProxyArgs {
@@ -17,6 +17,7 @@ pub(crate) struct ProxyArgs {
 
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let config = kraken_config::load::<ProxyConfig>(&args.config)?.config;
+    preflight::Needs::proxy(&config).check(&args.config)?;
     let running = serve::start("proxy", config.telemetry()).await?;
     let tls = serve::tls(&config.tls, &args.config)?;
     let registry = serve::bind(config.listen.registry, "registry").await?;

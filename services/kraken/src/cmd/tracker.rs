@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use kraken_config::tracker::TrackerConfig;
 
-use super::serve;
+use super::{preflight, serve};
 
 #[derive(Args, Debug)]
 pub(crate) struct TrackerArgs {
@@ -17,6 +17,7 @@ pub(crate) struct TrackerArgs {
 
 pub(crate) async fn run(args: TrackerArgs) -> anyhow::Result<()> {
     let config = kraken_config::load::<TrackerConfig>(&args.config)?.config;
+    preflight::Needs::tracker(&config).check(&args.config)?;
     let running = serve::start("tracker", config.telemetry()).await?;
     let tls = serve::tls(&config.tls, &args.config)?;
     let listener = serve::bind(config.listen.grpc, "gRPC").await?;
