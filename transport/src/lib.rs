@@ -7,11 +7,13 @@
 //!   ([`ring`], rendezvous hashing) and who is healthy ([`health`]: passive checks from a
 //!   client's own requests, active gRPC health probes among origins). Origins, trackers, agents
 //!   and the proxy all route through a [`cluster::HostPool`].
+//! - [`advertise`]: which address a swarm member gives peers (never loopback to another host).
 //! - [`lifecycle`]: how every component stops its servers (grace period, then cut).
 //!
 //! This crate must never offer a plaintext or unverified connection: there is no fallback from
 //! TLS to plain text (Kraken silently retried over HTTP on any TLS error).
 
+pub mod advertise;
 pub mod bandwidth;
 pub mod cluster;
 pub mod grpc;

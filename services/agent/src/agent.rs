@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kraken_config::agent::AgentConfig;
+use kraken_config::cluster::HostList;
 use kraken_core::{Digest, Namespace, PeerId, PeerInfo};
 use kraken_proto::agent::v1::agent_service_server::AgentServiceServer;
 use kraken_scheduler::{Announcer, DriverConfig, Scheduler, SwarmMember};
 use kraken_store::BlobStore;
 use kraken_tls::TlsMaterial;
+use kraken_transport::advertise::advertise_ip;
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
 use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
 use tokio::net::TcpListener;
@@ -48,7 +50,9 @@ impl Agent {
     /// health and reflection) on `grpc_listener`.
     ///
     /// The address announced to peers is `config.peer_ip`, else the P2P bind address when it
-    /// is a specific one, else 127.0.0.1; with the bound port. The peer id is random per process.
+    /// is a specific one, else this host's address on its route to the tracker, else 127.0.0.1;
+    /// with the bound port. Loopback is refused when a tracker is on another host
+    /// ([`kraken_transport::advertise`]). The peer id is random per process.
     pub async fn start(
         config: AgentConfig,
         tls: TlsMaterial,
@@ -69,11 +73,13 @@ impl Agent {
         } else {
             Some(TagClient::new(&config.build_index, &tls)?)
         };
+        let trackers = resolve_hosts(&config.tracker.hosts).await;
+        let advertise_ip = advertise_ip(config.peer_ip, config.listen.p2p.ip(), &trackers)?;
         let store = BlobStore::open(config.store.clone()).await?;
         // Bind before anything spawns tasks, so a port conflict leaves nothing behind.
         let member = SwarmMember {
             listen: config.listen.p2p,
-            advertise_ip: config.peer_ip,
+            advertise_ip: Some(advertise_ip),
             peer_id: PeerId::random(),
             origin: false,
             driver: DriverConfig::from_config(&config.scheduler, false),
@@ -272,4 +278,17 @@ impl Drop for Agent {
             }
         }
     }
+}
+
+/// The addresses `hosts` name right now (a host that does not resolve is left out: the
+/// tracker client reports it when it announces).
+async fn resolve_hosts(hosts: &HostList) -> Vec<SocketAddr> {
+    let mut addresses = Vec::new();
+    for host in hosts.static_hosts.iter().chain(hosts.dns.iter()) {
+        match tokio::net::lookup_host(host.as_str()).await {
+            Ok(resolved) => addresses.extend(resolved),
+            Err(error) => tracing::debug!(%host, %error, "tracker host does not resolve yet"),
+        }
+    }
+    addresses
 }

@@ -51,6 +51,8 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Advertise(#[from] kraken_transport::advertise::AdvertiseError),
     #[error("cannot bind the P2P port on {addr}")]
     BindP2p {
         addr: SocketAddr,
@@ -136,6 +138,7 @@ impl AgentError {
             Self::Scheduler(_)
             | Self::Store(_)
             | Self::BindP2p { .. }
+            | Self::Advertise(_)
             | Self::ListenerAddr(_)
             | Self::Grpc(_)
             | Self::Task { .. } => Code::Internal,

@@ -656,3 +656,38 @@ async fn shutdown_ends_streams_in_flight() {
     seeder.stop().await;
     tracker.stop().await;
 }
+
+/// An agent whose tracker is on another host refuses to start advertising loopback (the
+/// tracker would hand 127.0.0.1 to every other host), and says what to set. Nothing is sent:
+/// the check runs before any connection.
+#[tokio::test]
+async fn an_agent_refuses_to_advertise_loopback_to_a_tracker_on_another_host() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    // TEST-NET-1 (RFC 5737): never routed, and never dialled by this test.
+    let remote_tracker = "192.0.2.10:15003";
+    let config = kraken_config::agent::AgentConfig {
+        peer_ip: Some("127.0.0.1".parse().unwrap()),
+        listen: kraken_config::agent::AgentListenConfig {
+            p2p: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        },
+        tracker: UpstreamConfig::of([remote_tracker]),
+        store: kraken_config::store::StoreConfig {
+            dir: dir.path().to_owned(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(error) = kraken_agent::Agent::start(config, pki.tls(Role::Agent), listener).await
+    else {
+        panic!("start must fail");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("127.0.0.1") && message.contains(remote_tracker),
+        "{message}"
+    );
+    assert!(message.contains("peer_ip"), "says what to set: {message}");
+}
