@@ -12,6 +12,8 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
+use kraken_config::cluster::HostList;
+
 /// Why no address can be advertised.
 #[derive(Debug, thiserror::Error)]
 pub enum AdvertiseError {
@@ -34,6 +36,19 @@ pub fn advertise_ip(
     upstreams: &[SocketAddr],
 ) -> Result<IpAddr, AdvertiseError> {
     choose(requested, bound, upstreams, route_source)
+}
+
+/// The addresses `hosts` name right now (a host that does not resolve is left out: the
+/// client of that upstream reports it when it calls).
+pub async fn resolve_hosts(hosts: &HostList) -> Vec<SocketAddr> {
+    let mut addresses = Vec::new();
+    for host in hosts.static_hosts.iter().chain(hosts.dns.iter()) {
+        match tokio::net::lookup_host(host.as_str()).await {
+            Ok(resolved) => addresses.extend(resolved),
+            Err(error) => tracing::debug!(%host, %error, "host does not resolve yet"),
+        }
+    }
+    addresses
 }
 
 /// The local address the kernel would send from to reach `destination`. Connecting a UDP

@@ -5,13 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kraken_config::agent::AgentConfig;
-use kraken_config::cluster::HostList;
 use kraken_core::{Digest, Namespace, PeerId, PeerInfo};
 use kraken_proto::agent::v1::agent_service_server::AgentServiceServer;
 use kraken_scheduler::{Announcer, DriverConfig, Scheduler, SwarmMember};
 use kraken_store::BlobStore;
 use kraken_tls::TlsMaterial;
-use kraken_transport::advertise::advertise_ip;
+use kraken_transport::advertise::{advertise_ip, resolve_hosts};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
 use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
 use tokio::net::TcpListener;
@@ -278,17 +277,4 @@ impl Drop for Agent {
             }
         }
     }
-}
-
-/// The addresses `hosts` name right now (a host that does not resolve is left out: the
-/// tracker client reports it when it announces).
-async fn resolve_hosts(hosts: &HostList) -> Vec<SocketAddr> {
-    let mut addresses = Vec::new();
-    for host in hosts.static_hosts.iter().chain(hosts.dns.iter()) {
-        match tokio::net::lookup_host(host.as_str()).await {
-            Ok(resolved) => addresses.extend(resolved),
-            Err(error) => tracing::debug!(%host, %error, "tracker host does not resolve yet"),
-        }
-    }
-    addresses
 }

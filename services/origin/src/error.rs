@@ -124,6 +124,8 @@ pub enum OriginError {
     OpenStore(#[source] StoreError),
     #[error("cannot set up the QUIC peer endpoint")]
     Transport(#[source] TransportError),
+    #[error(transparent)]
+    Advertise(kraken_transport::advertise::AdvertiseError),
     #[error("cannot set up the origin cluster (`cluster.hosts`)")]
     Cluster(#[source] ClusterError),
     #[error("the gRPC server failed")]
@@ -174,6 +176,7 @@ impl OriginError {
             | Self::Listener { .. }
             | Self::OpenStore(_)
             | Self::Transport(_)
+            | Self::Advertise(_)
             | Self::Grpc(_)
             | Self::Task(_) => Code::Internal,
         }

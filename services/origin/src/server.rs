@@ -12,6 +12,7 @@ use kraken_scheduler::core::RevealOrder;
 use kraken_scheduler::{DriverConfig, RevealPolicy, Scheduler, SwarmMember};
 use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::TlsMaterial;
+use kraken_transport::advertise::{advertise_ip, resolve_hosts};
 use kraken_transport::cluster::{HostPool, PoolOptions};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
 use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
@@ -106,10 +107,15 @@ impl Origin {
             .await
             .map_err(OriginError::OpenStore)?;
         let cluster = cluster(&config, &tls)?;
+        // Agents get this address from the trackers, which ask the origins: loopback is no
+        // use to them once the ring spans hosts.
+        let members = resolve_hosts(&config.cluster.hosts).await;
+        let advertise = advertise_ip(advertised_ip(&config), config.listen.p2p.ip(), &members)
+            .map_err(OriginError::Advertise)?;
         // Seeding only: origins never announce.
         let member = SwarmMember {
             listen: config.listen.p2p,
-            advertise_ip: advertised_ip(&config),
+            advertise_ip: Some(advertise),
             peer_id: PeerId::from_name(&config.name),
             origin: true,
             driver: DriverConfig {
@@ -331,9 +337,9 @@ fn reveal_policy(cluster: &HostPool, name: &str, max_replica: usize) -> RevealPo
     })
 }
 
-/// The IP peers dial: `peer_ip`; else the host of `name` if it is an IP literal; else `None`,
-/// and the scheduler advertises the IP the peer endpoint is bound to if it is a specific one,
-/// else loopback (fine for a single-host cluster, wrong anywhere else: set `peer_ip`).
+/// The IP asked for: `peer_ip`; else the host of `name` if it is an IP literal; else `None`,
+/// and [`advertise_ip`] picks the bound IP or this host's route to the other origins (never
+/// loopback when they are on other hosts).
 fn advertised_ip(config: &OriginConfig) -> Option<IpAddr> {
     config
         .peer_ip

@@ -1043,3 +1043,26 @@ async fn an_origin_seeds_an_uploaded_blob_to_an_agent() {
     agent.shutdown().await;
     origin.stop().await;
 }
+
+/// An origin on loopback in a ring whose other members are on other hosts refuses to start:
+/// the trackers would hand its loopback address to agents everywhere. Nothing is dialled.
+#[tokio::test]
+async fn an_origin_refuses_to_advertise_loopback_to_a_ring_on_other_hosts() {
+    let ca = DevCa::new().unwrap();
+    let (mut config, listener, _dir) = origin_config().await;
+    // TEST-NET-1 (RFC 5737): never routed, and never dialled by this test.
+    config
+        .cluster
+        .hosts
+        .static_hosts
+        .push("192.0.2.11:15002".to_owned());
+    let error = Origin::start(config, tls(&ca, Role::Origin), listener)
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("127.0.0.1") && message.contains("192.0.2.11:15002"),
+        "{message}"
+    );
+    assert!(message.contains("peer_ip"), "says what to set: {message}");
+}
