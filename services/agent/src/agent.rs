@@ -12,7 +12,7 @@ use kraken_store::BlobStore;
 use kraken_tls::TlsMaterial;
 use kraken_transport::advertise::{advertise_ip, resolve_hosts};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
-use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
+use kraken_transport::lifecycle::{Drained, SHUTDOWN_GRACE, drain};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -232,24 +232,18 @@ impl Agent {
             );
         }
         if let Some((_, registry)) = self.registry.take() {
-            // A registry that failed has already been logged as such; only a panic is the
-            // agent's failure.
-            let registry = drain("agent registry", registry, SHUTDOWN_GRACE)
-                .await
-                .into_result(
-                    |error| {
-                        tracing::warn!(%error, "registry API server failed");
-                        None
-                    },
-                    |source| {
-                        Some(AgentError::Task {
-                            task: "registry API server",
-                            source,
-                        })
-                    },
-                );
-            if let Err(Some(error)) = registry {
-                result = result.and(Err(error));
+            // A registry server that failed is logged; only a panic is the agent's failure.
+            match drain("agent registry", registry, SHUTDOWN_GRACE).await {
+                Drained::Finished(Err(error)) => {
+                    tracing::warn!(%error, "registry API server failed");
+                }
+                Drained::Failed(source) => {
+                    result = result.and(Err(AgentError::Task {
+                        task: "registry API server",
+                        source,
+                    }));
+                }
+                Drained::Finished(Ok(())) | Drained::Cut => {}
             }
         }
         self.scheduler.shutdown().await;

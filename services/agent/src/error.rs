@@ -2,14 +2,14 @@
 
 use std::net::SocketAddr;
 
-use kraken_core::{Digest, NamespaceError, WireError};
+use kraken_core::{Digest, NamespaceError, WireError, error_chain};
 use kraken_scheduler::SchedulerError;
 use kraken_store::StoreError;
 use kraken_transport::grpc::GrpcError;
 use kraken_transport::quic::TransportError;
 use tonic::{Code, Status};
 
-use crate::tracker::{TrackerError, error_chain};
+use crate::tracker::TrackerError;
 use kraken_tagclient::TagClientError;
 
 /// Why an agent operation failed.

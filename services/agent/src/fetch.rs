@@ -526,7 +526,7 @@ impl Emitter {
 
     /// Ends the stream with an error; the held chunk is dropped.
     async fn fail(self, error: AgentError) {
-        tracing::warn!(error = %crate::tracker::error_chain(&error), "blob stream failed");
+        tracing::warn!(error = %kraken_core::error_chain(&error), "blob stream failed");
         let _ = self.tx.send(Err(error)).await;
     }
 }
@@ -658,7 +658,7 @@ fn download_error(download: &Download, error: StoreError) -> AgentError {
     match (&*download.status.borrow(), error) {
         (Status::Failed(failure), _) => AgentError::DownloadFailed {
             digest: download.digest,
-            reason: crate::tracker::error_chain(failure),
+            reason: kraken_core::error_chain(failure),
         },
         (_, error @ StoreError::DownloadClosed { .. }) => AgentError::DownloadFailed {
             digest: download.digest,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kraken_config::agent::AgentConfig;
 use kraken_config::cluster::UpstreamConfig;
-use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo, WireError};
+use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo, WireError, error_chain};
 use kraken_proto::tracker::v1::{self as pb, tracker_service_client::TrackerServiceClient};
 use kraken_scheduler::{AnnounceError, AnnounceReply, Announcer};
 use kraken_tls::TlsMaterial;
@@ -24,9 +24,6 @@ use kraken_transport::health::{is_network_error, retry_after};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-
-// Other agent modules name it through here.
-pub(crate) use kraken_core::error_chain;
 
 use crate::metrics as m;
 

@@ -98,6 +98,18 @@ async fn node(
     }
 }
 
+/// An honest agent announcing to `tracker`.
+async fn agent(ca: &DevCa, tracker: &Arc<FakeTracker>) -> Node {
+    node(
+        ca,
+        Role::Agent,
+        false,
+        Some(tracker.clone()),
+        Faults::default(),
+    )
+    .await
+}
+
 fn blob(len: usize) -> Bytes {
     let mut state = 0x1234_5678_u32;
     (0..len)
@@ -142,16 +154,7 @@ async fn agents_download_a_blob_from_an_origin_and_each_other() {
 
     let mut agents = Vec::new();
     for _ in 0..5 {
-        agents.push(
-            node(
-                &ca,
-                Role::Agent,
-                false,
-                Some(tracker.clone()),
-                Faults::default(),
-            )
-            .await,
-        );
+        agents.push(agent(&ca, &tracker).await);
     }
     let namespace: Namespace = "library/test".parse().unwrap();
     let mut downloads = Vec::new();
@@ -226,14 +229,7 @@ async fn a_peer_serving_corrupt_pieces_is_blacklisted_and_the_download_still_suc
         .await
         .unwrap();
 
-    let victim = node(
-        &ca,
-        Role::Agent,
-        false,
-        Some(tracker.clone()),
-        Faults::default(),
-    )
-    .await;
+    let victim = agent(&ca, &tracker).await;
     let mut download = victim
         .scheduler
         .download(&namespace, &metainfo)
@@ -274,14 +270,7 @@ async fn a_removed_download_is_seen_out_and_the_next_request_starts_afresh() {
     let digest = *metainfo.digest();
     let namespace: Namespace = "library/test".parse().unwrap();
     // Nobody to download from yet: the download waits for peers.
-    let agent = node(
-        &ca,
-        Role::Agent,
-        false,
-        Some(tracker.clone()),
-        Faults::default(),
-    )
-    .await;
+    let agent = agent(&ca, &tracker).await;
     let BlobState::Downloading(mut first) = agent
         .scheduler
         .download(&namespace, &metainfo)
@@ -338,14 +327,7 @@ async fn shutdown_fails_running_downloads_and_waits_for_every_task() {
     kraken_tls::install_crypto_provider();
     let ca = DevCa::new().unwrap();
     let tracker = Arc::new(FakeTracker::default());
-    let agent = node(
-        &ca,
-        Role::Agent,
-        false,
-        Some(tracker.clone()),
-        Faults::default(),
-    )
-    .await;
+    let agent = agent(&ca, &tracker).await;
     let data = blob(1 << 20);
     let metainfo =
         MetaInfo::generate(&data[..], 64 << 10, kraken_core::PieceHashAlgorithm::Blake3).unwrap();
@@ -472,14 +454,7 @@ async fn unrequested_and_longer_than_requested_pieces_are_refused_before_the_bod
         .await
         .unwrap();
 
-    let victim = node(
-        &ca,
-        Role::Agent,
-        false,
-        Some(tracker.clone()),
-        Faults::default(),
-    )
-    .await;
+    let victim = agent(&ca, &tracker).await;
     let _download = victim
         .scheduler
         .download(&namespace, &metainfo)

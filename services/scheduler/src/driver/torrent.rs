@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kraken_core::sync::lock;
 use kraken_core::{Bitfield, Digest, MetaInfo, Namespace, PeerId, PeerInfo, PieceError};
 use kraken_proto::p2p::v1::{self as pb, error::Code, message::Kind};
 use kraken_store::{DownloadHandle, StoreError};
@@ -27,7 +28,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::link::{self, DialError, LinkTasks, PeerHandshake, PendingLink};
 use super::{
-    AnnounceError, AnnounceReply, DownloadError, Inner, Status, UploadTarget, dialable, lock, short,
+    AnnounceError, AnnounceReply, DownloadError, Inner, Status, UploadTarget, dialable, short,
 };
 use crate::core::{Action, LinkId, Reveal, SuperSeeder, Swarm};
 
