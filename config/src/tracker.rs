@@ -1,9 +1,10 @@
 //! `tracker.yaml` — hands out peers for each blob and proxies metainfo from the origins.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::UpstreamConfig;
@@ -41,6 +42,22 @@ pub struct TrackerConfig {
     /// address) is cached. It changes only when the origin is reconfigured.
     #[serde(with = "humantime_serde")]
     pub origin_peer_context_cache_ttl: Duration,
+    /// Networks (CIDR notation) whose announces may name their own IP. An announce is
+    /// otherwise recorded at the IP its connection comes from, with the port it claims, so a
+    /// certificate holder cannot point a swarm at another host. List the sources that speak
+    /// for others: NAT gateways, sidecars, or `127.0.0.1/32` when an agent on the tracker's
+    /// own host reaches it over loopback but advertises a routable IP. Default: none.
+    #[serde(with = "crate::net::cidr_list")]
+    pub trust_claimed_address_from: Vec<IpNet>,
+    /// Most peers recorded for one blob. Past it a new peer is refused (`RESOURCE_EXHAUSTED`)
+    /// while known peers keep refreshing, so a flood of fake peers cannot crowd out a swarm
+    /// or grow memory without bound. A hand-out is a sample of at most `announce_limit`, so a
+    /// larger swarm gains nothing from more.
+    pub max_peers_per_blob: usize,
+    /// Most peers recorded for one blob from one source IP (after
+    /// `trust_claimed_address_from`). Bounds what one host can inject into a swarm; keep it
+    /// above the agents sharing an address (a loopback test cluster runs up to ~16).
+    pub max_peers_per_address: usize,
     /// The origin cluster, asked for metainfo and for which origins own a blob.
     pub origin: UpstreamConfig,
     /// Certificates for mutual TLS.
@@ -64,6 +81,9 @@ impl Default for TrackerConfig {
             metainfo_cache_ttl: Duration::from_secs(5 * 60),
             origin_locations_cache_ttl: Duration::from_secs(10),
             origin_peer_context_cache_ttl: Duration::from_secs(60),
+            trust_claimed_address_from: Vec::new(),
+            max_peers_per_blob: 10_000,
+            max_peers_per_address: 32,
             origin: UpstreamConfig::default(),
             tls: TlsSection::default(),
             log: LogConfig::default(),
@@ -80,6 +100,15 @@ impl TrackerConfig {
             metrics: &self.metrics,
             tracing: &self.tracing,
         }
+    }
+
+    /// Whether an announce arriving from `source` may name its own IP.
+    pub fn trusts_claimed_address_from(&self, source: IpAddr) -> bool {
+        // `::ffff:10.0.0.1` is 10.0.0.1 arriving on a dual-stack socket.
+        let source = source.to_canonical();
+        self.trust_claimed_address_from
+            .iter()
+            .any(|net| net.contains(&source))
     }
 }
 
@@ -100,6 +129,16 @@ impl Validate for TrackerConfig {
         positive_duration(
             "origin_peer_context_cache_ttl",
             self.origin_peer_context_cache_ttl,
+        )?;
+        ensure(
+            self.max_peers_per_blob >= 1,
+            "max_peers_per_blob",
+            "must be at least 1",
+        )?;
+        ensure(
+            self.max_peers_per_address >= 1,
+            "max_peers_per_address",
+            "must be at least 1",
         )?;
         nested("origin", &self.origin)?;
         nested("tls", &self.tls)?;
@@ -162,19 +201,25 @@ pub struct MemoryPeerStoreConfig {
     /// How long an announce is remembered.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Most announces held across all blobs (and most peer ids bound to a certificate).
+    /// Past it new peers are refused until expired ones are swept; an entry takes ~100 bytes,
+    /// so the default bounds the store to about 100 MB.
+    pub max_entries: usize,
 }
 
 impl Default for MemoryPeerStoreConfig {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(5 * 3600),
+            max_entries: 1_000_000,
         }
     }
 }
 
 impl Validate for MemoryPeerStoreConfig {
     fn validate(&self) -> Result<(), ValidationError> {
-        positive_duration("ttl", self.ttl)
+        positive_duration("ttl", self.ttl)?;
+        ensure(self.max_entries >= 1, "max_entries", "must be at least 1")
     }
 }
 
@@ -259,4 +304,69 @@ pub enum HandoutPriority {
     Completeness,
     /// No ordering (random sample).
     Default,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load_from_str;
+
+    const ORIGINS: &str = "origin:\n  hosts:\n    static: [origin1:15002]\n";
+
+    fn load(yaml: &str) -> Result<TrackerConfig, crate::ConfigError> {
+        load_from_str::<TrackerConfig>("tracker.yaml", &format!("{ORIGINS}{yaml}"))
+            .map(|loaded| loaded.config)
+    }
+
+    #[test]
+    fn announce_hardening_defaults() {
+        let config = load("").unwrap();
+        assert!(config.trust_claimed_address_from.is_empty());
+        assert_eq!(config.max_peers_per_blob, 10_000);
+        assert_eq!(config.max_peers_per_address, 32);
+        assert_eq!(config.peerstore.memory.max_entries, 1_000_000);
+        assert!(!config.trusts_claimed_address_from("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn trusted_networks_match_sources_including_ipv4_mapped_ones() {
+        let config = load(
+            "trust_claimed_address_from: [10.0.0.0/8, \"fd00::/8\", 192.168.1.7]\n\
+             max_peers_per_blob: 100\nmax_peers_per_address: 4\n",
+        )
+        .unwrap();
+        assert_eq!(config.max_peers_per_blob, 100);
+        assert_eq!(config.max_peers_per_address, 4);
+        for trusted in ["10.1.2.3", "::ffff:10.1.2.3", "fd00::1", "192.168.1.7"] {
+            assert!(
+                config.trusts_claimed_address_from(trusted.parse().unwrap()),
+                "{trusted}"
+            );
+        }
+        for untrusted in ["11.0.0.1", "192.168.1.8", "::1", "127.0.0.1"] {
+            assert!(
+                !config.trusts_claimed_address_from(untrusted.parse().unwrap()),
+                "{untrusted}"
+            );
+        }
+    }
+
+    #[test]
+    fn caps_must_be_positive() {
+        for (yaml, key) in [
+            ("max_peers_per_blob: 0\n", "max_peers_per_blob"),
+            ("max_peers_per_address: 0\n", "max_peers_per_address"),
+            (
+                "peerstore:\n  memory:\n    max_entries: 0\n",
+                "peerstore.memory.max_entries",
+            ),
+        ] {
+            let error = load(yaml).unwrap_err().to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
+        let error = load("trust_claimed_address_from: [10.0.0.0/33]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("trust_claimed_address_from[0]"), "{error}");
+    }
 }
