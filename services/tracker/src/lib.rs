@@ -13,6 +13,12 @@
 //! did), never cache a metainfo failure (NOT_FOUND and UNAVAILABLE are asked again; only the
 //! immutable success is kept), never let a caller's claim make it an origin, and never accept
 //! an announce from a certificate whose role is not a swarm member. It holds no blob bytes.
+//!
+//! Nor may a certificate holder poison a swarm: an announce is recorded at the IP its
+//! connection comes from (unless that source is trusted to name its own, see
+//! `trust_claimed_address_from`), unusable addresses are refused, a peer id belongs to the
+//! certificate that announced it first for as long as it keeps announcing, and new peers are
+//! capped per blob and per address.
 
 mod cache;
 mod handout;
@@ -33,10 +39,10 @@ pub use handout::HandoutPolicy;
 pub use kraken_proto::wire::RETRY_AFTER_MS;
 pub use origin::{GrpcOriginDirectory, OriginDirectory, OriginError};
 pub use peerstore::{
-    Clock, MemoryPeerStore, PeerEntry, PeerStore, PeerStoreError, RedisPeerStore, SystemClock,
-    build_peer_store,
+    CapExceeded, CertIdentity, Clock, MemoryPeerStore, PeerEntry, PeerLimits, PeerStore,
+    PeerStoreError, RedisPeerStore, SystemClock, build_peer_store,
 };
-pub use service::{DEFAULT_RETRY_AFTER, ServiceError, Tracker, TrackerSettings};
+pub use service::{AddressKind, DEFAULT_RETRY_AFTER, ServiceError, Tracker, TrackerSettings};
 
 /// Why the tracker could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +77,9 @@ pub async fn run(
         peerstore = ?config.peerstore.backend,
         policy = ?config.peerhandoutpolicy.priority,
         announce_limit = config.announce_limit,
+        max_peers_per_blob = config.max_peers_per_blob,
+        max_peers_per_address = config.max_peers_per_address,
+        trust_claimed_address_from = ?config.trust_claimed_address_from,
         "tracker starting"
     );
     GrpcServer::new(&tls, GrpcServerLimits::default())?

@@ -2,6 +2,11 @@
 
 /// Announces. Label: `result` (ok, denied, or the error's label).
 pub(crate) const ANNOUNCES: &str = "kraken_tracker_announces_total";
+/// Announces refused to keep the swarm honest. Label: `reason` (unusable_address,
+/// peer_id_taken, blob_full, address_full, store_full).
+pub(crate) const ANNOUNCE_REFUSALS: &str = "kraken_tracker_announce_refusals_total";
+/// Announces recorded at their connection's source IP instead of the IP they claimed.
+pub(crate) const ANNOUNCE_ADDRESS_REWRITES: &str = "kraken_tracker_announce_address_rewrites_total";
 /// Time to answer an announce.
 pub(crate) const ANNOUNCE_DURATION_SECONDS: &str = "kraken_tracker_announce_duration_seconds";
 /// Peers handed out per announce.

@@ -1,10 +1,12 @@
 //! `kraken.tracker.v1.TrackerService` over a peer store and the origin directory.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use kraken_config::TrackerConfig;
-use kraken_core::{Digest, Namespace, NamespaceError, PeerInfo, WireError, parse_digest};
+use kraken_core::{Digest, Namespace, NamespaceError, PeerId, PeerInfo, WireError, parse_digest};
 use kraken_proto::common::v1 as pb;
 use kraken_proto::tracker::v1::tracker_service_server::{TrackerService, TrackerServiceServer};
 use kraken_proto::tracker::v1::{
@@ -20,7 +22,7 @@ use kraken_core::error_chain;
 use kraken_transport::health::unavailable_retry_after;
 
 use crate::origin::{OriginDirectory, OriginError};
-use crate::peerstore::{PeerEntry, PeerStore, PeerStoreError};
+use crate::peerstore::{CertIdentity, PeerEntry, PeerLimits, PeerStore, PeerStoreError};
 
 /// What agents are told to wait before asking again when the origins gave no hint.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(1000);
@@ -37,11 +39,15 @@ const METAINFO_ROLES: &[Role] = &[Role::Agent, Role::Origin, Role::Proxy, Role::
 const METAINFO_CACHE_CAPACITY: usize = 4_096;
 
 /// The knobs of [`Tracker`], usually from [`TrackerConfig`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TrackerSettings {
     pub policy: HandoutPolicy,
     pub announce_interval: Duration,
     pub metainfo_cache_ttl: Duration,
+    /// Sources whose announces may name their own IP (`trust_claimed_address_from`).
+    pub trust_claimed_address_from: Vec<IpNet>,
+    /// Caps on new peers per blob and per address.
+    pub limits: PeerLimits,
 }
 
 impl TrackerSettings {
@@ -50,7 +56,57 @@ impl TrackerSettings {
             policy: HandoutPolicy::new(config.peerhandoutpolicy.priority, config.announce_limit),
             announce_interval: config.announce_interval,
             metainfo_cache_ttl: config.metainfo_cache_ttl,
+            trust_claimed_address_from: config.trust_claimed_address_from.clone(),
+            limits: PeerLimits {
+                per_blob: config.max_peers_per_blob,
+                per_address: config.max_peers_per_address,
+            },
         }
+    }
+}
+
+impl Default for TrackerSettings {
+    /// The settings of a default [`TrackerConfig`].
+    fn default() -> Self {
+        Self::from_config(&TrackerConfig::default())
+    }
+}
+
+/// What the connection says about a caller, as opposed to what its request claims.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Connection {
+    /// The TCP source IP (an IPv4-mapped IPv6 address as IPv4); unknown in-process.
+    pub(crate) source: Option<IpAddr>,
+    /// Hash of the client's leaf certificate; none without one (in-process calls).
+    pub(crate) identity: Option<CertIdentity>,
+}
+
+impl Connection {
+    fn of<T>(request: &Request<T>) -> Self {
+        Self {
+            source: request.remote_addr().map(|addr| addr.ip().to_canonical()),
+            identity: request
+                .peer_certs()
+                .and_then(|chain| chain.first().map(|leaf| CertIdentity::of_certificate(leaf))),
+        }
+    }
+}
+
+/// Which address of an announce is unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressKind {
+    /// The one the announce names.
+    Claimed,
+    /// The one the tracker would record (the connection's source IP with the claimed port).
+    Recorded,
+}
+
+impl std::fmt::Display for AddressKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Claimed => "claimed",
+            Self::Recorded => "recorded",
+        })
     }
 }
 
@@ -65,6 +121,17 @@ pub enum ServiceError {
     MissingPeer,
     #[error("invalid `peer`: {0}")]
     Peer(#[source] WireError),
+    #[error("{kind} peer address {addr} cannot be dialled: {problem}")]
+    UnusableAddress {
+        kind: AddressKind,
+        addr: SocketAddr,
+        problem: &'static str,
+    },
+    #[error(
+        "peer id {peer_id} is announced by another certificate: every agent and origin needs \
+         its own peer id"
+    )]
+    PeerIdTaken { peer_id: PeerId },
     #[error(transparent)]
     PeerStore(#[from] PeerStoreError),
     #[error(transparent)]
@@ -72,9 +139,23 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// Whether the tracker turned the announce down to protect the swarm (as opposed to a
+    /// malformed request or a failure).
+    fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::UnusableAddress { .. }
+                | Self::PeerIdTaken { .. }
+                | Self::PeerStore(PeerStoreError::Full(_))
+        )
+    }
+
     fn label(&self) -> &'static str {
         match self {
             Self::Namespace(_) | Self::Digest(_) | Self::MissingPeer | Self::Peer(_) => "invalid",
+            Self::UnusableAddress { .. } => "unusable_address",
+            Self::PeerIdTaken { .. } => "peer_id_taken",
+            Self::PeerStore(PeerStoreError::Full(exceeded)) => exceeded.label(),
             Self::PeerStore(_) => "peer_store_error",
             Self::Origin(OriginError::NotFound { .. }) => "not_found",
             Self::Origin(OriginError::Fetching { .. }) => "fetching",
@@ -90,7 +171,13 @@ impl From<ServiceError> for Status {
             ServiceError::Namespace(_)
             | ServiceError::Digest(_)
             | ServiceError::MissingPeer
-            | ServiceError::Peer(_) => return Status::invalid_argument(message),
+            | ServiceError::Peer(_)
+            | ServiceError::UnusableAddress { .. } => return Status::invalid_argument(message),
+            ServiceError::PeerIdTaken { .. } => return Status::permission_denied(message),
+            // A cap, not an outage: retrying soon will not help, so no retry-after pace.
+            ServiceError::PeerStore(PeerStoreError::Full(_)) => {
+                return Status::resource_exhausted(message);
+            }
             ServiceError::Origin(OriginError::NotFound { .. }) => {
                 return Status::not_found(message);
             }
@@ -131,8 +218,8 @@ impl Tracker {
         Self {
             store,
             origins,
-            settings,
             metainfo: CoalescingCache::new(settings.metainfo_cache_ttl, METAINFO_CACHE_CAPACITY),
+            settings,
         }
     }
 
@@ -144,6 +231,7 @@ impl Tracker {
     async fn handle_announce(
         &self,
         request: AnnounceRequest,
+        connection: Connection,
     ) -> Result<AnnounceResponse, ServiceError> {
         // The namespace routes nothing here, but a malformed one is a broken client worth
         // refusing early rather than a swarm entry.
@@ -154,14 +242,56 @@ impl Tracker {
         let caller = PeerInfo::try_from(wire_peer).map_err(ServiceError::Peer)?;
         tracing::Span::current().record("peer", field::display(&caller.peer_id));
 
+        // Other peers will dial what is recorded here, so a caller must not be able to send
+        // them to another host, nor to an address no packet can reach.
+        check_usable(AddressKind::Claimed, caller.addr)?;
+        let addr = recorded_address(
+            caller.addr,
+            connection.source,
+            &self.settings.trust_claimed_address_from,
+        );
+        if addr.ip() != caller.addr.ip().to_canonical() {
+            metrics::counter!(crate::metrics::ANNOUNCE_ADDRESS_REWRITES).increment(1);
+            tracing::debug!(claimed = %caller.addr, recorded = %addr, "recording the source address");
+        }
+        check_usable(AddressKind::Recorded, addr)?;
+        // The hand-out leaves out the caller's own address too (an agent restarted under a
+        // new id): that is the address it was recorded at, not the one it claimed.
+        let caller = PeerInfo { addr, ..caller };
+
+        // Before anything is written: otherwise announcing a live peer's id would overwrite
+        // its address.
+        if let Some(identity) = connection.identity
+            && !self.store.bind_identity(&caller.peer_id, &identity).await?
+        {
+            tracing::info!(
+                peer = %caller.peer_id,
+                certificate = %identity,
+                source = ?connection.source,
+                "refusing an announce under a peer id another certificate holds"
+            );
+            return Err(ServiceError::PeerIdTaken {
+                peer_id: caller.peer_id,
+            });
+        }
+
         // The `origin` flag a caller sends is not stored: being handed out as an origin is
         // decided by the ring (`owners`), not by what a peer claims.
         let entry = PeerEntry {
             peer_id: caller.peer_id,
-            addr: caller.addr,
+            addr,
             complete: caller.complete,
         };
-        self.store.update(&digest, &entry).await?;
+        if let Err(error) = self
+            .store
+            .update(&digest, &entry, self.settings.limits)
+            .await
+        {
+            if let PeerStoreError::Full(exceeded) = &error {
+                tracing::info!(%addr, %exceeded, "refusing a new peer");
+            }
+            return Err(error.into());
+        }
 
         let interval = prost_duration(self.settings.announce_interval);
         if caller.complete {
@@ -237,8 +367,14 @@ impl TrackerService for Tracker {
             metrics::counter!(crate::metrics::ANNOUNCES, "result" => "denied").increment(1);
             return Err(status);
         }
-        let result = self.handle_announce(request.into_inner()).await;
+        let connection = Connection::of(&request);
+        let result = self.handle_announce(request.into_inner(), connection).await;
         let label = result.as_ref().map_or_else(ServiceError::label, |_| "ok");
+        if let Err(error) = &result
+            && error.is_refusal()
+        {
+            metrics::counter!(crate::metrics::ANNOUNCE_REFUSALS, "reason" => label).increment(1);
+        }
         metrics::counter!(crate::metrics::ANNOUNCES, "result" => label).increment(1);
         metrics::histogram!(crate::metrics::ANNOUNCE_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
@@ -261,6 +397,46 @@ impl TrackerService for Tracker {
             tracing::debug!(error = %error_chain(error), "metainfo request failed");
         }
         result.map(Response::new).map_err(Status::from)
+    }
+}
+
+/// Where other peers will dial a caller that claims `claimed`: the connection's `source` IP
+/// with the claimed port, unless the source is in `trusted` (a NAT or sidecar speaking for
+/// others) or unknown (an in-process call), when the claimed address stands.
+fn recorded_address(claimed: SocketAddr, source: Option<IpAddr>, trusted: &[IpNet]) -> SocketAddr {
+    let claimed = SocketAddr::new(claimed.ip().to_canonical(), claimed.port());
+    match source.map(|ip| ip.to_canonical()) {
+        Some(source) if !trusted.iter().any(|net| net.contains(&source)) => {
+            SocketAddr::new(source, claimed.port())
+        }
+        _ => claimed,
+    }
+}
+
+/// Why no peer could ever dial `addr`, if so.
+fn unusable(addr: SocketAddr) -> Option<&'static str> {
+    let ip = addr.ip().to_canonical();
+    if ip.is_unspecified() {
+        Some("the IP is unspecified (0.0.0.0 or ::)")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the IP is the broadcast address")
+    } else if ip.is_multicast() {
+        Some("the IP is a multicast address")
+    } else if addr.port() == 0 {
+        Some("the port is 0")
+    } else {
+        None
+    }
+}
+
+fn check_usable(kind: AddressKind, addr: SocketAddr) -> Result<(), ServiceError> {
+    match unusable(addr) {
+        Some(problem) => Err(ServiceError::UnusableAddress {
+            kind,
+            addr,
+            problem,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -332,5 +508,303 @@ mod tests {
                 nanos: 500_000_000
             }
         );
+    }
+
+    #[test]
+    fn the_source_ip_is_recorded_unless_trusted_or_unknown() {
+        let claimed: SocketAddr = "10.9.9.9:16001".parse().unwrap();
+        let trusted: Vec<IpNet> = vec!["192.168.0.0/16".parse().unwrap()];
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        assert_eq!(
+            recorded_address(claimed, ip("10.0.0.5"), &trusted),
+            "10.0.0.5:16001".parse().unwrap()
+        );
+        // A dual-stack listener sees IPv4 callers as IPv4-mapped IPv6.
+        assert_eq!(
+            recorded_address(claimed, ip("::ffff:10.0.0.5"), &trusted),
+            "10.0.0.5:16001".parse().unwrap()
+        );
+        assert_eq!(
+            recorded_address(claimed, ip("2001:db8::5"), &trusted),
+            "[2001:db8::5]:16001".parse().unwrap()
+        );
+        assert_eq!(
+            recorded_address(claimed, ip("192.168.3.4"), &trusted),
+            claimed
+        );
+        assert_eq!(
+            recorded_address(claimed, ip("::ffff:192.168.3.4"), &trusted),
+            claimed
+        );
+        assert_eq!(recorded_address(claimed, None, &[]), claimed);
+        assert_eq!(
+            recorded_address("[::ffff:10.1.1.1]:5".parse().unwrap(), None, &[]),
+            "10.1.1.1:5".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn addresses_no_peer_can_dial_are_unusable() {
+        for (addr, problem) in [
+            ("0.0.0.0:16001", "unspecified"),
+            ("[::]:16001", "unspecified"),
+            ("[::ffff:0.0.0.0]:16001", "unspecified"),
+            ("255.255.255.255:16001", "broadcast"),
+            ("224.0.0.1:16001", "multicast"),
+            ("239.1.2.3:16001", "multicast"),
+            ("[ff02::1]:16001", "multicast"),
+            ("10.0.0.1:0", "port is 0"),
+        ] {
+            let found = unusable(addr.parse().unwrap());
+            assert!(
+                found.is_some_and(|p| p.contains(problem)),
+                "{addr}: {found:?}"
+            );
+        }
+        for addr in ["10.0.0.1:16001", "127.0.0.1:1", "[2001:db8::1]:443"] {
+            assert_eq!(unusable(addr.parse().unwrap()), None, "{addr}");
+        }
+    }
+
+    #[test]
+    fn refusals_map_to_their_status_codes() {
+        let status = Status::from(ServiceError::UnusableAddress {
+            kind: AddressKind::Claimed,
+            addr: "0.0.0.0:1".parse().unwrap(),
+            problem: "the IP is unspecified (0.0.0.0 or ::)",
+        });
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("claimed peer address 0.0.0.0:1"),
+            "{status:?}"
+        );
+        let peer_id = PeerId::from_array([7; 20]);
+        let error = ServiceError::PeerIdTaken { peer_id };
+        assert!(error.is_refusal());
+        assert_eq!(error.label(), "peer_id_taken");
+        let status = Status::from(error);
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            status.message().contains(&peer_id.to_string()),
+            "{status:?}"
+        );
+        let error = ServiceError::PeerStore(PeerStoreError::Full(
+            crate::peerstore::CapExceeded::Address {
+                ip: "10.0.0.1".parse().unwrap(),
+                limit: 32,
+            },
+        ));
+        assert_eq!(error.label(), "address_full");
+        let status = Status::from(error);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("32 peers at 10.0.0.1"),
+            "{status:?}"
+        );
+        assert!(status.metadata().get(RETRY_AFTER_MS).is_none());
+    }
+
+    #[derive(Debug)]
+    struct NoOrigins;
+
+    #[async_trait::async_trait]
+    impl OriginDirectory for NoOrigins {
+        async fn owners(&self, _digest: &Digest) -> Result<Vec<PeerInfo>, OriginError> {
+            Ok(Vec::new())
+        }
+
+        async fn metainfo(
+            &self,
+            _namespace: &Namespace,
+            digest: &Digest,
+        ) -> Result<kraken_core::MetaInfo, OriginError> {
+            Err(OriginError::NoOwners { digest: *digest })
+        }
+    }
+
+    fn tracker(settings: TrackerSettings) -> Tracker {
+        Tracker::new(
+            Arc::new(crate::MemoryPeerStore::new(Duration::from_secs(60))),
+            Arc::new(NoOrigins),
+            settings,
+        )
+    }
+
+    fn announce_of(digest: &Digest, n: u8, addr: &str) -> AnnounceRequest {
+        AnnounceRequest {
+            namespace: "library/ubuntu".into(),
+            digest: digest.to_string(),
+            peer: Some(pb::PeerInfo::from(&PeerInfo {
+                peer_id: PeerId::from_array([n; 20]),
+                addr: addr.parse().unwrap(),
+                complete: false,
+                origin: false,
+            })),
+        }
+    }
+
+    fn from(source: &str, certificate: &[u8]) -> Connection {
+        Connection {
+            source: Some(source.parse().unwrap()),
+            identity: Some(CertIdentity::of_certificate(certificate)),
+        }
+    }
+
+    /// What the store holds for `digest`: what other peers would be handed.
+    async fn recorded(tracker: &Tracker, digest: &Digest) -> Vec<(PeerId, SocketAddr)> {
+        let mut peers: Vec<_> = tracker
+            .store
+            .get_peers(digest, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| (p.peer_id, p.addr))
+            .collect();
+        peers.sort();
+        peers
+    }
+
+    #[tokio::test]
+    async fn announces_are_recorded_at_their_source_under_their_owner() {
+        let tracker = tracker(TrackerSettings::default());
+        let blob = Digest::of(b"blob");
+        let one = PeerId::from_array([1; 20]);
+
+        // Claims another host: recorded at the connection's source, with the claimed port.
+        tracker
+            .handle_announce(
+                announce_of(&blob, 1, "10.9.9.9:16001"),
+                from("10.0.0.1", b"a"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            recorded(&tracker, &blob).await,
+            vec![(one, "10.0.0.1:16001".parse().unwrap())]
+        );
+
+        // Another certificate cannot take the id over, and the address stays.
+        let error = tracker
+            .handle_announce(
+                announce_of(&blob, 1, "10.0.0.66:16001"),
+                from("10.0.0.66", b"b"),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ServiceError::PeerIdTaken { peer_id } if peer_id == one));
+        assert_eq!(
+            recorded(&tracker, &blob).await,
+            vec![(one, "10.0.0.1:16001".parse().unwrap())]
+        );
+        // The owner moves freely.
+        tracker
+            .handle_announce(
+                announce_of(&blob, 1, "10.0.0.2:16002"),
+                from("10.0.0.2", b"a"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            recorded(&tracker, &blob).await,
+            vec![(one, "10.0.0.2:16002".parse().unwrap())]
+        );
+
+        // Unusable addresses are refused whether claimed or recorded.
+        for (claimed, source) in [
+            ("0.0.0.0:16003", "10.0.0.3"),
+            ("255.255.255.255:16003", "10.0.0.3"),
+            ("10.0.0.3:16003", "224.0.0.9"),
+        ] {
+            let error = tracker
+                .handle_announce(announce_of(&blob, 3, claimed), from(source, b"c"))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, ServiceError::UnusableAddress { .. }),
+                "{claimed} from {source}: {error:?}"
+            );
+        }
+        assert_eq!(recorded(&tracker, &blob).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn trusted_sources_name_their_address_and_caps_apply() {
+        let tracker = tracker(TrackerSettings {
+            trust_claimed_address_from: vec!["10.1.0.0/16".parse().unwrap()],
+            limits: PeerLimits {
+                per_blob: 3,
+                per_address: 2,
+            },
+            ..TrackerSettings::default()
+        });
+        let blob = Digest::of(b"blob");
+        tracker
+            .handle_announce(
+                announce_of(&blob, 1, "10.7.7.7:16001"),
+                from("10.1.0.1", b"nat"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            recorded(&tracker, &blob).await,
+            vec![(
+                PeerId::from_array([1; 20]),
+                "10.7.7.7:16001".parse().unwrap()
+            )]
+        );
+
+        tracker
+            .handle_announce(
+                announce_of(&blob, 2, "10.7.7.7:16002"),
+                from("10.1.0.1", b"nat"),
+            )
+            .await
+            .unwrap();
+        let error = tracker
+            .handle_announce(
+                announce_of(&blob, 3, "10.7.7.7:16003"),
+                from("10.1.0.1", b"nat"),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.label(), "address_full", "{error:?}");
+        tracker
+            .handle_announce(
+                announce_of(&blob, 1, "10.7.7.7:16001"),
+                from("10.1.0.1", b"nat"),
+            )
+            .await
+            .expect("a known peer refreshes at the cap");
+    }
+
+    #[tokio::test]
+    async fn the_caller_is_left_out_at_the_address_it_was_recorded_at() {
+        let tracker = tracker(TrackerSettings::default());
+        let blob = Digest::of(b"blob");
+        tracker
+            .handle_announce(
+                announce_of(&blob, 1, "10.9.9.9:16001"),
+                from("10.0.0.1", b"a"),
+            )
+            .await
+            .unwrap();
+        // The same agent restarted under a new id, still claiming the same wrong address.
+        let reply = tracker
+            .handle_announce(
+                announce_of(&blob, 2, "10.9.9.9:16001"),
+                from("10.0.0.1", b"a"),
+            )
+            .await
+            .unwrap();
+        assert!(reply.peers.is_empty(), "{:?}", reply.peers);
+        // Another host is handed it.
+        let reply = tracker
+            .handle_announce(
+                announce_of(&blob, 3, "10.0.0.3:16001"),
+                from("10.0.0.3", b"c"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.peers.len(), 2);
     }
 }

@@ -2,14 +2,16 @@
 //! digest so that every announce of a blob reaches the same one.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use kraken_config::tracker::MemoryPeerStoreConfig;
 use kraken_core::{Digest, PeerId};
-use rand::seq::SliceRandom;
+use rand::seq::{IteratorRandom, SliceRandom};
 use tokio::time::Instant;
 
-use super::{PeerEntry, PeerStore, PeerStoreError};
+use super::{CapExceeded, CertIdentity, PeerEntry, PeerLimits, PeerStore, PeerStoreError};
 
 /// Expired entries are swept at most this often (and at least once per TTL), so memory stays
 /// bounded by the announces of the last TTL without a scan on every call.
@@ -23,39 +25,69 @@ const MAX_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 pub struct MemoryPeerStore {
     ttl: Duration,
     purge_interval: Duration,
+    /// Most announces held, and separately most peer-id bindings: expired ones count until
+    /// the next sweep, which keeps a full store from sweeping on every refused announce.
+    max_entries: usize,
     state: Mutex<State>,
 }
 
 #[derive(Debug)]
 struct State {
-    blobs: HashMap<Digest, HashMap<PeerId, Stored>>,
+    blobs: HashMap<Digest, Blob>,
+    /// Announces held across `blobs`, expired ones not yet purged included.
+    entries: usize,
+    /// Which certificate each peer id belongs to.
+    owners: HashMap<PeerId, Owner>,
     next_purge: Instant,
+}
+
+/// One blob's announces, with a count per IP so the per-address cap costs no scan.
+#[derive(Debug, Default)]
+struct Blob {
+    peers: HashMap<PeerId, Stored>,
+    per_ip: HashMap<IpAddr, usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Stored {
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     complete: bool,
     expires: Instant,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    identity: CertIdentity,
+    expires: Instant,
+}
+
 impl MemoryPeerStore {
-    /// A store remembering each announce for `ttl`.
+    /// A store remembering each announce for `ttl`, holding at most the default
+    /// `peerstore.memory.max_entries`.
     pub fn new(ttl: Duration) -> Self {
         let purge_interval = ttl.min(MAX_PURGE_INTERVAL);
         Self {
             ttl,
             purge_interval,
+            max_entries: MemoryPeerStoreConfig::default().max_entries,
             state: Mutex::new(State {
                 blobs: HashMap::new(),
+                entries: 0,
+                owners: HashMap::new(),
                 next_purge: Instant::now() + purge_interval,
             }),
         }
     }
 
+    /// The store, holding at most `max_entries` announces (and peer-id bindings).
+    pub fn with_max_entries(mut self, max_entries: usize) -> Self {
+        self.max_entries = max_entries;
+        self
+    }
+
     /// Peers currently held, across all blobs, expired ones not yet purged included.
     pub fn len(&self) -> usize {
-        self.lock().blobs.values().map(HashMap::len).sum()
+        self.lock().entries
     }
 
     /// Whether no peer is held.
@@ -68,46 +100,136 @@ impl MemoryPeerStore {
         // panic elsewhere while holding the lock is no reason to stop serving.
         kraken_core::sync::lock(&self.state)
     }
-}
 
-impl State {
-    fn purge_expired(&mut self, now: Instant) {
-        self.blobs.retain(|_, peers| {
-            peers.retain(|_, stored| stored.expires > now);
-            !peers.is_empty()
-        });
-        let held: usize = self.blobs.values().map(HashMap::len).sum();
-        metrics::gauge!(crate::metrics::MEMORY_PEERSTORE_PEERS).set(held as f64);
-    }
-}
-
-#[async_trait::async_trait]
-impl PeerStore for MemoryPeerStore {
-    async fn update(&self, digest: &Digest, peer: &PeerEntry) -> Result<(), PeerStoreError> {
-        let now = Instant::now();
+    /// Locks the state, first sweeping expired entries when a sweep is due.
+    fn lock_swept(&self, now: Instant) -> MutexGuard<'_, State> {
         let mut state = self.lock();
         if now >= state.next_purge {
             state.purge_expired(now);
             state.next_purge = now + self.purge_interval;
         }
-        let expires = now + self.ttl;
         state
-            .blobs
-            .entry(*digest)
-            .or_default()
-            .entry(peer.peer_id)
-            .and_modify(|stored| {
-                // A peer that expired keeps no memory of having been complete: it may have
-                // restarted with an empty cache under the same id.
-                stored.complete = peer.complete || (stored.complete && stored.expires > now);
-                stored.addr = peer.addr;
-                stored.expires = expires;
+    }
+}
+
+impl State {
+    fn purge_expired(&mut self, now: Instant) {
+        let mut removed = 0;
+        self.blobs.retain(|_, blob| {
+            removed += blob.purge_expired(now);
+            !blob.peers.is_empty()
+        });
+        self.entries = self.entries.saturating_sub(removed);
+        self.owners.retain(|_, owner| owner.expires > now);
+        metrics::gauge!(crate::metrics::MEMORY_PEERSTORE_PEERS).set(self.entries as f64);
+    }
+}
+
+impl Blob {
+    /// Drops the expired announces, returning how many.
+    fn purge_expired(&mut self, now: Instant) -> usize {
+        let before = self.peers.len();
+        let per_ip = &mut self.per_ip;
+        self.peers.retain(|_, stored| {
+            let live = stored.expires > now;
+            if !live {
+                release(per_ip, stored.addr.ip());
+            }
+            live
+        });
+        before - self.peers.len()
+    }
+
+    fn at_ip(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Which cap a new peer at `ip` would exceed.
+    fn cap_exceeded(&self, ip: IpAddr, limits: PeerLimits) -> Option<CapExceeded> {
+        if self.peers.len() >= limits.per_blob {
+            Some(CapExceeded::Blob {
+                limit: limits.per_blob,
             })
-            .or_insert(Stored {
+        } else if self.at_ip(ip) >= limits.per_address {
+            Some(CapExceeded::Address {
+                ip,
+                limit: limits.per_address,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+fn release(per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(count) = per_ip.get_mut(&ip) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerStore for MemoryPeerStore {
+    async fn update(
+        &self,
+        digest: &Digest,
+        peer: &PeerEntry,
+        limits: PeerLimits,
+    ) -> Result<(), PeerStoreError> {
+        let now = Instant::now();
+        let expires = now + self.ttl;
+        let mut guard = self.lock_swept(now);
+        let state = &mut *guard;
+
+        // A known peer id is refreshed whatever the caps say: a flood of newcomers must not
+        // push out the peers already serving the blob.
+        if let Some(blob) = state.blobs.get_mut(digest)
+            && let Some(stored) = blob.peers.get_mut(&peer.peer_id)
+        {
+            // A peer that expired keeps no memory of having been complete: it may have
+            // restarted with an empty cache under the same id.
+            stored.complete = peer.complete || (stored.complete && stored.expires > now);
+            let old_ip = stored.addr.ip();
+            stored.addr = peer.addr;
+            stored.expires = expires;
+            if old_ip != peer.addr.ip() {
+                release(&mut blob.per_ip, old_ip);
+                *blob.per_ip.entry(peer.addr.ip()).or_default() += 1;
+            }
+            return Ok(());
+        }
+
+        if state.entries >= self.max_entries {
+            return Err(CapExceeded::Store {
+                limit: self.max_entries,
+            }
+            .into());
+        }
+        let ip = peer.addr.ip();
+        let blob = state.blobs.entry(*digest).or_default();
+        if blob.cap_exceeded(ip, limits).is_some() {
+            // Expired announces still count until the periodic sweep; at a cap, sweep this
+            // blob now so that departed peers make room (the cost is paid only at the cap).
+            state.entries = state.entries.saturating_sub(blob.purge_expired(now));
+            if let Some(exceeded) = blob.cap_exceeded(ip, limits) {
+                if blob.peers.is_empty() {
+                    state.blobs.remove(digest);
+                }
+                return Err(exceeded.into());
+            }
+        }
+        blob.peers.insert(
+            peer.peer_id,
+            Stored {
                 addr: peer.addr,
                 complete: peer.complete,
                 expires,
-            });
+            },
+        );
+        *blob.per_ip.entry(ip).or_default() += 1;
+        state.entries += 1;
         Ok(())
     }
 
@@ -117,12 +239,15 @@ impl PeerStore for MemoryPeerStore {
         limit: usize,
     ) -> Result<Vec<PeerEntry>, PeerStoreError> {
         let now = Instant::now();
-        let mut live: Vec<PeerEntry> = {
+        let mut rng = rand::rng();
+        let mut sample = {
             let state = self.lock();
-            let Some(peers) = state.blobs.get(digest) else {
+            let Some(blob) = state.blobs.get(digest) else {
                 return Ok(Vec::new());
             };
-            peers
+            // Reservoir sampling: one pass under the lock, copying only `limit` peers, however
+            // large the swarm.
+            blob.peers
                 .iter()
                 .filter(|(_, stored)| stored.expires > now)
                 .map(|(peer_id, stored)| PeerEntry {
@@ -130,11 +255,47 @@ impl PeerStore for MemoryPeerStore {
                     addr: stored.addr,
                     complete: stored.complete,
                 })
-                .collect()
+                .choose_multiple(&mut rng, limit)
         };
-        // A partial shuffle is a uniform random sample in random order, in O(limit) swaps.
-        let (sample, _) = live.partial_shuffle(&mut rand::rng(), limit);
-        Ok(sample.to_vec())
+        // The reservoir is a uniform sample but not in random order.
+        sample.shuffle(&mut rng);
+        Ok(sample)
+    }
+
+    async fn bind_identity(
+        &self,
+        peer_id: &PeerId,
+        identity: &CertIdentity,
+    ) -> Result<bool, PeerStoreError> {
+        let now = Instant::now();
+        let expires = now + self.ttl;
+        let mut state = self.lock_swept(now);
+        let held = state.owners.len();
+        match state.owners.get_mut(peer_id) {
+            Some(owner) if owner.expires > now && owner.identity != *identity => Ok(false),
+            // Ours, or a binding that lapsed with the peer's announces: (re)claim it.
+            Some(owner) => {
+                *owner = Owner {
+                    identity: *identity,
+                    expires,
+                };
+                Ok(true)
+            }
+            None if held >= self.max_entries => Err(CapExceeded::Store {
+                limit: self.max_entries,
+            }
+            .into()),
+            None => {
+                state.owners.insert(
+                    *peer_id,
+                    Owner {
+                        identity: *identity,
+                        expires,
+                    },
+                );
+                Ok(true)
+            }
+        }
     }
 }
 
@@ -154,12 +315,21 @@ mod tests {
     async fn entries_expire_after_the_ttl_and_reannounces_refresh_them() {
         let store = MemoryPeerStore::new(Duration::from_secs(10));
         let digest = Digest::of(b"blob");
-        store.update(&digest, &entry(1, false)).await.unwrap();
-        store.update(&digest, &entry(2, false)).await.unwrap();
+        store
+            .update(&digest, &entry(1, false), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
+        store
+            .update(&digest, &entry(2, false), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
 
         tokio::time::advance(Duration::from_secs(6)).await;
         // Peer 1 re-announces: its TTL restarts, peer 2's does not.
-        store.update(&digest, &entry(1, false)).await.unwrap();
+        store
+            .update(&digest, &entry(1, false), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
         assert_eq!(store.get_peers(&digest, 10).await.unwrap().len(), 2);
 
         tokio::time::advance(Duration::from_secs(5)).await;
@@ -175,7 +345,7 @@ mod tests {
         let store = MemoryPeerStore::new(Duration::from_secs(10));
         for n in 0..50u8 {
             store
-                .update(&Digest::of(&[n]), &entry(n, true))
+                .update(&Digest::of(&[n]), &entry(n, true), PeerLimits::UNLIMITED)
                 .await
                 .unwrap();
         }
@@ -183,7 +353,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         // The next write sweeps everything that expired.
         store
-            .update(&Digest::of(b"fresh"), &entry(99, false))
+            .update(
+                &Digest::of(b"fresh"),
+                &entry(99, false),
+                PeerLimits::UNLIMITED,
+            )
             .await
             .unwrap();
         assert_eq!(store.len(), 1);
@@ -193,9 +367,18 @@ mod tests {
     async fn complete_only_goes_from_false_to_true() {
         let store = MemoryPeerStore::new(Duration::from_secs(10));
         let digest = Digest::of(b"blob");
-        store.update(&digest, &entry(1, false)).await.unwrap();
-        store.update(&digest, &entry(1, true)).await.unwrap();
-        store.update(&digest, &entry(1, false)).await.unwrap();
+        store
+            .update(&digest, &entry(1, false), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
+        store
+            .update(&digest, &entry(1, true), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
+        store
+            .update(&digest, &entry(1, false), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
         assert_eq!(
             store.get_peers(&digest, 10).await.unwrap(),
             vec![entry(1, true)]
@@ -203,7 +386,10 @@ mod tests {
 
         // After expiry the flag is forgotten with the rest of the entry.
         tokio::time::advance(Duration::from_secs(11)).await;
-        store.update(&digest, &entry(1, false)).await.unwrap();
+        store
+            .update(&digest, &entry(1, false), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
         assert_eq!(
             store.get_peers(&digest, 10).await.unwrap(),
             vec![entry(1, false)]
@@ -215,8 +401,14 @@ mod tests {
         let store = MemoryPeerStore::new(Duration::from_secs(60));
         let digest = Digest::of(b"blob");
         for n in 0..20 {
-            store.update(&digest, &entry(n, false)).await.unwrap();
-            store.update(&digest, &entry(n, false)).await.unwrap();
+            store
+                .update(&digest, &entry(n, false), PeerLimits::UNLIMITED)
+                .await
+                .unwrap();
+            store
+                .update(&digest, &entry(n, false), PeerLimits::UNLIMITED)
+                .await
+                .unwrap();
         }
         let mut seen = std::collections::HashSet::new();
         for _ in 0..20 {
@@ -235,5 +427,164 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    fn at(n: u8, ip: [u8; 4]) -> PeerEntry {
+        PeerEntry {
+            peer_id: PeerId::from_array([n; 20]),
+            addr: SocketAddr::from((ip, 16000 + u16::from(n))),
+            complete: false,
+        }
+    }
+
+    fn refused(result: Result<(), PeerStoreError>) -> CapExceeded {
+        match result {
+            Err(PeerStoreError::Full(exceeded)) => exceeded,
+            other => panic!("expected a cap refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn caps_refuse_new_peers_but_known_ones_keep_refreshing() {
+        // A TTL above the sweep interval, so that the cap's own sweep is what makes room.
+        let store = MemoryPeerStore::new(Duration::from_secs(100));
+        let digest = Digest::of(b"blob");
+        let limits = PeerLimits {
+            per_blob: 5,
+            per_address: 3,
+        };
+        for n in 0..3 {
+            store
+                .update(&digest, &at(n, [10, 0, 0, 1]), limits)
+                .await
+                .unwrap();
+        }
+        let ip = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            refused(store.update(&digest, &at(3, [10, 0, 0, 1]), limits).await),
+            CapExceeded::Address { ip, limit: 3 }
+        );
+        // Another address still fits, up to the blob's cap.
+        store
+            .update(&digest, &at(4, [10, 0, 0, 2]), limits)
+            .await
+            .unwrap();
+        store
+            .update(&digest, &at(5, [10, 0, 0, 3]), limits)
+            .await
+            .unwrap();
+        assert_eq!(
+            refused(store.update(&digest, &at(6, [10, 0, 0, 4]), limits).await),
+            CapExceeded::Blob { limit: 5 }
+        );
+        // Known peers refresh, even moving to a full address; other blobs are unaffected.
+        store
+            .update(&digest, &at(0, [10, 0, 0, 1]), limits)
+            .await
+            .unwrap();
+        store
+            .update(&digest, &at(4, [10, 0, 0, 1]), limits)
+            .await
+            .unwrap();
+        store
+            .update(&Digest::of(b"other"), &at(3, [10, 0, 0, 1]), limits)
+            .await
+            .unwrap();
+        assert_eq!(store.get_peers(&digest, 100).await.unwrap().len(), 5);
+        assert_eq!(store.len(), 6);
+
+        // Peer 4 moved away from 10.0.0.2, so that address has room again... but the blob
+        // does not until someone expires.
+        assert_eq!(
+            refused(store.update(&digest, &at(7, [10, 0, 0, 2]), limits).await),
+            CapExceeded::Blob { limit: 5 }
+        );
+        // The periodic sweep runs at 61 s (nothing has expired yet) and next at 121 s.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        store
+            .update(&digest, &at(0, [10, 0, 0, 1]), limits)
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(40)).await;
+        // Only peer 0 is live; the cap sweeps the blob's expired ones instead of refusing.
+        for n in 10..12 {
+            store
+                .update(&digest, &at(n, [10, 0, 0, 1]), limits)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            refused(store.update(&digest, &at(12, [10, 0, 0, 1]), limits).await),
+            CapExceeded::Address { ip, limit: 3 }
+        );
+        assert_eq!(store.get_peers(&digest, 100).await.unwrap().len(), 3);
+        // Peers 0, 10, 11, and the other blob's expired entry still awaiting its sweep.
+        assert_eq!(store.len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_store_holds_at_most_max_entries() {
+        let store = MemoryPeerStore::new(Duration::from_secs(10)).with_max_entries(3);
+        for n in 0..3u8 {
+            store
+                .update(&Digest::of(&[n]), &entry(n, false), PeerLimits::UNLIMITED)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            refused(
+                store
+                    .update(&Digest::of(b"x"), &entry(9, false), PeerLimits::UNLIMITED)
+                    .await
+            ),
+            CapExceeded::Store { limit: 3 }
+        );
+        // Refreshing is still allowed, and the periodic sweep makes room again.
+        store
+            .update(&Digest::of(&[0]), &entry(0, true), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        store
+            .update(&Digest::of(b"x"), &entry(9, false), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_id_stays_with_the_first_certificate_while_it_announces() {
+        let store = MemoryPeerStore::new(Duration::from_secs(10)).with_max_entries(2);
+        let (mine, theirs) = (
+            CertIdentity::of_certificate(b"mine"),
+            CertIdentity::of_certificate(b"theirs"),
+        );
+        let id = PeerId::from_array([1; 20]);
+        assert!(store.bind_identity(&id, &mine).await.unwrap());
+        assert!(!store.bind_identity(&id, &theirs).await.unwrap());
+        // Each announce of the owner restarts the binding's TTL.
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(8)).await;
+            assert!(store.bind_identity(&id, &mine).await.unwrap());
+            assert!(!store.bind_identity(&id, &theirs).await.unwrap());
+        }
+        // Once the owner has been silent for the TTL its id is free again.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(store.bind_identity(&id, &theirs).await.unwrap());
+        assert!(!store.bind_identity(&id, &mine).await.unwrap());
+
+        // Bindings are capped like announces.
+        assert!(
+            store
+                .bind_identity(&PeerId::from_array([2; 20]), &mine)
+                .await
+                .unwrap()
+        );
+        assert!(matches!(
+            store
+                .bind_identity(&PeerId::from_array([3; 20]), &mine)
+                .await,
+            Err(PeerStoreError::Full(CapExceeded::Store { limit: 2 }))
+        ));
     }
 }

@@ -4,11 +4,12 @@ mod memory;
 mod redis_store;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use kraken_config::tracker::{PeerStoreBackend, PeerStoreConfig};
 use kraken_core::{Digest, PeerId};
+use sha2::Digest as _;
 
 pub use self::memory::MemoryPeerStore;
 pub use self::redis_store::{Clock, RedisPeerStore, SystemClock};
@@ -23,9 +24,93 @@ pub struct PeerEntry {
     pub complete: bool,
 }
 
+/// Caps on one blob's swarm, checked when a peer the store does not know yet announces;
+/// refreshing a known peer is always allowed, so a flood of newcomers never evicts a swarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Most peers per blob.
+    pub per_blob: usize,
+    /// Most peers per blob at one IP address.
+    pub per_address: usize,
+}
+
+impl PeerLimits {
+    /// No cap beyond what memory allows: for tests of other behaviour.
+    pub const UNLIMITED: Self = Self {
+        per_blob: usize::MAX,
+        per_address: usize::MAX,
+    };
+}
+
+impl Default for PeerLimits {
+    /// The defaults of `max_peers_per_blob` and `max_peers_per_address`.
+    fn default() -> Self {
+        let config = kraken_config::TrackerConfig::default();
+        Self {
+            per_blob: config.max_peers_per_blob,
+            per_address: config.max_peers_per_address,
+        }
+    }
+}
+
+/// Which cap refused a new peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CapExceeded {
+    #[error("the blob already has {limit} peers, the most the tracker records per blob")]
+    Blob { limit: usize },
+    #[error("{limit} peers at {ip} already announced the blob, the most per address")]
+    Address { ip: IpAddr, limit: usize },
+    #[error("the peer store holds {limit} entries, its capacity")]
+    Store { limit: usize },
+}
+
+impl CapExceeded {
+    /// A bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Blob { .. } => "blob_full",
+            Self::Address { .. } => "address_full",
+            Self::Store { .. } => "store_full",
+        }
+    }
+}
+
+/// Who announced a peer id: the SHA-256 of the caller's leaf certificate (DER). Two agents
+/// holding different certificates have different identities even when their subjects match.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CertIdentity([u8; 32]);
+
+impl CertIdentity {
+    /// The identity of a certificate given as DER.
+    pub fn of_certificate(der: &[u8]) -> Self {
+        Self(sha2::Sha256::digest(der).into())
+    }
+
+    /// Lowercase hex, as stored in Redis.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for CertIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CertIdentity({})", self.hex())
+    }
+}
+
+impl fmt::Display for CertIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The prefix is enough to tell certificates apart in logs.
+        f.write_str(&self.hex()[..16])
+    }
+}
+
 /// Why the peer store could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerStoreError {
+    /// Not a failure of the store: a cap refused a new peer.
+    #[error("new peer refused")]
+    Full(#[from] CapExceeded),
     #[error("cannot connect to the Redis peer store at {addr}")]
     RedisConnect {
         addr: String,
@@ -50,8 +135,16 @@ pub enum PeerStoreError {
 #[async_trait::async_trait]
 pub trait PeerStore: Send + Sync + fmt::Debug {
     /// Records (or refreshes) `peer` as holding `digest`. `complete` only ever goes from false
-    /// to true: a late incomplete announce never hides a seeder.
-    async fn update(&self, digest: &Digest, peer: &PeerEntry) -> Result<(), PeerStoreError>;
+    /// to true: a late incomplete announce never hides a seeder. A peer id the store does not
+    /// hold for `digest` is refused with [`PeerStoreError::Full`] once the blob has
+    /// `limits.per_blob` peers or `limits.per_address` at `peer`'s IP (or the store is at
+    /// its own capacity); a known peer id is always refreshed.
+    async fn update(
+        &self,
+        digest: &Digest,
+        peer: &PeerEntry,
+        limits: PeerLimits,
+    ) -> Result<(), PeerStoreError>;
 
     /// Up to `limit` distinct peers (by peer id) announced recently for `digest`, in random
     /// order, so that every caller gets a different sample and the swarm forms a random graph.
@@ -60,6 +153,16 @@ pub trait PeerStore: Send + Sync + fmt::Debug {
         digest: &Digest,
         limit: usize,
     ) -> Result<Vec<PeerEntry>, PeerStoreError>;
+
+    /// Binds `peer_id` to the certificate `identity` if no other identity holds it, and
+    /// restarts the binding's expiry (the lifetime of an announce), so that nobody else can
+    /// announce under a live peer's id. `Ok(false)`: another identity holds it. Kept in the
+    /// store so that trackers sharing it agree.
+    async fn bind_identity(
+        &self,
+        peer_id: &PeerId,
+        identity: &CertIdentity,
+    ) -> Result<bool, PeerStoreError>;
 }
 
 /// Builds the store `config` selects. Redis is connected to right away, so a wrong address or
@@ -68,7 +171,25 @@ pub async fn build_peer_store(
     config: &PeerStoreConfig,
 ) -> Result<Arc<dyn PeerStore>, PeerStoreError> {
     Ok(match config.backend {
-        PeerStoreBackend::Memory => Arc::new(MemoryPeerStore::new(config.memory.ttl)),
+        PeerStoreBackend::Memory => Arc::new(
+            MemoryPeerStore::new(config.memory.ttl).with_max_entries(config.memory.max_entries),
+        ),
         PeerStoreBackend::Redis => Arc::new(RedisPeerStore::connect(&config.redis).await?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_are_the_certificate_hash() {
+        let a = CertIdentity::of_certificate(b"cert a");
+        assert_eq!(a, CertIdentity::of_certificate(b"cert a"));
+        assert_ne!(a, CertIdentity::of_certificate(b"cert b"));
+        // SHA-256 of "cert a", so that Redis values written by one tracker version are read
+        // the same by another.
+        assert_eq!(a.hex(), hex::encode(sha2::Sha256::digest(b"cert a")));
+        assert_eq!(a.to_string().len(), 16);
+    }
 }

@@ -6,11 +6,21 @@
 //! current and the `max_windows - 1` previous windows, so an announce is forgotten between
 //! `window × (max_windows - 1)` and `window × max_windows` after it was made, without a
 //! per-member TTL (which Redis sets lack) and without any cleanup job.
+//!
+//! Caps need peers rather than members (a peer that completes has two members), so each
+//! window also has `peerids:<digest hex>:<window start>`, the set of peer ids that announced in
+//! it, and `peeraddrs:<digest hex>:<window start>`, a hash from IP to how many of those ids
+//! announced from it. A peer id absent from every live window's id set is new, and is refused
+//! when the current window already holds `per_blob` ids or `per_address` ids at its IP. The
+//! check and the writes are one Lua script, so trackers sharing the server cannot overshoot.
+//!
+//! `peerowner:<peer id hex>` holds the hex SHA-256 of the certificate that announced that peer
+//! id, with the lifetime of an announce, restarted by each of its announces.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use kraken_config::tracker::RedisPeerStoreConfig;
@@ -19,7 +29,58 @@ use rand::seq::SliceRandom;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
-use super::{PeerEntry, PeerStore, PeerStoreError};
+use super::{CapExceeded, CertIdentity, PeerEntry, PeerLimits, PeerStore, PeerStoreError};
+
+/// Records an announce under the caps; see the module documentation. KEYS: the current
+/// window's member set, id set and address hash, then the id sets of the earlier live windows.
+/// ARGV: member, peer id, IP, TTL in ms, per-blob cap, per-address cap. Returns 0 (recorded),
+/// 1 (blob full) or 2 (address full).
+static ANNOUNCE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local known = false
+for i = 2, #KEYS do
+  if i ~= 3 and redis.call('SISMEMBER', KEYS[i], ARGV[2]) == 1 then
+    known = true
+    break
+  end
+end
+if not known then
+  if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then
+    return 1
+  end
+  if tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0') >= tonumber(ARGV[6]) then
+    return 2
+  end
+end
+if redis.call('SADD', KEYS[2], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+for i = 1, 3 do
+  redis.call('PEXPIRE', KEYS[i], ARGV[4])
+end
+return 0
+",
+    )
+});
+
+/// Binds a peer id to a certificate unless another one holds it, restarting the TTL when it
+/// is ours. KEYS: the binding. ARGV: identity, TTL in ms. Returns 1 (ours) or 0 (another's).
+/// A script rather than `SET NX` and a compare, so that the refresh cannot extend a binding
+/// another tracker just replaced.
+static BIND: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+",
+    )
+});
 
 // Wall-clock time for the window computation, injected so that tests can roll windows over
 // without sleeping. Trackers sharing a Redis must agree on it to within a small fraction of a
@@ -113,11 +174,20 @@ impl RedisPeerStore {
     }
 
     fn key(&self, digest: &Digest, window: u64) -> String {
+        self.window_key("peerset", digest, window)
+    }
+
+    fn window_key(&self, kind: &str, digest: &Digest, window: u64) -> String {
         format!(
-            "peerset:{}:{}",
+            "{kind}:{}:{}",
             digest.hex(),
             window.saturating_mul(self.window_ms)
         )
+    }
+
+    /// How long a window's keys, and a peer-id binding, live.
+    fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.window_ms.saturating_mul(self.max_windows)).unwrap_or(i64::MAX)
     }
 
     fn redis_error(&self, source: redis::RedisError) -> PeerStoreError {
@@ -131,21 +201,48 @@ impl RedisPeerStore {
 
 #[async_trait::async_trait]
 impl PeerStore for RedisPeerStore {
-    async fn update(&self, digest: &Digest, peer: &PeerEntry) -> Result<(), PeerStoreError> {
-        let key = self.key(digest, self.current_window());
-        let ttl_ms = self.window_ms.saturating_mul(self.max_windows);
-        let ttl_ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+    async fn update(
+        &self,
+        digest: &Digest,
+        peer: &PeerEntry,
+        limits: PeerLimits,
+    ) -> Result<(), PeerStoreError> {
+        let current = self.current_window();
+        let mut invocation = ANNOUNCE.prepare_invoke();
+        invocation
+            .key(self.key(digest, current))
+            .key(self.window_key("peerids", digest, current))
+            .key(self.window_key("peeraddrs", digest, current));
+        for back in 1..self.max_windows {
+            if let Some(window) = current.checked_sub(back) {
+                invocation.key(self.window_key("peerids", digest, window));
+            }
+        }
+        invocation
+            .arg(encode_member(peer))
+            .arg(peer.peer_id.to_string())
+            .arg(peer.addr.ip().to_string())
+            .arg(self.ttl_ms())
+            // Saturated: Lua numbers are doubles, and a cap beyond 2^53 is no cap anyway.
+            .arg(u64::try_from(limits.per_blob).unwrap_or(u64::MAX))
+            .arg(u64::try_from(limits.per_address).unwrap_or(u64::MAX));
         let mut connection = self.connection.clone();
-        // MULTI/EXEC: a set must never exist without its expiry, or it would live forever.
-        redis::pipe()
-            .atomic()
-            .sadd(&key, encode_member(peer))
-            .ignore()
-            .pexpire(&key, ttl_ms)
-            .ignore()
-            .query_async::<()>(&mut connection)
+        let outcome: i64 = invocation
+            .invoke_async(&mut connection)
             .await
-            .map_err(|e| self.redis_error(e))
+            .map_err(|e| self.redis_error(e))?;
+        match outcome {
+            1 => Err(CapExceeded::Blob {
+                limit: limits.per_blob,
+            }
+            .into()),
+            2 => Err(CapExceeded::Address {
+                ip: peer.addr.ip(),
+                limit: limits.per_address,
+            }
+            .into()),
+            _ => Ok(()),
+        }
     }
 
     async fn get_peers(
@@ -193,6 +290,22 @@ impl PeerStore for RedisPeerStore {
         let mut result: Vec<PeerEntry> = order.iter().filter_map(|id| peers.remove(id)).collect();
         result.shuffle(&mut rand::rng());
         Ok(result)
+    }
+
+    async fn bind_identity(
+        &self,
+        peer_id: &PeerId,
+        identity: &CertIdentity,
+    ) -> Result<bool, PeerStoreError> {
+        let mut connection = self.connection.clone();
+        let bound: i64 = BIND
+            .key(format!("peerowner:{peer_id}"))
+            .arg(identity.hex())
+            .arg(self.ttl_ms())
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(bound == 1)
     }
 }
 

@@ -6,7 +6,10 @@ use std::time::Duration;
 use kraken_config::Secret;
 use kraken_config::tracker::{PeerStoreBackend, PeerStoreConfig, RedisPeerStoreConfig};
 use kraken_core::{Digest, PeerId};
-use kraken_tracker::{PeerEntry, PeerStore, PeerStoreError, RedisPeerStore, build_peer_store};
+use kraken_tracker::{
+    CapExceeded, CertIdentity, PeerEntry, PeerLimits, PeerStore, PeerStoreError, RedisPeerStore,
+    build_peer_store,
+};
 use redis::AsyncCommands;
 
 use crate::support::{ManualClock, RedisServer, WindowClock, free_port};
@@ -20,6 +23,8 @@ fn config(addr: String, window: Duration, windows: u32) -> RedisPeerStoreConfig 
         ..RedisPeerStoreConfig::default()
     }
 }
+
+const UNLIMITED: PeerLimits = PeerLimits::UNLIMITED;
 
 fn entry(n: u8, complete: bool) -> PeerEntry {
     PeerEntry {
@@ -49,10 +54,10 @@ async fn announces_are_returned_by_digest() {
         complete: true,
     };
     for peer in [entry(1, false), entry(2, true), ipv6] {
-        store.update(&blob, &peer).await.unwrap();
+        store.update(&blob, &peer, UNLIMITED).await.unwrap();
     }
     store
-        .update(&Digest::of(b"other"), &entry(3, false))
+        .update(&Digest::of(b"other"), &entry(3, false), UNLIMITED)
         .await
         .unwrap();
 
@@ -80,13 +85,31 @@ async fn the_complete_flag_is_ored_across_windows() {
 
     // Peer 1 finishes in the next window; peer 2 finished first and then (late, reordered)
     // sent an incomplete announce; peer 3 flips within one window.
-    store.update(&blob, &entry(1, false)).await.unwrap();
-    store.update(&blob, &entry(2, true)).await.unwrap();
-    store.update(&blob, &entry(3, false)).await.unwrap();
-    store.update(&blob, &entry(3, true)).await.unwrap();
+    store
+        .update(&blob, &entry(1, false), UNLIMITED)
+        .await
+        .unwrap();
+    store
+        .update(&blob, &entry(2, true), UNLIMITED)
+        .await
+        .unwrap();
+    store
+        .update(&blob, &entry(3, false), UNLIMITED)
+        .await
+        .unwrap();
+    store
+        .update(&blob, &entry(3, true), UNLIMITED)
+        .await
+        .unwrap();
     clock.advance(window);
-    store.update(&blob, &entry(1, true)).await.unwrap();
-    store.update(&blob, &entry(2, false)).await.unwrap();
+    store
+        .update(&blob, &entry(1, true), UNLIMITED)
+        .await
+        .unwrap();
+    store
+        .update(&blob, &entry(2, false), UNLIMITED)
+        .await
+        .unwrap();
 
     let peers = sorted(store.get_peers(&blob, 10).await.unwrap());
     assert_eq!(peers, vec![entry(1, true), entry(2, true), entry(3, true)]);
@@ -107,11 +130,17 @@ async fn announces_expire_when_their_window_rolls_out() {
         .unwrap();
     let blob = Digest::of(b"blob");
     let first_window = clock.window_start_ms(window);
-    store.update(&blob, &entry(1, true)).await.unwrap();
+    store
+        .update(&blob, &entry(1, true), UNLIMITED)
+        .await
+        .unwrap();
 
     // Read side: the previous window is still read, the one before is not.
     clock.advance(window);
-    store.update(&blob, &entry(2, false)).await.unwrap();
+    store
+        .update(&blob, &entry(2, false), UNLIMITED)
+        .await
+        .unwrap();
     assert_eq!(
         sorted(store.get_peers(&blob, 10).await.unwrap()),
         vec![entry(1, true), entry(2, false)]
@@ -154,7 +183,10 @@ async fn reads_stop_at_the_limit_and_deduplicate_peers() {
             clock.advance(window);
         }
         for n in 1..=20 {
-            store.update(&blob, &entry(n, false)).await.unwrap();
+            store
+                .update(&blob, &entry(n, false), UNLIMITED)
+                .await
+                .unwrap();
         }
     }
 
@@ -179,7 +211,10 @@ async fn authenticates_with_a_password_inline_or_from_a_file() {
     let mut inline = config(redis.addr(), Duration::from_secs(60), 2);
     inline.password = Some(Secret::new("s3cret pass"));
     let store = RedisPeerStore::connect(&inline).await.unwrap();
-    store.update(&blob, &entry(1, false)).await.unwrap();
+    store
+        .update(&blob, &entry(1, false), UNLIMITED)
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("redis-password");
@@ -240,13 +275,16 @@ async fn fails_clearly_and_quickly_when_redis_is_down() {
         .await
         .unwrap();
     let blob = Digest::of(b"blob");
-    store.update(&blob, &entry(1, false)).await.unwrap();
+    store
+        .update(&blob, &entry(1, false), UNLIMITED)
+        .await
+        .unwrap();
     redis.stop().await;
 
     let started = std::time::Instant::now();
     let update = tokio::time::timeout(
         Duration::from_secs(10),
-        store.update(&blob, &entry(2, false)),
+        store.update(&blob, &entry(2, false), UNLIMITED),
     )
     .await
     .expect("update must not hang while Redis is down");
@@ -282,15 +320,188 @@ async fn build_peer_store_selects_the_backend() {
     config.redis.addr = redis.addr();
     let store: Arc<dyn PeerStore> = build_peer_store(&config).await.unwrap();
     let blob = Digest::of(b"blob");
-    store.update(&blob, &entry(4, true)).await.unwrap();
+    store
+        .update(&blob, &entry(4, true), UNLIMITED)
+        .await
+        .unwrap();
     let mut raw = redis.raw(None).await;
     let keys: Vec<String> = raw.keys("peerset:*").await.unwrap();
     assert_eq!(keys.len(), 1, "the announce went to Redis");
 
     let memory = build_peer_store(&PeerStoreConfig::default()).await.unwrap();
-    memory.update(&blob, &entry(5, false)).await.unwrap();
+    memory
+        .update(&blob, &entry(5, false), UNLIMITED)
+        .await
+        .unwrap();
     assert_eq!(
         memory.get_peers(&blob, 10).await.unwrap(),
         vec![entry(5, false)]
     );
+}
+
+fn at(n: u8, ip: [u8; 4], complete: bool) -> PeerEntry {
+    PeerEntry {
+        peer_id: PeerId::from_array([n; 20]),
+        addr: std::net::SocketAddr::from((ip, 16000 + u16::from(n))),
+        complete,
+    }
+}
+
+fn refusal(result: Result<(), PeerStoreError>) -> CapExceeded {
+    match result {
+        Err(PeerStoreError::Full(exceeded)) => exceeded,
+        other => panic!("expected a cap refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn caps_count_peers_not_members_and_known_peers_always_refresh() {
+    let redis = RedisServer::start().await;
+    let window = Duration::from_secs(60);
+    let clock = ManualClock::at_window_start(window);
+    let store = RedisPeerStore::connect_with_clock(&config(redis.addr(), window, 2), clock.clone())
+        .await
+        .unwrap();
+    let blob = Digest::of(b"blob");
+    let limits = PeerLimits {
+        per_blob: 4,
+        per_address: 2,
+    };
+    let lan = [10, 0, 0, 1];
+    store
+        .update(&blob, &at(1, lan, false), limits)
+        .await
+        .unwrap();
+    store
+        .update(&blob, &at(2, lan, false), limits)
+        .await
+        .unwrap();
+    // Completing adds a member, not a peer: still two at this address.
+    store
+        .update(&blob, &at(1, lan, true), limits)
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(store.update(&blob, &at(3, lan, false), limits).await),
+        CapExceeded::Address {
+            ip: "10.0.0.1".parse().unwrap(),
+            limit: 2
+        }
+    );
+    store
+        .update(&blob, &at(4, [10, 0, 0, 2], false), limits)
+        .await
+        .unwrap();
+    store
+        .update(&blob, &at(5, [10, 0, 0, 3], false), limits)
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(
+            store
+                .update(&blob, &at(6, [10, 0, 0, 4], false), limits)
+                .await
+        ),
+        CapExceeded::Blob { limit: 4 }
+    );
+    store
+        .update(&blob, &at(2, lan, true), limits)
+        .await
+        .unwrap();
+    // Other blobs have their own caps.
+    store
+        .update(&Digest::of(b"other"), &at(6, [10, 0, 0, 4], false), limits)
+        .await
+        .unwrap();
+    assert_eq!(store.get_peers(&blob, 100).await.unwrap().len(), 4);
+
+    // A new window starts empty, but the peers of the previous one are known there: they
+    // refresh first-come, and newcomers are counted against the same caps.
+    clock.advance(window);
+    store
+        .update(&blob, &at(7, lan, false), limits)
+        .await
+        .unwrap();
+    store
+        .update(&blob, &at(8, lan, false), limits)
+        .await
+        .unwrap();
+    for n in [1, 2] {
+        store
+            .update(&blob, &at(n, lan, true), limits)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        refusal(
+            store
+                .update(&blob, &at(9, [10, 0, 0, 9], false), limits)
+                .await
+        ),
+        CapExceeded::Blob { .. }
+    ));
+    // Peers 4 and 5, known from the previous window, still refresh.
+    store
+        .update(&blob, &at(4, [10, 0, 0, 2], false), limits)
+        .await
+        .unwrap();
+    store
+        .update(&blob, &at(5, [10, 0, 0, 3], false), limits)
+        .await
+        .unwrap();
+
+    // The companion keys expire with the window's member set.
+    let mut raw = redis.raw(None).await;
+    for kind in ["peerids", "peeraddrs"] {
+        let keys: Vec<String> = raw.keys(format!("{kind}:{}:*", blob.hex())).await.unwrap();
+        assert_eq!(keys.len(), 2, "{kind}: {keys:?}");
+        for key in keys {
+            let ttl_ms: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            assert!(ttl_ms > 0 && ttl_ms <= 120_000, "{key}: PTTL {ttl_ms}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn peer_ids_are_bound_to_one_certificate_across_trackers() {
+    let redis = RedisServer::start().await;
+    let cfg = config(redis.addr(), Duration::from_millis(300), 2);
+    // Two trackers sharing the server.
+    let first = RedisPeerStore::connect(&cfg).await.unwrap();
+    let second = RedisPeerStore::connect(&cfg).await.unwrap();
+    let (mine, theirs) = (
+        CertIdentity::of_certificate(b"mine"),
+        CertIdentity::of_certificate(b"theirs"),
+    );
+    let id = PeerId::from_array([1; 20]);
+    assert!(first.bind_identity(&id, &mine).await.unwrap());
+    assert!(second.bind_identity(&id, &mine).await.unwrap());
+    assert!(!second.bind_identity(&id, &theirs).await.unwrap());
+    assert!(!first.bind_identity(&id, &theirs).await.unwrap());
+
+    let mut raw = redis.raw(None).await;
+    let key = format!("peerowner:{id}");
+    let stored: String = raw.get(&key).await.unwrap();
+    assert_eq!(stored, mine.hex());
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(ttl_ms > 0 && ttl_ms <= 600, "PTTL {ttl_ms}");
+
+    // The owner's announces keep the binding alive past its TTL...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(first.bind_identity(&id, &mine).await.unwrap());
+    }
+    assert!(!second.bind_identity(&id, &theirs).await.unwrap());
+    // ... and once it stops announcing, the id is free again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(second.bind_identity(&id, &theirs).await.unwrap());
+    assert!(!first.bind_identity(&id, &mine).await.unwrap());
 }

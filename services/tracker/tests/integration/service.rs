@@ -15,7 +15,9 @@ use kraken_tracker::{
 use kraken_transport::grpc::{GrpcServer, GrpcServerLimits};
 use tonic::transport::Channel;
 
-use crate::support::{FakeOrigins, Pki, ServerGuard, metainfo_of, peer, tracker_client, wire};
+use crate::support::{
+    FakeOrigins, Pki, ServerGuard, metainfo_of, peer, tracker_client, tracker_client_with, wire,
+};
 
 const NAMESPACE: &str = "library/ubuntu";
 
@@ -27,6 +29,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start(fake: Arc<FakeOrigins>, limit: usize) -> Self {
+        Self::start_with(fake, limit, TrackerSettings::default()).await
+    }
+
+    /// A tracker with `settings`, but the hand-out `limit` and the timings of every test here.
+    async fn start_with(fake: Arc<FakeOrigins>, limit: usize, settings: TrackerSettings) -> Self {
         let pki = Pki::new();
         let tracker = Tracker::new(
             Arc::new(MemoryPeerStore::new(Duration::from_secs(3600))),
@@ -35,6 +42,7 @@ impl Fixture {
                 policy: HandoutPolicy::new(HandoutPriority::Completeness, limit),
                 announce_interval: Duration::from_millis(2500),
                 metainfo_cache_ttl: Duration::from_secs(300),
+                ..settings
             },
         );
         let tls = pki.tls(Role::Tracker);
@@ -145,14 +153,16 @@ async fn the_limit_holds_and_complete_callers_get_nothing() {
     let fixture = Fixture::start(FakeOrigins::with_owners(origins()), 4).await;
     let mut client = fixture.client(Role::Agent);
     let blob = Digest::of(b"layer");
+    // Every announce comes from 127.0.0.1, where the tracker records it: distinct ports keep
+    // the peers' addresses apart (the hand-out leaves out peers at the caller's address).
     for n in 1..=10 {
         client
-            .announce(announce(&blob, &peer(n, 16000, n <= 3)))
+            .announce(announce(&blob, &peer(n, 16000 + u16::from(n), n <= 3)))
             .await
             .unwrap();
     }
     let handout = client
-        .announce(announce(&blob, &peer(20, 16000, false)))
+        .announce(announce(&blob, &peer(20, 16020, false)))
         .await
         .unwrap()
         .into_inner()
@@ -175,7 +185,7 @@ async fn the_limit_holds_and_complete_callers_get_nothing() {
     assert!(ranks.is_sorted(), "{handout:?}");
 
     let fresh = Digest::of(b"fresh");
-    let seeder = peer(30, 16000, true);
+    let seeder = peer(30, 16030, true);
     let reply = client
         .announce(announce(&fresh, &seeder))
         .await
@@ -188,7 +198,7 @@ async fn the_limit_holds_and_complete_callers_get_nothing() {
     assert!(reply.interval.is_some());
     // ... but it was recorded, and leechers are sent to it before the origins.
     let handout = client
-        .announce(announce(&fresh, &peer(21, 16000, false)))
+        .announce(announce(&fresh, &peer(21, 16021, false)))
         .await
         .unwrap()
         .into_inner()
@@ -476,4 +486,197 @@ async fn concurrent_metainfo_requests_share_one_origin_call() {
         reply.unwrap();
     }
     assert_eq!(fixture.fake.metainfo_calls(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A certificate holder cannot poison the swarm.
+
+/// The hand-out a fresh leecher gets, as (peer id, ip, port) of the non-origin peers.
+async fn handed_agents(
+    client: &mut TrackerServiceClient<Channel>,
+    blob: &Digest,
+    me: u8,
+) -> Vec<(PeerId, String, u32)> {
+    let mut peers: Vec<_> = client
+        .announce(announce(blob, &peer(me, 17000, false)))
+        .await
+        .unwrap()
+        .into_inner()
+        .peers
+        .into_iter()
+        .filter(|p| !p.origin)
+        .map(|p| (PeerId::from_slice(&p.peer_id).unwrap(), p.ip, p.port))
+        .collect();
+    peers.sort();
+    peers
+}
+
+#[tokio::test]
+async fn a_peer_id_announced_from_another_certificate_is_refused() {
+    let fixture = Fixture::start(FakeOrigins::with_owners(origins()), 50).await;
+    let mut owner = fixture.client(Role::Agent);
+    let mut thief = tracker_client_with(&fixture.pki.another(Role::Agent), fixture.server.addr);
+    let blob = Digest::of(b"layer");
+    let victim = peer(1, 16001, false);
+    owner.announce(announce(&blob, &victim)).await.unwrap();
+
+    // Same role, same CA, another certificate: it may not speak for peer 1, complete or not,
+    // on this blob or any other.
+    for (digest, complete) in [(blob, true), (blob, false), (Digest::of(b"other"), true)] {
+        let stolen = PeerInfo {
+            complete,
+            ..peer(1, 16666, false)
+        };
+        let status = thief
+            .announce(announce(&digest, &stolen))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains("another certificate")
+                && status.message().contains(&victim.peer_id.to_string()),
+            "{}",
+            status.message()
+        );
+    }
+    // An origin certificate is another identity too.
+    let status = fixture
+        .client(Role::Origin)
+        .announce(announce(&blob, &peer(1, 16666, true)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+
+    // Peer 1 is still where its owner said, and still incomplete.
+    let handed = handed_agents(&mut owner, &blob, 9).await;
+    assert_eq!(
+        handed,
+        vec![(victim.peer_id, "127.0.0.1".to_owned(), 16001)]
+    );
+    let reply = owner
+        .announce(announce(&blob, &peer(8, 17000, false)))
+        .await
+        .unwrap();
+    assert!(
+        reply
+            .into_inner()
+            .peers
+            .iter()
+            .all(|p| !p.complete || p.origin)
+    );
+
+    // The thief's own peer ids are its own.
+    thief
+        .announce(announce(&blob, &peer(2, 16002, false)))
+        .await
+        .unwrap();
+    let status = owner
+        .announce(announce(&blob, &peer(2, 16002, false)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn a_claimed_address_of_another_host_is_replaced_by_the_source() {
+    let fixture = Fixture::start(FakeOrigins::with_owners(origins()), 50).await;
+    let mut client = fixture.client(Role::Agent);
+    let blob = Digest::of(b"layer");
+    let elsewhere = PeerInfo {
+        addr: "10.9.9.9:16001".parse().unwrap(),
+        ..peer(1, 16001, true)
+    };
+    client.announce(announce(&blob, &elsewhere)).await.unwrap();
+    assert_eq!(
+        handed_agents(&mut client, &blob, 9).await,
+        vec![(elsewhere.peer_id, "127.0.0.1".to_owned(), 16001)],
+        "recorded at the connection's source IP, with the claimed port"
+    );
+
+    // A trusted source (a NAT, a sidecar) names the address itself.
+    let trusting = Fixture::start_with(
+        FakeOrigins::with_owners(origins()),
+        50,
+        TrackerSettings {
+            trust_claimed_address_from: vec!["127.0.0.0/8".parse().unwrap()],
+            ..TrackerSettings::default()
+        },
+    )
+    .await;
+    let mut client = trusting.client(Role::Agent);
+    client.announce(announce(&blob, &elsewhere)).await.unwrap();
+    assert_eq!(
+        handed_agents(&mut client, &blob, 9).await,
+        vec![(elsewhere.peer_id, "10.9.9.9".to_owned(), 16001)]
+    );
+}
+
+#[tokio::test]
+async fn unusable_addresses_are_refused() {
+    let fixture = Fixture::start(FakeOrigins::with_owners(origins()), 50).await;
+    let mut client = fixture.client(Role::Agent);
+    let blob = Digest::of(b"layer");
+    for (n, ip, problem) in [
+        (1, "0.0.0.0", "unspecified"),
+        (2, "::", "unspecified"),
+        (3, "255.255.255.255", "broadcast"),
+        (4, "224.0.0.1", "multicast"),
+        (5, "ff02::1", "multicast"),
+    ] {
+        let mut request = announce(&blob, &peer(n, 16001, true));
+        request.peer.as_mut().unwrap().ip = ip.into();
+        let status = client.announce(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{ip}: {status:?}"
+        );
+        assert!(
+            status.message().contains("claimed peer address") && status.message().contains(problem),
+            "{ip}: {}",
+            status.message()
+        );
+    }
+    assert!(handed_agents(&mut client, &blob, 9).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_per_address_cap_refuses_the_33rd_fake_while_known_peers_refresh() {
+    let fixture = Fixture::start(FakeOrigins::with_owners(origins()), 50).await;
+    let mut client = fixture.client(Role::Agent);
+    let blob = Digest::of(b"layer");
+    // Fake seeders, all from this host (the default cap is 32 per address per blob).
+    for n in 1..=32 {
+        client
+            .announce(announce(&blob, &peer(n, 16000 + u16::from(n), true)))
+            .await
+            .unwrap();
+    }
+    let status = client
+        .announce(announce(&blob, &peer(33, 16033, true)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("32 peers at 127.0.0.1"),
+        "{}",
+        status.message()
+    );
+    // Known peers refresh at the cap (a flood cannot push them out)...
+    for n in 1..=32 {
+        client
+            .announce(announce(&blob, &peer(n, 16000 + u16::from(n), true)))
+            .await
+            .unwrap();
+    }
+    // ... and other blobs have their own cap.
+    client
+        .announce(announce(&Digest::of(b"other"), &peer(33, 16033, true)))
+        .await
+        .unwrap();
+    let status = client
+        .announce(announce(&blob, &peer(34, 16034, false)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
 }

@@ -13,7 +13,7 @@ pub(crate) use kraken_core::clock::ManualClock;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo, PieceHashAlgorithm};
 use kraken_proto::common::v1 as pb;
 use kraken_proto::tracker::v1::tracker_service_client::TrackerServiceClient;
-use kraken_tls::{DevPki, DevPkiOptions, Role, TlsMaterial, generate_dev_pki};
+use kraken_tls::{DevCa, DevPki, DevPkiOptions, LeafOptions, Role, TlsMaterial, generate_dev_pki};
 use kraken_tracker::{Clock, OriginDirectory, OriginError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -197,6 +197,19 @@ impl Pki {
     pub(crate) fn tls(&self, role: Role) -> TlsMaterial {
         TlsMaterial::load(&self.pki.tls_config(role)).unwrap()
     }
+
+    /// Another certificate for `role` from the same CA: a second holder of the role, with its
+    /// own key and so its own identity.
+    pub(crate) fn another(&self, role: Role) -> TlsMaterial {
+        let read = |path: PathBuf| std::fs::read_to_string(path).unwrap();
+        let ca = DevCa::from_pem(
+            &read(self.pki.ca_cert_path()),
+            &read(self.pki.ca_key_path()),
+        )
+        .unwrap();
+        let cert = ca.issue(role, &LeafOptions::default()).unwrap();
+        TlsMaterial::from_pem(ca.cert_pem(), &cert.cert_pem, &cert.key_pem).unwrap()
+    }
 }
 
 /// A server task on an ephemeral loopback port, shut down when dropped.
@@ -255,9 +268,16 @@ pub(crate) fn tracker_client(
     role: Role,
     addr: SocketAddr,
 ) -> TrackerServiceClient<Channel> {
+    tracker_client_with(&pki.tls(role), addr)
+}
+
+/// A client presenting `tls`.
+pub(crate) fn tracker_client_with(
+    tls: &TlsMaterial,
+    addr: SocketAddr,
+) -> TrackerServiceClient<Channel> {
     let channel =
-        kraken_transport::grpc::channel(&pki.tls(role), &addr.to_string(), Some("localhost"))
-            .unwrap();
+        kraken_transport::grpc::channel(tls, &addr.to_string(), Some("localhost")).unwrap();
     TrackerServiceClient::new(channel)
 }
 
