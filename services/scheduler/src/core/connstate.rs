@@ -48,6 +48,36 @@ pub enum ConnRefusal {
     TooManyMutual { mutual: usize, limit: usize },
 }
 
+/// What a dialler does with the next peer of a tracker's hand-out; see [`slot_decision`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotDecision {
+    /// Dial it.
+    Dial,
+    /// Pass over it: the last free slot is kept for an origin further down the hand-out.
+    KeepForOrigin,
+    /// No slot is free: stop.
+    Full,
+}
+
+/// Whether the next peer of a hand-out may take one of the `free_slots` connection slots.
+///
+/// `origin_wanted`: the hand-out holds an origin we could dial (not blacklisted) and no origin
+/// is linked or being dialled for the blob. Then the last free slot belongs to an origin,
+/// because the hand-out lists complete agents before the origins: a tracker poisoned with
+/// fake seeders at a dead address would otherwise fill every slot with them, leaving the
+/// blob's one guaranteed source undialled for as long as they keep getting handed out. The
+/// dialler passes over (rather than stops at) agents then, so the origin later in the list
+/// still gets the slot.
+pub fn slot_decision(free_slots: usize, is_origin: bool, origin_wanted: bool) -> SlotDecision {
+    if free_slots == 0 {
+        SlotDecision::Full
+    } else if is_origin || !origin_wanted || free_slots > 1 {
+        SlotDecision::Dial
+    } else {
+        SlotDecision::KeepForOrigin
+    }
+}
+
 /// Connection bookkeeping for every blob of one process.
 #[derive(Debug)]
 pub struct ConnState<B> {
@@ -320,6 +350,97 @@ mod tests {
                 mutual: 2,
                 limit: 1
             })
+        );
+    }
+
+    #[test]
+    fn the_last_free_slot_waits_for_a_wanted_origin() {
+        use SlotDecision::*;
+        assert_eq!(slot_decision(0, true, true), Full);
+        assert_eq!(slot_decision(0, false, false), Full);
+        assert_eq!(slot_decision(2, false, true), Dial);
+        assert_eq!(slot_decision(1, false, true), KeepForOrigin);
+        assert_eq!(slot_decision(1, true, true), Dial);
+        assert_eq!(
+            slot_decision(1, false, false),
+            Dial,
+            "no origin to wait for"
+        );
+    }
+
+    /// The dial loop of the driver (`Torrent::dial`), over a hand-out of (peer, is origin).
+    fn dial_handout(
+        conns: &mut ConnState<&'static str>,
+        handout: &[(PeerId, bool)],
+        origin_linked: bool,
+        now: Instant,
+    ) -> Vec<PeerId> {
+        let mut origin_wanted = !origin_linked
+            && handout
+                .iter()
+                .any(|(peer, origin)| *origin && !conns.is_blacklisted(&"x", *peer, now));
+        let mut dialled = Vec::new();
+        for (peer, origin) in handout {
+            match slot_decision(conns.free_slots(&"x"), *origin, origin_wanted) {
+                SlotDecision::Full => break,
+                SlotDecision::KeepForOrigin => continue,
+                SlotDecision::Dial => {}
+            }
+            if conns.start_dial(&"x", *peer, now).is_ok() {
+                dialled.push(*peer);
+                origin_wanted &= !*origin;
+            }
+        }
+        dialled
+    }
+
+    #[test]
+    fn fake_seeders_ahead_of_the_origins_leave_an_origin_a_slot() {
+        let now = Instant::now();
+        let mut conns = state(10);
+        // The completeness order: 60 "complete agents" (fakes at a dead address), then the
+        // blob's two origins.
+        let fakes: Vec<(PeerId, bool)> = (0..60)
+            .map(|n| (PeerId::from_name(&format!("fake{n}")), false))
+            .collect();
+        let origins = [
+            (PeerId::from_name("origin1"), true),
+            (PeerId::from_name("origin2"), true),
+        ];
+        let handout: Vec<_> = fakes.iter().chain(&origins).copied().collect();
+        let dialled = dial_handout(&mut conns, &handout, false, now);
+        assert_eq!(dialled.len(), 10);
+        assert_eq!(
+            &dialled[..9],
+            &handout[..9].iter().map(|p| p.0).collect::<Vec<_>>()[..]
+        );
+        assert_eq!(dialled[9], origins[0].0, "the last slot went to an origin");
+
+        // The fakes fail and are blacklisted; with an origin linked, the next hand-out may
+        // fill the other slots with agents.
+        for fake in &dialled[..9] {
+            conns.dial_failed(&"x", *fake, now);
+        }
+        conns.established(&"x", origins[0].0);
+        let dialled = dial_handout(&mut conns, &handout, true, now);
+        assert_eq!(dialled.len(), 9);
+        assert!(
+            dialled
+                .iter()
+                .all(|peer| !origins.iter().any(|o| o.0 == *peer))
+        );
+
+        // With every origin blacklisted there is nothing to wait for: agents take all slots.
+        let mut conns = state(10);
+        for (origin, _) in &origins {
+            conns.dial_failed(&"x", *origin, now);
+        }
+        let dialled = dial_handout(&mut conns, &handout, false, now);
+        assert_eq!(dialled.len(), 10);
+        assert!(
+            dialled
+                .iter()
+                .all(|peer| !origins.iter().any(|o| o.0 == *peer))
         );
     }
 }

@@ -6,7 +6,7 @@ mod superseed;
 mod swarm;
 mod upload;
 
-pub use connstate::{ConnLimits, ConnRefusal, ConnState};
+pub use connstate::{ConnLimits, ConnRefusal, ConnState, SlotDecision, slot_decision};
 pub use superseed::{Reveal, RevealOrder, SuperSeeder};
 pub use swarm::{Action, LinkId, Misbehaviour, PiecePolicy, Swarm, SwarmConfig, SwarmStats};
 pub use upload::{QueuedUpload, UploadQueue, UploadQueueError};

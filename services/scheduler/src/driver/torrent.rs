@@ -30,7 +30,7 @@ use super::link::{self, DialError, LinkTasks, PeerHandshake, PendingLink};
 use super::{
     AnnounceError, AnnounceReply, DownloadError, Inner, Status, UploadTarget, dialable, short,
 };
-use crate::core::{Action, LinkId, Reveal, SuperSeeder, Swarm};
+use crate::core::{Action, LinkId, Reveal, SlotDecision, SuperSeeder, Swarm, slot_decision};
 
 /// Everything a torrent reacts to.
 pub(super) enum Event {
@@ -96,6 +96,14 @@ struct Link {
     peer_bits: Bitfield,
 }
 
+/// A dial in flight.
+struct PendingDial {
+    /// The bitfield our handshake showed.
+    told: Bitfield,
+    /// Whether the hand-out named the peer an origin.
+    origin: bool,
+}
+
 pub(super) struct Torrent {
     inner: Arc<Inner>,
     namespace: Namespace,
@@ -107,8 +115,8 @@ pub(super) struct Torrent {
     seeder: Option<SuperSeeder>,
     links: HashMap<LinkId, Link>,
     by_connection: HashMap<usize, LinkId>,
-    /// Dials in flight, with the bitfield our handshake showed.
-    pending_dials: HashMap<PeerId, Bitfield>,
+    /// Dials in flight.
+    pending_dials: HashMap<PeerId, PendingDial>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     status: watch::Sender<Status>,
@@ -365,7 +373,10 @@ impl Torrent {
     }
 
     fn on_dialed(&mut self, peer: PeerInfo, result: Result<PendingLink, DialError>) {
-        let told = self.pending_dials.remove(&peer.peer_id);
+        let told = self
+            .pending_dials
+            .remove(&peer.peer_id)
+            .map(|dial| dial.told);
         let now = Instant::now().into_std();
         match result {
             Ok(pending) => {
@@ -873,6 +884,19 @@ impl Torrent {
     fn dial(&mut self, peers: Vec<PeerInfo>) {
         let now = Instant::now().into_std();
         let local = self.inner.local.peer_id;
+        // Whether the last free slot is kept for an origin of this hand-out (see
+        // `slot_decision`): only while none is linked or being dialled, and one can be.
+        let mut origin_wanted = !self.links.values().any(|l| l.origin)
+            && !self.pending_dials.values().any(|d| d.origin)
+            && {
+                let conns = lock(&self.inner.conns);
+                peers.iter().any(|p| {
+                    p.origin
+                        && p.peer_id != local
+                        && dialable(&p.addr)
+                        && !conns.is_blacklisted(&self.digest, p.peer_id, now)
+                })
+            };
         for peer in peers {
             if peer.peer_id == local
                 || !dialable(&peer.addr)
@@ -883,13 +907,16 @@ impl Torrent {
             }
             {
                 let mut conns = lock(&self.inner.conns);
-                if conns.free_slots(&self.digest) == 0 {
-                    break;
+                match slot_decision(conns.free_slots(&self.digest), peer.origin, origin_wanted) {
+                    SlotDecision::Full => break,
+                    SlotDecision::KeepForOrigin => continue,
+                    SlotDecision::Dial => {}
                 }
                 if conns.start_dial(&self.digest, peer.peer_id, now).is_err() {
                     continue;
                 }
             }
+            origin_wanted &= !peer.origin;
             let told = match &self.download {
                 Some(download) => download.bitfield(),
                 None => Bitfield::full(self.num_pieces()),
@@ -902,7 +929,13 @@ impl Torrent {
                 &told,
                 &neighbors,
             );
-            self.pending_dials.insert(peer.peer_id, told);
+            self.pending_dials.insert(
+                peer.peer_id,
+                PendingDial {
+                    told,
+                    origin: peer.origin,
+                },
+            );
             self.inner.spawn_until_shutdown(link::dial(
                 self.inner.clone(),
                 self.events_tx.clone(),
