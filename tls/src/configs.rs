@@ -21,6 +21,11 @@ pub const ALPN_P2P: &[u8] = b"kraken-p2p/1";
 pub enum ServerCheck<'a> {
     /// Standard WebPKI verification: the certificate must name the host that was dialed.
     Hostname,
+    /// WebPKI verification of the name, and the certificate's role must be one of these: a
+    /// component dialing another refuses a server that holds a valid certificate for the
+    /// name but is not what it meant to reach (an origin's certificate answering as the
+    /// tracker, for instance).
+    HostnameAndRole(&'a [Role]),
     /// Accept a server whose certificate does not name the dialed host, provided its role is
     /// one of these. For peer-to-peer dials, where peers reach each other by the IP address
     /// the tracker handed out, which their certificates cannot be expected to list. The
@@ -80,16 +85,16 @@ impl TlsMaterial {
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(|source| TlsError::Config { source })?;
-        let builder =
-            match check {
-                ServerCheck::Hostname => builder.with_webpki_verifier(webpki),
-                ServerCheck::RoleOnly(allowed) => builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(RoleOnlyVerifier {
-                        webpki,
-                        allowed: allowed.to_vec(),
-                    })),
-            };
+        let builder = match check {
+            ServerCheck::Hostname => builder.with_webpki_verifier(webpki),
+            ServerCheck::HostnameAndRole(allowed) | ServerCheck::RoleOnly(allowed) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(RoleVerifier {
+                    webpki,
+                    allowed: allowed.to_vec(),
+                    name_required: matches!(check, ServerCheck::HostnameAndRole(_)),
+                })),
+        };
         let mut config = builder
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|source| TlsError::Config { source })?;
@@ -143,14 +148,16 @@ impl TlsMaterial {
     }
 }
 
-/// Verifies the chain with WebPKI but lets the role stand in for the host name.
+/// Verifies the chain with WebPKI, then the role; the host name too when `name_required`,
+/// otherwise the role stands in for it.
 #[derive(Debug)]
-struct RoleOnlyVerifier {
+struct RoleVerifier {
     webpki: Arc<WebPkiServerVerifier>,
     allowed: Vec<Role>,
+    name_required: bool,
 }
 
-impl ServerCertVerifier for RoleOnlyVerifier {
+impl ServerCertVerifier for RoleVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -169,10 +176,10 @@ impl ServerCertVerifier for RoleOnlyVerifier {
             ocsp_response,
             now,
         ) {
-            Ok(_)
-            | Err(rustls::Error::InvalidCertificate(
+            Ok(_) => {}
+            Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => {}
+            )) if !self.name_required => {}
             Err(e) => return Err(e),
         }
         let role = crate::role::role_of(end_entity).map_err(other)?;

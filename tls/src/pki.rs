@@ -232,8 +232,9 @@ impl DevCa {
     /// Issues a leaf certificate for `role` with a fresh ECDSA P-256 key.
     ///
     /// SANs: DNS `localhost`, IP `127.0.0.1`, IP `::1`, `options.hosts`, and the role URI;
-    /// CN `kraken-<role>`; usable as both TLS server and TLS client, since every component
-    /// both serves and dials.
+    /// CN `kraken-<role>`. Components both serve and dial, so theirs carry the `serverAuth` and
+    /// `clientAuth` usages; a `client` certificate (CLI tools, scripts) only dials and gets
+    /// `clientAuth` alone, so it can never answer as a server.
     pub fn issue(&self, role: Role, options: &LeafOptions) -> Result<IssuedCert, TlsError> {
         let (not_before, not_after) = options.window()?;
         let mut params = CertificateParams::default();
@@ -248,10 +249,13 @@ impl DevCa {
             .push(DnType::CommonName, format!("kraken-{role}"));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = match role {
+            Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            _ => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
         params.use_authority_key_identifier_extension = true;
         params.subject_alt_names = subject_alt_names(role, &options.hosts)?;
 

@@ -23,7 +23,7 @@ use kraken_config::cluster::{
 };
 use kraken_core::sync::lock;
 use kraken_core::{Digest, error_chain};
-use kraken_tls::TlsMaterial;
+use kraken_tls::{Role, TlsMaterial};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -229,8 +229,9 @@ pub struct HostStatus {
 /// How a pool places and judges its members.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
-    /// Names the pool in logs and metrics (`origin`, `tracker`, …).
-    pub name: &'static str,
+    /// What the members are: their certificates must carry this role (a channel refuses a
+    /// server holding another), and it names the pool in logs and metrics.
+    pub role: Role,
     /// Weight per label; others get `default_weight`.
     pub weights: BTreeMap<String, u32>,
     pub default_weight: u32,
@@ -242,9 +243,9 @@ pub struct PoolOptions {
 
 impl PoolOptions {
     /// A client's view of an upstream: equal weights, passive checks as configured.
-    pub fn upstream(name: &'static str, passive: &PassiveHealthCheckConfig) -> Self {
+    pub fn upstream(role: Role, passive: &PassiveHealthCheckConfig) -> Self {
         Self {
-            name,
+            role,
             weights: BTreeMap::new(),
             default_weight: HashRingConfig::DEFAULT_WEIGHT,
             refresh_interval: HashRingConfig::default().refresh_interval,
@@ -253,9 +254,9 @@ impl PoolOptions {
     }
 
     /// A ring as `hashring:` describes it (weights, refresh interval), without passive checks.
-    pub fn ring(name: &'static str, hashring: &HashRingConfig) -> Self {
+    pub fn ring(role: Role, hashring: &HashRingConfig) -> Self {
         Self {
-            name,
+            role,
             weights: hashring.weights.clone(),
             default_weight: HashRingConfig::DEFAULT_WEIGHT,
             refresh_interval: hashring.refresh_interval,
@@ -272,6 +273,7 @@ pub struct HostPool {
 
 struct PoolInner {
     name: &'static str,
+    role: Role,
     tls: TlsMaterial,
     members: watch::Receiver<Arc<Members>>,
     passive: Option<Mutex<PassiveHealth<String>>>,
@@ -317,7 +319,8 @@ impl HostPool {
             .map(|p| Mutex::new(PassiveHealth::new(p.fails, p.fail_timeout)));
         let pool = Self {
             inner: Arc::new(PoolInner {
-                name: options.name,
+                name: options.role.as_str(),
+                role: options.role,
                 tls: tls.clone(),
                 members: receiver,
                 passive,
@@ -416,13 +419,16 @@ impl HostPool {
             return Ok(channel.clone());
         }
         let members = self.members();
-        let channel =
-            grpc::channel(&self.inner.tls, label, members.tls_name(label)).map_err(|source| {
-                ClusterError::Channel {
-                    host: label.to_owned(),
-                    source,
-                }
-            })?;
+        let channel = grpc::channel(
+            &self.inner.tls,
+            label,
+            members.tls_name(label),
+            self.inner.role,
+        )
+        .map_err(|source| ClusterError::Channel {
+            host: label.to_owned(),
+            source,
+        })?;
         channels.insert(label.to_owned(), channel.clone());
         Ok(channel)
     }
@@ -621,7 +627,7 @@ async fn refresh_members(
                 };
                 if changed {
                     tracing::info!(
-                        pool = options.name,
+                        pool = options.role.as_str(),
                         members = ?members.labels().collect::<Vec<_>>(),
                         "cluster membership changed"
                     );
@@ -637,9 +643,9 @@ async fn refresh_members(
                 }
             }
             Err(error) => {
-                metrics::counter!(DNS_FAILURES, "pool" => options.name).increment(1);
+                metrics::counter!(DNS_FAILURES, "pool" => options.role.as_str()).increment(1);
                 tracing::warn!(
-                    pool = options.name,
+                    pool = options.role.as_str(),
                     error = %error_chain(&error),
                     "cannot resolve the cluster's members; keeping the previous ones"
                 );

@@ -1,19 +1,28 @@
 //! gRPC servers and client channels with mutual TLS.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use kraken_tls::TlsMaterial;
+use kraken_tls::{Role, ServerCheck, TlsMaterial};
+use rustls_pki_types::ServerName;
 use std::convert::Infallible;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::Stream;
 
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+use crate::access::AccessLayer;
 
 /// Limits applied to every server.
 #[derive(Debug, Clone)]
@@ -23,6 +32,18 @@ pub struct GrpcServerLimits {
     /// Concurrent requests per client connection; beyond it, requests are shed with
     /// `UNAVAILABLE` rather than queued without bound.
     pub concurrency_per_connection: usize,
+    /// Open connections at once; past it the server stops accepting until one closes, so a
+    /// flood of idle connections cannot exhaust file descriptors.
+    pub max_connections: usize,
+    /// Time a client has to finish the TLS handshake after connecting.
+    pub tls_handshake_timeout: Duration,
+    /// A connection silent to HTTP/2 pings for this long (after one every
+    /// `keepalive_interval`) is closed: a vanished client does not hold its slot.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// Connections are closed gracefully after this age, so even a busy long-lived client
+    /// releases its slot now and then and load spreads after a server joins.
+    pub max_connection_age: Duration,
 }
 
 impl Default for GrpcServerLimits {
@@ -30,6 +51,11 @@ impl Default for GrpcServerLimits {
         Self {
             request_timeout: Duration::from_secs(30),
             concurrency_per_connection: 256,
+            max_connections: 4096,
+            tls_handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -43,6 +69,14 @@ pub enum GrpcError {
     Reflection(#[source] tonic_reflection::server::Error),
     #[error("gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
+    #[error("`{name}` (for `{endpoint}`) is not a valid TLS server name")]
+    ServerName { endpoint: String, name: String },
+    #[error("building the TLS client for `{endpoint}`")]
+    ClientTls {
+        endpoint: String,
+        #[source]
+        source: Box<kraken_tls::TlsError>,
+    },
     #[error("invalid gRPC endpoint `{endpoint}`")]
     Endpoint {
         endpoint: String,
@@ -80,8 +114,8 @@ impl GrpcServer {
             routes,
             health,
             services: Vec::new(),
+            tls: tls.tonic_server_tls().timeout(limits.tls_handshake_timeout),
             limits,
-            tls: tls.tonic_server_tls(),
         })
     }
 
@@ -123,41 +157,219 @@ impl GrpcServer {
             .await;
         let local = listener.local_addr().ok();
         tracing::info!(addr = ?local, services = ?self.services, "gRPC server listening");
+        let limits = &self.limits;
+        let incoming = CappedIncoming::new(listener, limits.max_connections);
         Server::builder()
             .tls_config(self.tls)
             .map_err(GrpcError::Tls)?
-            .timeout(self.limits.request_timeout)
-            .concurrency_limit_per_connection(self.limits.concurrency_per_connection)
+            .timeout(limits.request_timeout)
+            .concurrency_limit_per_connection(limits.concurrency_per_connection)
             .load_shed(true)
-            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .max_connection_age(limits.max_connection_age)
+            .layer(AccessLayer)
             .add_routes(self.routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .map_err(GrpcError::Serve)
     }
 }
 
+/// Accepts from a listener while fewer than `max` accepted connections are open.
+struct CappedIncoming {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    /// A slot taken for the next connection, held across polls until one arrives.
+    slot: Option<OwnedSemaphorePermit>,
+    acquiring: Option<Pin<Box<dyn Future<Output = OwnedSemaphorePermit> + Send>>>,
+}
+
+impl CappedIncoming {
+    fn new(listener: TcpListener, max: usize) -> Self {
+        Self {
+            listener,
+            slots: Arc::new(Semaphore::new(max.max(1))),
+            slot: None,
+            acquiring: None,
+        }
+    }
+}
+
+impl Stream for CappedIncoming {
+    type Item = std::io::Result<CappedStream>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.slot.is_none() {
+            let slots = Arc::clone(&this.slots);
+            let acquiring = this.acquiring.get_or_insert_with(|| {
+                Box::pin(async move {
+                    match slots.acquire_owned().await {
+                        Ok(permit) => permit,
+                        // The semaphore lives as long as this stream and is never closed.
+                        Err(_) => std::future::pending().await,
+                    }
+                })
+            });
+            let permit = std::task::ready!(acquiring.as_mut().poll(cx));
+            this.acquiring = None;
+            this.slot = Some(permit);
+        }
+        match std::task::ready!(this.listener.poll_accept(cx)) {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                let permit = this.slot.take();
+                Poll::Ready(Some(Ok(CappedStream {
+                    inner: stream,
+                    _permit: permit,
+                })))
+            }
+            // Accept errors (EMFILE, a connection reset before accept) are per connection:
+            // tonic logs them and keeps accepting.
+            Err(error) => Poll::Ready(Some(Err(error))),
+        }
+    }
+}
+
+/// An accepted connection holding its slot until it is dropped.
+struct CappedStream {
+    inner: TcpStream,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Connected for CappedStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl AsyncRead for CappedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CappedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// A lazily connecting channel to `address` (`host:port`) that presents our certificate and
-/// verifies the server's against our CA and `domain` (defaults to the host part of `address`).
+/// verifies the server's against our CA, `domain` (defaults to the host part of `address`)
+/// and `server`: a server whose certificate carries another role is refused, so holding any
+/// cluster certificate is not enough to pose as the tracker or an origin.
 pub fn channel(
     tls: &TlsMaterial,
     address: &str,
     domain: Option<&str>,
+    server: Role,
 ) -> Result<Channel, GrpcError> {
     let host = domain.unwrap_or_else(|| host_of(address));
     let endpoint_error = |source| GrpcError::Endpoint {
         endpoint: address.to_owned(),
         source,
     };
-    let endpoint = Endpoint::from_shared(format!("https://{address}"))
-        .map_err(endpoint_error)?
-        .tls_config(tls.tonic_client_tls(host))
+    let server_name = ServerName::try_from(host.to_owned()).map_err(|_| GrpcError::ServerName {
+        endpoint: address.to_owned(),
+        name: host.to_owned(),
+    })?;
+    let config = tls
+        .client_config(&[ALPN_H2], ServerCheck::HostnameAndRole(&[server]))
+        .map_err(|source| GrpcError::ClientTls {
+            endpoint: address.to_owned(),
+            source: Box::new(source),
+        })?;
+    let connector = MtlsConnector {
+        tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name,
+    };
+    // The scheme is `http` because the connector, not tonic, does TLS (tonic's own TLS
+    // cannot check the server's role); nothing leaves the connector unencrypted.
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(endpoint_error)?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// HTTP/2's ALPN id: tonic servers expect it.
+const ALPN_H2: &[u8] = b"h2";
+
+/// Dials TCP and runs our rustls client handshake (role-checking verifier included).
+#[derive(Clone)]
+struct MtlsConnector {
+    tls: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+type Connecting = Pin<
+    Box<
+        dyn Future<
+                Output = std::io::Result<
+                    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+                >,
+            > + Send,
+    >,
+>;
+
+impl Service<Uri> for MtlsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        let server_name = self.server_name.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tls.connect(server_name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
 }
 
 fn host_of(address: &str) -> &str {

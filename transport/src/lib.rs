@@ -13,11 +13,13 @@
 //! This crate must never offer a plaintext or unverified connection: there is no fallback from
 //! TLS to plain text (Kraken silently retried over HTTP on any TLS error).
 
+pub mod access;
 pub mod advertise;
 pub mod bandwidth;
 pub mod cluster;
 pub mod grpc;
 pub mod health;
+pub mod http;
 pub mod lifecycle;
 pub mod quic;
 pub mod ring;

@@ -87,7 +87,7 @@ async fn active_checks_take_a_dead_member_out_after_fails_and_back_after_passes(
     let pool = HostPool::new(
         &hosts,
         &pki.tls(Role::Origin),
-        PoolOptions::ring("origin", &Default::default()),
+        PoolOptions::ring(Role::Origin, &Default::default()),
     )
     .unwrap();
     assert!(
@@ -140,7 +140,7 @@ async fn a_dns_name_becomes_one_member_per_address_checked_against_the_name() {
     };
     let options = PoolOptions {
         refresh_interval: Duration::from_millis(100),
-        ..PoolOptions::ring("origin", &Default::default())
+        ..PoolOptions::ring(Role::Origin, &Default::default())
     };
     let pool = HostPool::new(&hosts, &pki.tls(Role::Origin), options).unwrap();
     let members = pool.ready(Duration::from_secs(10)).await.unwrap();
@@ -175,7 +175,7 @@ async fn passive_checks_count_network_errors_and_answers_heal() {
     let pool = HostPool::new(
         &hosts,
         &pki.tls(Role::Proxy),
-        PoolOptions::upstream("origin", &passive),
+        PoolOptions::upstream(Role::Origin, &passive),
     )
     .unwrap();
     let digest = Digest::of(b"blob");

@@ -3,9 +3,13 @@
 // Test helpers outside `#[test]` functions: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::Duration;
+
 use kraken_tls::{DevPkiOptions, Role, TlsMaterial, generate_dev_pki};
+use kraken_transport::access;
 use kraken_transport::grpc::{GrpcServer, GrpcServerLimits, channel};
 use tokio::net::TcpListener;
+use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_reflection::pb::v1alpha::{
@@ -29,7 +33,7 @@ async fn serves_health_and_reflection_over_mtls_and_refuses_strangers() {
         let _ = stopped.await;
     }));
 
-    let channel = channel(&client_tls, &address, Some("localhost")).unwrap();
+    let channel = channel(&client_tls, &address, Some("localhost"), Role::Tracker).unwrap();
     let status = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: String::new(),
@@ -85,5 +89,185 @@ async fn serves_health_and_reflection_over_mtls_and_refuses_strangers() {
 }
 
 fn channel_to(tls: &TlsMaterial, address: &str) -> tonic::transport::Channel {
-    channel(tls, address, Some("localhost")).unwrap()
+    channel(tls, address, Some("localhost"), Role::Tracker).unwrap()
+}
+
+/// A server with `limits`, presenting a certificate of `role`; stops when the sender drops.
+struct TestServer {
+    address: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), kraken_transport::grpc::GrpcError>>,
+}
+
+impl TestServer {
+    async fn start(pki: &kraken_tls::DevPki, role: Role, limits: GrpcServerLimits) -> Self {
+        let tls = TlsMaterial::load(&pki.tls_config(role)).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = GrpcServer::new(&tls, limits).unwrap();
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Calls `path` with one empty message and returns the status the server answered with
+/// before any response message (`Ok` when the call was let through and started streaming).
+async fn call_raw(channel: tonic::transport::Channel, path: &'static str) -> Result<(), Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let request = tonic::Request::new(tokio_stream::iter(vec![()]));
+    grpc.streaming(request, http::uri::PathAndQuery::from_static(path), codec)
+        .await
+        .map(drop)
+}
+
+/// A call on `channel` fails at the handshake (`UNAVAILABLE`), for the reason `why`.
+async fn assert_connection_refused(channel: tonic::transport::Channel, why: &str) {
+    let status = call_raw(channel, "/grpc.health.v1.Health/Check")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        format!("{status:?}").contains(why),
+        "the refusal names the reason `{why}`: {status:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_method_admits_exactly_the_roles_in_the_access_table() {
+    kraken_tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate_dev_pki(dir.path(), &DevPkiOptions::default()).unwrap();
+    // No application services: a call the table admits reaches the router and comes back
+    // UNIMPLEMENTED (or, for health and reflection, is served); one it refuses never gets
+    // that far.
+    let server = TestServer::start(&pki, Role::Tracker, GrpcServerLimits::default()).await;
+    let mut checked = 0;
+    for role in Role::ALL {
+        let tls = TlsMaterial::load(&pki.tls_config(role)).unwrap();
+        let channel = channel(&tls, &server.address, Some("localhost"), Role::Tracker).unwrap();
+        for (method, allowed) in access::ACCESS {
+            let outcome = call_raw(channel.clone(), method).await;
+            if allowed.contains(&role) {
+                if let Err(status) = &outcome {
+                    assert!(
+                        !matches!(
+                            status.code(),
+                            Code::PermissionDenied | Code::Unauthenticated
+                        ),
+                        "{role} should be let through to {method}: {status:?}"
+                    );
+                }
+            } else {
+                let status = outcome.expect_err(method);
+                assert_eq!(status.code(), Code::PermissionDenied, "{role} {method}");
+                assert!(
+                    status
+                        .message()
+                        .contains(&format!("`{role}` may not call `{method}`")),
+                    "{status:?}"
+                );
+            }
+            checked += 1;
+        }
+        // A method nobody listed is refused to everyone, not left open.
+        let status = call_raw(channel, "/kraken.origin.v1.BlobService/Undocumented")
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{role}");
+        assert!(
+            status.message().contains("not in the access table"),
+            "{status:?}"
+        );
+    }
+    assert_eq!(checked, Role::ALL.len() * access::ACCESS.len());
+
+    // A certificate from another CA never gets to a method: the handshake fails.
+    let other = tempfile::tempdir().unwrap();
+    let other_pki = generate_dev_pki(other.path(), &DevPkiOptions::default()).unwrap();
+    let stranger = TlsMaterial::load(&other_pki.tls_config(Role::Origin)).unwrap();
+    let stranger = channel(&stranger, &server.address, Some("localhost"), Role::Tracker).unwrap();
+    // The stranger refuses our server first (it does not trust our CA).
+    assert_connection_refused(stranger, "UnknownIssuer").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_refuses_a_server_of_the_wrong_role() {
+    kraken_tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate_dev_pki(dir.path(), &DevPkiOptions::default()).unwrap();
+    let server = TestServer::start(&pki, Role::Origin, GrpcServerLimits::default()).await;
+    let agent = TlsMaterial::load(&pki.tls_config(Role::Agent)).unwrap();
+    // An agent dialing its tracker reaches a server holding an origin certificate (valid,
+    // same CA, same host name): it refuses to talk.
+    let to_tracker = channel(&agent, &server.address, Some("localhost"), Role::Tracker).unwrap();
+    assert_connection_refused(to_tracker, "RoleNotAllowed").await;
+    // Dialed as what it is, the same server answers.
+    let to_origin = channel(&agent, &server.address, Some("localhost"), Role::Origin).unwrap();
+    call_raw(to_origin, "/grpc.health.v1.Health/Check")
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_and_capped() {
+    use tokio::io::AsyncReadExt;
+
+    kraken_tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate_dev_pki(dir.path(), &DevPkiOptions::default()).unwrap();
+    let limits = GrpcServerLimits {
+        max_connections: 1,
+        tls_handshake_timeout: Duration::from_millis(300),
+        ..GrpcServerLimits::default()
+    };
+    let server = TestServer::start(&pki, Role::Tracker, limits).await;
+
+    // A slow-loris connection: TCP only, never a TLS byte. It takes the only slot.
+    let mut silent = tokio::net::TcpStream::connect(&server.address)
+        .await
+        .unwrap();
+    let agent = TlsMaterial::load(&pki.tls_config(Role::Agent)).unwrap();
+    let client = channel(&agent, &server.address, Some("localhost"), Role::Tracker).unwrap();
+    let (order_tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+    let closed_tx = order_tx.clone();
+    let watcher = tokio::spawn(async move {
+        let mut byte = [0u8; 1];
+        // EOF (or a reset) once the handshake timeout closes it; bounded so a server that
+        // never closes fails the test instead of hanging it.
+        let read = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut byte)).await;
+        let _ = closed_tx.send(("silent closed", read.is_ok()));
+    });
+    let caller = tokio::spawn(async move {
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            call_raw(client, "/grpc.health.v1.Health/Check"),
+        )
+        .await;
+        let _ = order_tx.send(("call answered", matches!(result, Ok(Ok(())))));
+    });
+    // The silent connection is closed by the server (it was not left open), and only then,
+    // with its slot free, is the real caller served.
+    assert_eq!(order.recv().await, Some(("silent closed", true)));
+    assert_eq!(order.recv().await, Some(("call answered", true)));
+    watcher.await.unwrap();
+    caller.await.unwrap();
+    server.stop().await;
 }

@@ -24,7 +24,6 @@ mod tracker;
 pub use agent::Agent;
 pub use error::AgentError;
 pub use fetch::{BlobSource, BlobStream, STREAM_CHUNK};
-pub use service::{EVICT_ROLES, READ_ROLES};
 pub use tracker::{
     DEFAULT_RETRY, HostStatus, RetryPolicy, TrackerClient, TrackerClientOptions, TrackerError,
 };

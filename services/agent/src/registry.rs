@@ -31,6 +31,7 @@ use kraken_oci::response::{self, BlobResponse, ManifestResponse};
 use kraken_oci::{
     ByteRange, ByteSpan, ErrorCode, Reference, RegistryError, Route, TaggedName, parse_repository,
 };
+use kraken_transport::http::HttpServerLimits;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -58,12 +59,13 @@ pub(crate) fn spawn(
     state: RegistryState,
     shutdown: CancellationToken,
 ) -> JoinHandle<io::Result<()>> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled_owned().await })
-            .await
-    })
+    tokio::spawn(kraken_transport::http::serve(
+        listener,
+        router(state),
+        HttpServerLimits::default(),
+        None,
+        shutdown.cancelled_owned(),
+    ))
 }
 
 fn router(state: RegistryState) -> Router {

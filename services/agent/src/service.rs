@@ -11,7 +11,6 @@ use kraken_proto::agent::v1::{
     StatRequest, StatResponse, agent_service_server::AgentService, preload_request::Target,
 };
 use kraken_store::DownloadState;
-use kraken_tls::{Role, require_role};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -20,12 +19,6 @@ use crate::error::AgentError;
 use crate::fetch::{BlobStream, Fetcher, Progress};
 use crate::metrics as m;
 use kraken_tagclient::TagClient;
-
-/// Roles that may read blobs, preload them and stat them: the host's own tooling (a `client`
-/// certificate) and agents. The proxy and origins have no business with an agent's cache.
-pub const READ_ROLES: &[Role] = &[Role::Client, Role::Agent];
-/// Roles that may evict blobs: only the host's own tooling.
-pub const EVICT_ROLES: &[Role] = &[Role::Client];
 
 /// The gRPC face of the agent.
 #[derive(Clone)]
@@ -65,7 +58,6 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<GetBlobRequest>,
     ) -> Result<Response<Self::GetBlobStream>, Status> {
-        require_role(&request, READ_ROLES)?;
         let request = request.into_inner();
         let (namespace, digest) =
             parse_blob(&request.namespace, &request.digest).map_err(|e| failed("get_blob", e))?;
@@ -85,7 +77,6 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<PreloadRequest>,
     ) -> Result<Response<Self::PreloadStream>, Status> {
-        require_role(&request, READ_ROLES)?;
         let blob = match request.into_inner().target {
             Some(Target::Blob(blob)) => blob,
             Some(Target::Tag(tag)) => {
@@ -136,7 +127,6 @@ impl AgentService for AgentGrpc {
 
     #[tracing::instrument(skip_all, fields(digest = tracing::field::Empty))]
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
-        require_role(&request, READ_ROLES)?;
         let request = request.into_inner();
         if !request.namespace.is_empty() {
             parse_namespace(&request.namespace)?;
@@ -174,7 +164,6 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<EvictRequest>,
     ) -> Result<Response<EvictResponse>, Status> {
-        require_role(&request, EVICT_ROLES)?;
         let digest = parse_digest(&request.get_ref().digest)?;
         tracing::Span::current().record("digest", tracing::field::display(&digest));
         let store = self.fetcher.store();

@@ -17,7 +17,7 @@ use kraken_config::cluster::UpstreamConfig;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo, WireError, error_chain};
 use kraken_proto::tracker::v1::{self as pb, tracker_service_client::TrackerServiceClient};
 use kraken_scheduler::{AnnounceError, AnnounceReply, Announcer};
-use kraken_tls::TlsMaterial;
+use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::cluster::{ClusterError, HostPool, PoolOptions};
 use kraken_transport::grpc::GrpcError;
 use kraken_transport::health::{is_network_error, retry_after};
@@ -154,7 +154,7 @@ impl TrackerClient {
         let trackers = HostPool::new(
             &upstream.hosts,
             tls,
-            PoolOptions::upstream("tracker", &upstream.healthcheck),
+            PoolOptions::upstream(Role::Tracker, &upstream.healthcheck),
         )
         .map_err(|error| match error {
             ClusterError::NoHosts => TrackerError::NoHosts,

@@ -10,7 +10,6 @@ use kraken_proto::buildindex::v1::{
     ListRepositoryResponse, ListRequest, ListResponse, PutRequest, PutResponse, ReplicateRequest,
     ReplicateResponse,
 };
-use kraken_tls::{Role, require_role};
 use tonic::{Request, Response, Status};
 use tracing::field::{Empty, display};
 
@@ -21,11 +20,6 @@ use crate::tags::Tags;
 use kraken_proto::wire::{
     DEFAULT_TAG_PAGE_SIZE as DEFAULT_PAGE_SIZE, MAX_TAG_PAGE_SIZE as MAX_PAGE_SIZE,
 };
-
-/// Roles that may write tags: the proxy, other build-indexes (replication), CI tools.
-const WRITERS: &[Role] = &[Role::Proxy, Role::BuildIndex, Role::Client];
-/// Every component may read tags.
-const READERS: &[Role] = &Role::ALL;
 
 #[derive(Debug, Clone)]
 pub(crate) struct TagServiceImpl {
@@ -57,7 +51,6 @@ fn page_size(requested: u32) -> usize {
 impl TagService for TagServiceImpl {
     #[tracing::instrument(skip_all, fields(tag = Empty, digest = Empty))]
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        require_role(&request, WRITERS)?;
         let request = request.into_inner();
         let name = parse_name("tag", &request.tag)?;
         let digest = parse_digest("digest", &request.digest).map_err(TagError::from)?;
@@ -76,7 +69,6 @@ impl TagService for TagServiceImpl {
 
     #[tracing::instrument(skip_all, fields(tag = Empty))]
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        require_role(&request, READERS)?;
         let name = parse_name("tag", &request.get_ref().tag)?;
         match self.tags.get(&name).await? {
             Some(record) => Ok(Response::new(GetResponse {
@@ -88,7 +80,6 @@ impl TagService for TagServiceImpl {
 
     #[tracing::instrument(skip_all, fields(tag = Empty))]
     async fn has(&self, request: Request<HasRequest>) -> Result<Response<HasResponse>, Status> {
-        require_role(&request, READERS)?;
         let name = parse_name("tag", &request.get_ref().tag)?;
         let exists = self.tags.get(&name).await?.is_some();
         Ok(Response::new(HasResponse { exists }))
@@ -96,7 +87,6 @@ impl TagService for TagServiceImpl {
 
     #[tracing::instrument(skip_all)]
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        require_role(&request, READERS)?;
         let request = request.into_inner();
         let after = Some(request.page_token.as_str()).filter(|token| !token.is_empty());
         let (page, more) =
@@ -119,7 +109,6 @@ impl TagService for TagServiceImpl {
         &self,
         request: Request<ListRepositoryRequest>,
     ) -> Result<Response<ListRepositoryResponse>, Status> {
-        require_role(&request, READERS)?;
         let request = request.into_inner();
         let repository =
             parse_repository(&request.repository).map_err(TagError::InvalidRepository)?;
@@ -149,7 +138,6 @@ impl TagService for TagServiceImpl {
         &self,
         request: Request<ReplicateRequest>,
     ) -> Result<Response<ReplicateResponse>, Status> {
-        require_role(&request, WRITERS)?;
         let name = parse_name("tag", &request.get_ref().tag)?;
         let record = self
             .tags

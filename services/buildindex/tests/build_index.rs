@@ -414,6 +414,7 @@ async fn bad_requests_and_roles_are_refused_with_precise_codes() {
         &fixture.cluster.tls(Role::Client).unwrap(),
         &fixture.addr(),
         None,
+        Role::BuildIndex,
     )
     .unwrap();
     let mut raw =

@@ -651,6 +651,7 @@ impl DevCluster {
             &self.tls(Role::Client)?,
             &agent.grpc_addr().to_string(),
             None,
+            Role::Agent,
         )
         .map_err(|e| DevClusterError::Check(e.to_string()))?;
         Ok(AgentServiceClient::new(channel))

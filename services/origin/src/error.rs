@@ -86,9 +86,6 @@ pub enum OriginError {
     /// The request stream broke (the client went away or sent something undecodable).
     #[error("reading the request stream: {}", .0.message())]
     Stream(Status),
-    /// The caller's certificate may not call this method.
-    #[error("{}", .0.message())]
-    Denied(Status),
     #[error("cannot read blob {digest}")]
     ReadBlob {
         digest: Digest,
@@ -163,7 +160,7 @@ impl OriginError {
                 Code::Unimplemented
             }
             Self::StreamIdle(_) => Code::DeadlineExceeded,
-            Self::Stream(status) | Self::Denied(status) => status.code(),
+            Self::Stream(status) => status.code(),
             // A full disk is not a bug: the client may try another origin or come back later.
             Self::Store(error) if error.is_storage_full() => Code::ResourceExhausted,
             Self::Store(_)
@@ -212,7 +209,7 @@ impl From<OriginError> for Status {
     fn from(error: OriginError) -> Self {
         let code = error.code();
         metrics::counter!(m::ERRORS, "code" => code_label(code)).increment(1);
-        if let OriginError::Denied(status) | OriginError::Stream(status) = error {
+        if let OriginError::Stream(status) = error {
             return status;
         }
         if code == Code::Internal {

@@ -11,7 +11,7 @@ use kraken_proto::origin::v1::blob_service_server::BlobServiceServer;
 use kraken_scheduler::core::RevealOrder;
 use kraken_scheduler::{DriverConfig, RevealPolicy, Scheduler, SwarmMember};
 use kraken_store::{BlobStore, CommitOptions};
-use kraken_tls::TlsMaterial;
+use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::advertise::{advertise_ip, resolve_hosts};
 use kraken_transport::cluster::{HostPool, PoolOptions};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
@@ -317,8 +317,12 @@ fn cluster(config: &OriginConfig, tls: &TlsMaterial) -> Result<HostPool, OriginE
     } else {
         config.cluster.hosts.clone()
     };
-    HostPool::new(&hosts, tls, PoolOptions::ring("origin", &config.hashring))
-        .map_err(OriginError::Cluster)
+    HostPool::new(
+        &hosts,
+        tls,
+        PoolOptions::ring(Role::Origin, &config.hashring),
+    )
+    .map_err(OriginError::Cluster)
 }
 
 /// Super-seeding order per blob: this origin's place among the blob's owners picks the stripe

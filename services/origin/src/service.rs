@@ -22,7 +22,6 @@ use kraken_proto::origin::v1::{
 };
 use kraken_scheduler::Scheduler;
 use kraken_store::{BlobStore, CommitOptions, CommitOutcome, StoreError, UploadId};
-use kraken_tls::{Role, require_role};
 use kraken_transport::cluster::HostPool;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
@@ -41,11 +40,6 @@ use kraken_proto::wire::CHUNK_SIZE;
 
 /// A client stream that sends nothing for this long is dropped (and its upload aborted).
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Roles that may store or remove blobs.
-const WRITERS: &[Role] = &[Role::Proxy, Role::Origin, Role::BuildIndex, Role::Client];
-/// Roles that may read blobs and ask about them: every component, and clients.
-const READERS: &[Role] = &Role::ALL;
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -176,7 +170,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<Streaming<UploadRequest>>,
     ) -> Result<Response<UploadResponse>, Status> {
-        authorize(&request, WRITERS)?;
         let mut stream = request.into_inner();
         let header = match next_message(&mut stream).await? {
             Some(UploadRequest {
@@ -219,7 +212,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<StartUploadRequest>,
     ) -> Result<Response<StartUploadResponse>, Status> {
-        authorize(&request, WRITERS)?;
         let namespace = parse_namespace(&request.get_ref().namespace)?;
         tracing::Span::current().record("namespace", display(&namespace));
         let upload = self
@@ -238,7 +230,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<Streaming<UploadChunksRequest>>,
     ) -> Result<Response<UploadChunksResponse>, Status> {
-        authorize(&request, WRITERS)?;
         let store = &self.shared.store;
         let mut stream = request.into_inner();
         let mut upload: Option<UploadId> = None;
@@ -282,7 +273,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<GetUploadStatusRequest>,
     ) -> Result<Response<GetUploadStatusResponse>, Status> {
-        authorize(&request, WRITERS)?;
         let id = parse_upload_id(&request.get_ref().upload_id)?;
         tracing::Span::current().record("upload", display(id));
         let size = self
@@ -299,7 +289,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<CommitUploadRequest>,
     ) -> Result<Response<CommitUploadResponse>, Status> {
-        authorize(&request, WRITERS)?;
         let request = request.into_inner();
         let id = parse_upload_id(&request.upload_id)?;
         tracing::Span::current().record("upload", display(id));
@@ -317,7 +306,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<AbortUploadRequest>,
     ) -> Result<Response<AbortUploadResponse>, Status> {
-        authorize(&request, WRITERS)?;
         let id = parse_upload_id(&request.get_ref().upload_id)?;
         tracing::Span::current().record("upload", display(id));
         self.shared
@@ -335,7 +323,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        authorize(&request, READERS)?;
         let request = request.into_inner();
         let (namespace, digest) = blob_ref(&request.namespace, &request.digest)?;
         let store = &self.shared.store;
@@ -389,7 +376,6 @@ impl BlobService for OriginService {
 
     #[tracing::instrument(skip_all, fields(digest = Empty, namespace = Empty))]
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
-        authorize(&request, READERS)?;
         let request = request.into_inner();
         let (namespace, digest) = blob_ref(&request.namespace, &request.digest)?;
         if let Some(info) = self
@@ -432,7 +418,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<GetMetaInfoRequest>,
     ) -> Result<Response<GetMetaInfoResponse>, Status> {
-        authorize(&request, READERS)?;
         let request = request.into_inner();
         let (namespace, digest) = blob_ref(&request.namespace, &request.digest)?;
         self.shared.fetcher.require(&namespace, &digest).await?;
@@ -447,7 +432,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<LocationsRequest>,
     ) -> Result<Response<LocationsResponse>, Status> {
-        authorize(&request, READERS)?;
         let digest =
             parse_digest("digest", &request.get_ref().digest).map_err(OriginError::from)?;
         tracing::Span::current().record("digest", display(digest));
@@ -483,9 +467,8 @@ impl BlobService for OriginService {
     #[tracing::instrument(skip_all)]
     async fn get_peer_context(
         &self,
-        request: Request<GetPeerContextRequest>,
+        _request: Request<GetPeerContextRequest>,
     ) -> Result<Response<GetPeerContextResponse>, Status> {
-        authorize(&request, READERS)?;
         Ok(Response::new(GetPeerContextResponse {
             peer: Some(common_pb::PeerInfo::from(self.shared.scheduler.local())),
             name: self.shared.name.clone(),
@@ -495,9 +478,8 @@ impl BlobService for OriginService {
     #[tracing::instrument(skip_all)]
     async fn replicate_to_remote(
         &self,
-        request: Request<ReplicateToRemoteRequest>,
+        _request: Request<ReplicateToRemoteRequest>,
     ) -> Result<Response<ReplicateToRemoteResponse>, Status> {
-        authorize(&request, WRITERS)?;
         Err(OriginError::Unimplemented(
             "ReplicateToRemote is not implemented yet: cross-cluster replication arrives with \
              the build-index work",
@@ -510,7 +492,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<Streaming<DuplicateRequest>>,
     ) -> Result<Response<DuplicateResponse>, Status> {
-        authorize(&request, WRITERS)?;
         let mut stream = request.into_inner();
         let header = match next_message(&mut stream).await? {
             Some(DuplicateRequest {
@@ -581,7 +562,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        authorize(&request, WRITERS)?;
         let request = request.into_inner();
         let (_namespace, digest) = blob_ref(&request.namespace, &request.digest)?;
         let store = &self.shared.store;
@@ -604,7 +584,6 @@ impl BlobService for OriginService {
         &self,
         request: Request<PrefetchRequest>,
     ) -> Result<Response<PrefetchResponse>, Status> {
-        authorize(&request, READERS)?;
         let request = request.into_inner();
         let (namespace, digest) = blob_ref(&request.namespace, &request.digest)?;
         let presence = self.shared.fetcher.locate(&namespace, &digest).await?;
@@ -648,10 +627,6 @@ fn record_commit(outcome: &CommitOutcome) -> bool {
     metrics::counter!(m::UPLOADS, "outcome" => label).increment(1);
     tracing::info!(size = outcome.metainfo().length(), created, "blob received");
     created
-}
-
-fn authorize<T>(request: &Request<T>, roles: &[Role]) -> Result<Role, OriginError> {
-    require_role(request, roles).map_err(OriginError::Denied)
 }
 
 /// The next message of a client stream, or `None` at its end; a client silent for

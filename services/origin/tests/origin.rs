@@ -580,8 +580,9 @@ async fn stat_and_metainfo_describe_the_blob() {
     tampered[0] ^= 1;
     assert!(metainfo.verify_piece(0, &tampered).is_err());
 
-    // Delete removes the local copy only; the backend keeps it.
-    let mut raw = writer.raw();
+    // Delete (an origin's own maintenance call) removes the local copy only; the backend
+    // keeps it.
+    let mut raw = origin.client(&ca, Role::Origin).raw();
     raw.delete(DeleteRequest {
         namespace: namespace.to_string(),
         digest: digest.to_string(),
@@ -769,7 +770,9 @@ async fn a_failed_write_back_keeps_the_upload_pinned() {
         .into_inner();
     assert!(stat.local && !stat.persisted, "{stat:?}");
     // Deleting the only copy is refused.
-    let status = raw
+    let status = origin
+        .client(&ca, Role::Origin)
+        .raw()
         .delete(DeleteRequest {
             namespace: namespace.to_string(),
             digest: uploaded.digest.to_string(),
@@ -908,6 +911,52 @@ async fn roles_limit_what_a_caller_may_do() {
             .unwrap_err(),
     );
     assert_eq!(status.code(), Code::NotFound);
+    origin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_and_delete_are_refused_to_every_role_but_origin() {
+    let ca = DevCa::new().unwrap();
+    let origin = start_origin(&ca, |_| {}).await;
+    let namespace = ns("library/ubuntu");
+    let data = blob(1000, 12);
+    let digest = Digest::of(&data);
+    origin
+        .client(&ca, Role::Proxy)
+        .upload(&namespace, &digest, std::io::Cursor::new(data), None)
+        .await
+        .unwrap();
+    for role in Role::ALL.into_iter().filter(|r| *r != Role::Origin) {
+        let mut raw = origin.client(&ca, role).raw();
+        let status = raw
+            .delete(DeleteRequest {
+                namespace: namespace.to_string(),
+                digest: digest.to_string(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{role}: {status:?}");
+        assert!(
+            status.message().contains(&format!("`{role}`")),
+            "{status:?}"
+        );
+        let header = DuplicateRequest {
+            part: Some(duplicate_request::Part::Header(DuplicateHeader {
+                namespace: namespace.to_string(),
+                digest: Digest::of(b"planted").to_string(),
+                size: Some(7),
+                write_back_delay: None,
+            })),
+        };
+        let status = raw
+            .duplicate(futures::stream::iter(vec![header]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{role}: {status:?}");
+    }
+    // Nothing was removed or planted.
+    assert!(origin.origin.store().contains(&digest));
+    assert_eq!(origin.origin.store().list().len(), 1);
     origin.stop().await;
 }
 

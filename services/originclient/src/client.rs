@@ -13,7 +13,7 @@ use kraken_proto::origin::v1::{
     DownloadRequest, DuplicateHeader, DuplicateRequest, GetMetaInfoRequest, GetPeerContextRequest,
     LocationsRequest, StatRequest, UploadHeader, UploadRequest, duplicate_request, upload_request,
 };
-use kraken_tls::TlsMaterial;
+use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::grpc::{GrpcError, channel};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::oneshot;
@@ -139,7 +139,7 @@ impl OriginClient {
 
     /// A lazily connecting mTLS client of the origin at `address` (`host:port`).
     pub fn connect(tls: &TlsMaterial, address: &str) -> Result<Self, ClientError> {
-        channel(tls, address, None)
+        channel(tls, address, None, Role::Origin)
             .map(Self::new)
             .map_err(ClientError::Channel)
     }

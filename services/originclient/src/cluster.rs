@@ -20,7 +20,7 @@ use futures::StreamExt;
 use kraken_config::cluster::{HashRingConfig, UpstreamConfig};
 use kraken_core::{Digest, MetaInfo, Namespace};
 use kraken_proto::origin::v1::PrefetchRequest;
-use kraken_tls::TlsMaterial;
+use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::cluster::{HostPool, HostStatus, PoolOptions};
 use tokio::io::AsyncRead;
 use tonic::Code;
@@ -91,7 +91,7 @@ impl OriginClusterClient {
     ) -> Result<Self, ClientError> {
         let options = PoolOptions {
             passive: Some(upstream.healthcheck.clone()),
-            ..PoolOptions::ring("origin", hashring)
+            ..PoolOptions::ring(Role::Origin, hashring)
         };
         let pool = HostPool::new(&upstream.hosts, tls, options).map_err(ClientError::Cluster)?;
         Ok(Self {

@@ -10,7 +10,6 @@ use kraken_originclient::{OriginClusterClient, OriginsError};
 use kraken_proto::proxy::v1::proxy_service_server::ProxyService;
 use kraken_proto::proxy::v1::{PrefetchRequest, PrefetchResponse};
 use kraken_tagclient::TagClient;
-use kraken_tls::{Role, require_role};
 use tonic::{Request, Response, Status};
 use tracing::field::{Empty, display};
 
@@ -108,7 +107,6 @@ impl ProxyService for ProxyServiceImpl {
         &self,
         request: Request<PrefetchRequest>,
     ) -> Result<Response<PrefetchResponse>, Status> {
-        require_role(&request, &Role::ALL)?;
         let tag: TaggedName = request
             .get_ref()
             .tag

@@ -12,6 +12,7 @@ use kraken_proto::proxy::v1::proxy_service_server::ProxyServiceServer;
 use kraken_tagclient::TagClient;
 use kraken_tls::TlsMaterial;
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
+use kraken_transport::http::HttpServerLimits;
 use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -83,11 +84,13 @@ impl Proxy {
 
         let app = router(registry.clone());
         let stop = shutdown.clone();
-        let registry_task = tokio::spawn(async move {
-            axum::serve(registry_listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
+        let registry_task = tokio::spawn(kraken_transport::http::serve(
+            registry_listener,
+            app,
+            HttpServerLimits::default(),
+            None,
+            stop.cancelled_owned(),
+        ));
 
         let limits = GrpcServerLimits {
             request_timeout: GRPC_REQUEST_TIMEOUT,

@@ -938,6 +938,7 @@ async fn a_multi_platform_index_pushes_pulls_and_prefetches() {
         &fixture.cluster.tls(Role::Client).unwrap(),
         &fixture.proxy.grpc_addr().to_string(),
         None,
+        Role::Proxy,
     )
     .unwrap();
     let mut client =

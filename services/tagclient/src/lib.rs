@@ -20,7 +20,7 @@ use kraken_proto::buildindex::v1::{
     GetRequest, HasRequest, ListRepositoryRequest, ListRequest, PutRequest, ReplicateRequest,
 };
 pub use kraken_proto::wire::{DEFAULT_TAG_PAGE_SIZE, MAX_TAG_PAGE_SIZE};
-use kraken_tls::TlsMaterial;
+use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::cluster::{ClusterError, HostPool, HostStatus, PoolOptions};
 use kraken_transport::health::is_network_error;
 use tonic::transport::Channel;
@@ -105,7 +105,7 @@ impl TagClient {
         if upstream.hosts.is_empty() {
             return Err(TagClientError::NoHosts);
         }
-        let options = PoolOptions::upstream("build-index", &upstream.healthcheck);
+        let options = PoolOptions::upstream(Role::BuildIndex, &upstream.healthcheck);
         let pool = HostPool::new(&upstream.hosts, tls, options).map_err(TagClientError::Cluster)?;
         Ok(Self { pool })
     }

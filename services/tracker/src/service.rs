@@ -12,7 +12,6 @@ use kraken_proto::tracker::v1::tracker_service_server::{TrackerService, TrackerS
 use kraken_proto::tracker::v1::{
     AnnounceRequest, AnnounceResponse, GetMetaInfoRequest, GetMetaInfoResponse,
 };
-use kraken_tls::{Role, require_role};
 use tonic::{Request, Response, Status};
 use tracing::field;
 
@@ -26,13 +25,6 @@ use crate::peerstore::{CertIdentity, PeerEntry, PeerLimits, PeerStore, PeerStore
 
 /// What agents are told to wait before asking again when the origins gave no hint.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(1000);
-
-/// Roles that may announce: the peers of the swarm. Anyone else (a proxy, a CLI client) would
-/// only add a peer that serves nothing.
-const ANNOUNCE_ROLES: &[Role] = &[Role::Agent, Role::Origin];
-/// Roles that may read metainfo: swarm peers, and the proxy and CLI tools, which warm origins
-/// and inspect blobs through it. Metainfo is derived from content the caller names by digest.
-const METAINFO_ROLES: &[Role] = &[Role::Agent, Role::Origin, Role::Proxy, Role::Client];
 
 /// Metainfo entries cached at once. One is ~32 bytes per piece (a 10 GB blob in 4 MiB pieces
 /// is 80 KB), so this bounds the cache to a few hundred MB in the worst case.
@@ -363,10 +355,6 @@ impl TrackerService for Tracker {
         request: Request<AnnounceRequest>,
     ) -> Result<Response<AnnounceResponse>, Status> {
         let started = tokio::time::Instant::now();
-        if let Err(status) = require_role(&request, ANNOUNCE_ROLES) {
-            metrics::counter!(crate::metrics::ANNOUNCES, "result" => "denied").increment(1);
-            return Err(status);
-        }
         let connection = Connection::of(&request);
         let result = self.handle_announce(request.into_inner(), connection).await;
         let label = result.as_ref().map_or_else(ServiceError::label, |_| "ok");
@@ -389,7 +377,6 @@ impl TrackerService for Tracker {
         &self,
         request: Request<GetMetaInfoRequest>,
     ) -> Result<Response<GetMetaInfoResponse>, Status> {
-        require_role(&request, METAINFO_ROLES)?;
         let result = self.handle_get_metainfo(request.into_inner()).await;
         let label = result.as_ref().map_or_else(ServiceError::label, |_| "ok");
         metrics::counter!(crate::metrics::METAINFO_REQUESTS, "result" => label).increment(1);

@@ -151,14 +151,54 @@ async fn role_only_refuses_a_role_not_allowed_even_when_the_name_matches() {
     setup();
     let ca = DevCa::new().unwrap();
     for name in ["peer-7.invalid", "localhost"] {
-        let server = valid(&ca, Role::Client).server_config(&[]).unwrap();
+        let server = valid(&ca, Role::Tracker).server_config(&[]).unwrap();
         let client = valid(&ca, Role::Agent)
             .client_config(&[], ServerCheck::RoleOnly(&[Role::Agent, Role::Origin]))
             .unwrap();
         tcp_exchange(server, client, name)
             .await
-            .assert_refused_by_client("RoleNotAllowed { role: Client, allowed: [Agent, Origin] }");
+            .assert_refused_by_client("RoleNotAllowed { role: Tracker, allowed: [Agent, Origin] }");
     }
+}
+
+#[tokio::test]
+async fn hostname_and_role_refuses_a_valid_certificate_of_another_role() {
+    setup();
+    let ca = DevCa::new().unwrap();
+    let expect_tracker = |ca: &DevCa| {
+        valid(ca, Role::Agent)
+            .client_config(&[], ServerCheck::HostnameAndRole(&[Role::Tracker]))
+            .unwrap()
+    };
+    // An origin's certificate names `localhost` too, but it is not the tracker.
+    let origin = valid(&ca, Role::Origin).server_config(&[]).unwrap();
+    tcp_exchange(origin, expect_tracker(&ca), "localhost")
+        .await
+        .assert_refused_by_client("RoleNotAllowed { role: Origin, allowed: [Tracker] }");
+    // The right role under the wrong name is still refused: the name is checked too.
+    let tracker = valid(&ca, Role::Tracker).server_config(&[]).unwrap();
+    tcp_exchange(tracker, expect_tracker(&ca), "peer-7.invalid")
+        .await
+        .assert_refused_by_client("not valid for name");
+    let tracker = valid(&ca, Role::Tracker).server_config(&[]).unwrap();
+    tcp_exchange(tracker, expect_tracker(&ca), "localhost")
+        .await
+        .assert_ok(Role::Agent, Role::Tracker);
+}
+
+#[tokio::test]
+async fn a_client_certificate_cannot_serve() {
+    setup();
+    let ca = DevCa::new().unwrap();
+    // `client` certificates carry only the clientAuth usage, so even a verifier that would
+    // accept their role refuses them as a server.
+    let server = valid(&ca, Role::Client).server_config(&[]).unwrap();
+    let client = valid(&ca, Role::Agent)
+        .client_config(&[], ServerCheck::RoleOnly(&Role::ALL))
+        .unwrap();
+    tcp_exchange(server, client, "localhost")
+        .await
+        .assert_refused_by_client("does not allow extended key usage for server authentication");
 }
 
 #[tokio::test]

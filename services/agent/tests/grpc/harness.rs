@@ -49,9 +49,13 @@ impl Pki {
 
     /// An `AgentService` client presenting a certificate of `role`.
     pub(crate) fn client(&self, role: Role, agent: &Agent) -> AgentServiceClient<Channel> {
-        let channel =
-            kraken_transport::grpc::channel(&self.tls(role), &agent.grpc_addr().to_string(), None)
-                .unwrap();
+        let channel = kraken_transport::grpc::channel(
+            &self.tls(role),
+            &agent.grpc_addr().to_string(),
+            None,
+            Role::Agent,
+        )
+        .unwrap();
         AgentServiceClient::new(channel)
     }
 }

@@ -566,6 +566,7 @@ async fn callers_need_a_permitted_role() {
         &pki.tls(Role::Client),
         &agent.grpc_addr().to_string(),
         None,
+        Role::Agent,
     )
     .unwrap();
     let health = tonic_health::pb::health_client::HealthClient::new(channel)

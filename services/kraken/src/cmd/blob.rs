@@ -233,7 +233,8 @@ async fn resolve_target(args: &PullArgs, tls: &TlsMaterial) -> anyhow::Result<(N
 pub(crate) async fn pull(args: PullArgs) -> anyhow::Result<()> {
     let tls = args.tls.load()?;
     let (namespace, digest) = resolve_target(&args, &tls).await?;
-    let channel = kraken_transport::grpc::channel(&tls, &args.agent, None)?;
+    let channel =
+        kraken_transport::grpc::channel(&tls, &args.agent, None, kraken_tls::Role::Agent)?;
     let mut client = AgentServiceClient::new(channel);
     let request = GetBlobRequest {
         namespace: namespace.to_string(),

@@ -277,7 +277,8 @@ pub(crate) fn tracker_client_with(
     addr: SocketAddr,
 ) -> TrackerServiceClient<Channel> {
     let channel =
-        kraken_transport::grpc::channel(tls, &addr.to_string(), Some("localhost")).unwrap();
+        kraken_transport::grpc::channel(tls, &addr.to_string(), Some("localhost"), Role::Tracker)
+            .unwrap();
     TrackerServiceClient::new(channel)
 }
 

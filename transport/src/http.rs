@@ -1,0 +1,216 @@
+//! The REST servers (the registry ports of the proxy and the agents): the one place their
+//! connections are accepted, capped, timed out and, when configured, wrapped in TLS.
+//!
+//! `axum::serve` has no timeouts and no connection cap: a client that opens connections and
+//! sends nothing, drips a header, or stops halfway through a body holds a file descriptor
+//! (and an upload's open file) for as long as it likes. Here:
+//!
+//! - at most `max_connections` are open; past it the server stops accepting until one closes;
+//! - a TLS handshake must finish within `tls_handshake_timeout`;
+//! - a request's headers must arrive within `header_read_timeout`, which also closes an idle
+//!   keep-alive HTTP/1.1 connection (hyper starts the clock when it waits for the next head);
+//! - a request body that sends nothing for `body_idle_timeout` fails the request (the handler
+//!   sees a body error, and the proxy aborts the upload chunk it was writing);
+//! - HTTP/2 connections are pinged, and dropped when pings go unanswered.
+//!
+//! Each handler sees the client's address as `axum::extract::ConnectInfo<SocketAddr>`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tonic::codegen::Service;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+
+/// Limits of a REST server. The defaults suit a registry: blobs of many GB stream for as long
+/// as bytes move, but nothing may sit idle for long.
+#[derive(Debug, Clone)]
+pub struct HttpServerLimits {
+    /// Open connections at once.
+    pub max_connections: usize,
+    /// Time a client has to finish the TLS handshake after connecting.
+    pub tls_handshake_timeout: Duration,
+    /// Time a client has to send a request's headers (and the longest an idle keep-alive
+    /// HTTP/1.1 connection is kept).
+    pub header_read_timeout: Duration,
+    /// Longest pause allowed between two pieces of a request body.
+    pub body_idle_timeout: Duration,
+    /// Concurrent requests (streams) on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for HttpServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes; then stops accepting and lets
+/// requests in flight finish. Run it in a task stopped with [`crate::lifecycle::drain`], which
+/// gives them the grace period and then cuts what is left.
+///
+/// `tls`: a rustls server config (its ALPN list decides between HTTP/2 and HTTP/1.1), or
+/// `None` for plain HTTP.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpServerLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let router = router.layer(RequestBodyTimeoutLayer::new(limits.body_idle_timeout));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, tls = tls.is_some(), "HTTP server listening");
+
+    tokio::pin!(shutdown);
+    loop {
+        // Reap finished connections so the set does not grow with the server's lifetime.
+        while connections.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Per-connection failures (a reset before accept, EMFILE): back off a
+                    // little rather than spin, and keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            builder: builder.clone(),
+            router: router.clone(),
+            remote,
+            handshake_timeout: limits.tls_handshake_timeout,
+            header_read_timeout: limits.header_read_timeout,
+        };
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        connections.spawn(async move {
+            let _slot = permit;
+            connection.run(stream, tls, watcher).await;
+        });
+    }
+    drop(listener);
+    // Ask every connection to finish its requests and close. The caller bounds this with
+    // `lifecycle::drain`, whose abort drops the connection set and so cuts the stragglers.
+    graceful.shutdown().await;
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// One accepted connection and what it needs to be served.
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    router: Router,
+    remote: SocketAddr,
+    handshake_timeout: Duration,
+    header_read_timeout: Duration,
+}
+
+impl Connection {
+    async fn run(
+        self,
+        stream: TcpStream,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let Connection {
+            builder,
+            router,
+            remote,
+            handshake_timeout,
+            header_read_timeout,
+        } = self;
+        let service = hyper::service::service_fn(move |mut request| {
+            request.extensions_mut().insert(ConnectInfo(remote));
+            let mut router = router.clone();
+            async move { router.call(request).await }
+        });
+        let result = match tls {
+            None => {
+                // hyper-util reads the first bytes to tell HTTP/1.1 from HTTP/2 with no
+                // timeout of its own: a client that connects and says nothing would sit there
+                // forever. It gets the header timeout to say something.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(header_read_timeout, stream.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => {
+                        tracing::debug!(%remote, "closing a connection that sent nothing");
+                        return;
+                    }
+                }
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                watcher.watch(connection).await
+            }
+            Some(acceptor) => {
+                let stream =
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%remote, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                // ALPN already chose the protocol; skipping detection also means a client
+                // silent after its handshake meets HTTP/1.1's header timeout.
+                let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    builder.http2_only()
+                } else {
+                    builder.http1_only()
+                };
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                watcher.watch(connection).await
+            }
+        };
+        if let Err(error) = result {
+            // Timeouts and clients going away mid-request end up here; they are routine.
+            tracing::debug!(%remote, error = %error, "HTTP connection ended with an error");
+        }
+    }
+}
