@@ -12,6 +12,10 @@ use crate::telemetry::{LogConfig, MetricsConfig, Telemetry, TracingConfig};
 use crate::tls::TlsSection;
 use crate::validate::{Validate, ValidationError, ensure, nested};
 
+mod uploads;
+
+pub use uploads::UploadLimits;
+
 /// Configuration of `kraken proxy`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,6 +33,8 @@ pub struct ProxyConfig {
     pub store: StoreConfig,
     /// Uploads to the origins.
     pub upload: UploadConfig,
+    /// Budgets on clients' upload sessions: how many, how large, how long idle.
+    pub uploads: UploadLimits,
     /// Certificates for mutual TLS.
     pub tls: TlsSection,
     /// Logging.
@@ -57,6 +63,7 @@ impl Validate for ProxyConfig {
         nested("build_index", &self.build_index)?;
         nested("store", &self.store)?;
         nested("upload", &self.upload)?;
+        nested("uploads", &self.uploads)?;
         nested("tls", &self.tls)?;
         crate::component::validate_telemetry(self.telemetry())
     }

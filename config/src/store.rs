@@ -19,7 +19,8 @@ pub struct StoreConfig {
     pub capacity: ByteSize,
     /// Removal of committed blobs nobody has read for `tti`. Pinned blobs are never removed.
     pub cache_cleanup: CleanupConfig,
-    /// Removal of abandoned uploads (no write for `tti`).
+    /// Removal of abandoned uploads (no write for `tti`). The proxy does not use it: its upload
+    /// sessions expire after `uploads.idle_timeout`.
     pub upload_cleanup: CleanupConfig,
     /// Removal of abandoned partial downloads (no piece written for `tti`).
     pub download_cleanup: CleanupConfig,
