@@ -136,37 +136,62 @@ impl Walk {
         Ok(())
     }
 
-    /// Fails with [`ReferenceError::Missing`] naming the first dependency (in order) the origins
-    /// lack; fetched manifests are known to be there.
+    /// Fails with [`ReferenceError::Missing`] naming a dependency the origins lack; fetched
+    /// manifests are known to be there.
     async fn verify(
         self,
         origins: &OriginClusterClient,
         namespace: &Namespace,
     ) -> Result<usize, ReferenceError> {
-        let fetched = &self.fetched;
-        let results: Vec<_> = futures::stream::iter(self.dependencies.iter().cloned())
-            .map(|dependency| async move {
-                if fetched.contains(&dependency.digest) {
-                    return Ok(true);
-                }
-                origins
-                    .stat(namespace, &dependency.digest)
-                    .await
-                    .map(|stat| stat.is_some())
-            })
-            .buffered(STAT_CONCURRENCY)
-            .collect()
-            .await;
-        for (dependency, present) in self.dependencies.iter().zip(results) {
-            if !present.map_err(ReferenceError::Origins)? {
+        let count = self.dependencies.len();
+        let fetched = self.fetched;
+        let unproven = self
+            .dependencies
+            .into_iter()
+            .filter(|dependency| !fetched.contains(&dependency.digest));
+        all_present(unproven, |digest| async move {
+            origins
+                .stat(namespace, &digest)
+                .await
+                .map(|stat| stat.is_some())
+        })
+        .await?;
+        Ok(count)
+    }
+}
+
+/// Asks `stat` about each dependency, [`STAT_CONCURRENCY`] at a time, and stops at the first
+/// answer that is "missing" or a failure: the stats still in flight are dropped (cancelled)
+/// and the rest never start. A manifest naming thousands of missing layers thus costs a few
+/// stats, not one per layer (each may reach a storage backend). The missing blob named is the
+/// first one found, not necessarily the first in the manifest.
+async fn all_present<S, F>(
+    dependencies: impl IntoIterator<Item = Dependency>,
+    stat: S,
+) -> Result<(), ReferenceError>
+where
+    S: Fn(Digest) -> F,
+    F: Future<Output = Result<bool, OriginsError>>,
+{
+    let mut answers = futures::stream::iter(dependencies)
+        .map(|dependency| {
+            let present = stat(dependency.digest);
+            async move { (dependency, present.await) }
+        })
+        .buffer_unordered(STAT_CONCURRENCY);
+    while let Some((dependency, present)) = answers.next().await {
+        match present {
+            Ok(true) => {}
+            Ok(false) => {
                 return Err(ReferenceError::Missing {
                     digest: dependency.digest,
-                    what: dependency.what.clone(),
+                    what: dependency.what,
                 });
             }
+            Err(error) => return Err(ReferenceError::Origins(error)),
         }
-        Ok(self.dependencies.len())
     }
+    Ok(())
 }
 
 /// Checks that the origins hold everything a tag on `digest` depends on, the blob itself
@@ -197,7 +222,8 @@ pub async fn check_tag_dependencies(
 
 /// Checks that the origins hold everything `manifest` (whose digest is `digest`, not yet
 /// stored itself) depends on: its config and layers, or for an index every child manifest
-/// and their own references. [`ReferenceError::Missing`] names the first missing blob;
+/// and their own references. [`ReferenceError::Missing`] names a missing blob (the check stops
+/// at the first one found);
 /// [`ReferenceError::NotAManifest`] a child that is not a manifest. Returns the number of
 /// dependencies.
 pub async fn check_manifest_references(
@@ -211,4 +237,95 @@ pub async fn check_manifest_references(
     walk.add_references(*digest, manifest, 0)?;
     walk.run(origins, namespace).await?;
     walk.verify(origins, namespace).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn dependencies(count: usize) -> Vec<Dependency> {
+        (0..count)
+            .map(|index| Dependency {
+                digest: Digest::of(index.to_string().as_bytes()),
+                what: format!("layer {index}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_check_stops_at_the_first_missing_reference() {
+        let dependencies = dependencies(MAX_DEPENDENCIES);
+        let missing = dependencies[0].digest;
+        let stats = AtomicUsize::new(0);
+        let result = all_present(dependencies, |digest| {
+            stats.fetch_add(1, Ordering::Relaxed);
+            async move {
+                // A real stat is a round trip: let the others in flight make progress.
+                tokio::task::yield_now().await;
+                Ok(digest != missing)
+            }
+        })
+        .await;
+        match result {
+            Err(ReferenceError::Missing { digest, what }) => {
+                assert_eq!(digest, missing);
+                assert_eq!(what, "layer 0");
+            }
+            other => panic!("expected Missing, got {other:?}"),
+        }
+        let stats = stats.load(Ordering::Relaxed);
+        // At most the window in flight when the answer came, and what refilled it meanwhile.
+        assert!(
+            stats <= 2 * STAT_CONCURRENCY,
+            "{stats} stats for one missing reference"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_reference_cancels_the_stats_in_flight() {
+        let dependencies = dependencies(100);
+        let missing = dependencies[5].digest;
+        let started = AtomicUsize::new(0);
+        // Every other stat never answers: the check must not wait for them.
+        let check = all_present(dependencies, |digest| {
+            started.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if digest == missing {
+                    Ok(false)
+                } else {
+                    futures::future::pending().await
+                }
+            }
+        });
+        let result = tokio::time::timeout(Duration::from_secs(30), check)
+            .await
+            .expect("the check waited for stats after one reported missing");
+        assert!(matches!(result, Err(ReferenceError::Missing { digest, .. }) if digest == missing));
+        assert_eq!(started.load(Ordering::Relaxed), STAT_CONCURRENCY);
+    }
+
+    #[tokio::test]
+    async fn every_reference_is_checked_when_all_are_present() {
+        let stats = AtomicUsize::new(0);
+        let in_flight = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        all_present(dependencies(500), |_| {
+            stats.fetch_add(1, Ordering::Relaxed);
+            let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            peak.fetch_max(now, Ordering::Relaxed);
+            let in_flight = &in_flight;
+            async move {
+                tokio::task::yield_now().await;
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                Ok(true)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(stats.load(Ordering::Relaxed), 500);
+        assert!(peak.load(Ordering::Relaxed) <= STAT_CONCURRENCY);
+    }
 }
