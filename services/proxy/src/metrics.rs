@@ -6,6 +6,11 @@ pub(crate) const REQUESTS: &str = "kraken_proxy_registry_requests_total";
 pub(crate) const UPLOAD_BYTES: &str = "kraken_proxy_upload_bytes_total";
 /// Upload sessions open right now.
 pub(crate) const UPLOADS_OPEN: &str = "kraken_proxy_uploads_open";
+/// Upload sessions expired after `uploads.idle_timeout` without a request.
+pub(crate) const UPLOADS_EXPIRED: &str = "kraken_proxy_uploads_expired_total";
+/// Upload requests refused by a budget, by `reason` (`max_sessions`,
+/// `max_sessions_per_client`, `max_blob_size`).
+pub(crate) const UPLOAD_REFUSALS: &str = "kraken_proxy_upload_refusals_total";
 /// Blob commits, by `outcome` (`stored`, `digest_invalid`, `failed`).
 pub(crate) const BLOB_COMMITS: &str = "kraken_proxy_blob_commits_total";
 /// Time from a blob commit to the origins holding it.

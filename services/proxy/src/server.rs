@@ -28,6 +28,10 @@ use crate::staging::Staging;
 
 /// Registry requests in flight at once; more are shed with 429.
 const MAX_REGISTRY_REQUESTS: usize = 1024;
+/// Bounds on how often idle upload sessions are swept: often enough for short test timeouts,
+/// rarely enough that a sweep over many sessions stays cheap.
+const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// A prefetch walks an image and asks the origins about each blob.
 const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -71,7 +75,7 @@ impl Proxy {
             })?;
         let origins = OriginClusterClient::from_config(&tls, &config.origin, &config.hashring)?;
         let tags = TagClient::new(&config.build_index, &tls)?;
-        let staging = Staging::open(config.store.dir.join("uploads"))
+        let staging = Staging::open(config.store.dir.join("uploads"), config.uploads.clone())
             .await
             .map_err(|error| ProxyError::Staging(StagingErrorSource(error)))?;
         let registry = Arc::new(Registry {
@@ -102,26 +106,30 @@ impl Proxy {
         let grpc_task =
             tokio::spawn(server.serve(grpc_listener, shutdown.clone().cancelled_owned()));
 
-        let cleanup = config.store.upload_cleanup.clone();
-        let sweeper = cleanup.enable.then(|| {
+        // Sessions expire after `uploads.idle_timeout` (not `store.upload_cleanup`, whose
+        // hours suit an origin's store, not sessions clients open at will). Swept a few times
+        // per timeout, so a session outlives it by a fraction at most.
+        let idle_timeout = config.uploads.idle_timeout;
+        let sweep_every = (idle_timeout / 4).clamp(MIN_SWEEP_INTERVAL, MAX_SWEEP_INTERVAL);
+        let sweeper = {
             let stop = shutdown.clone();
             let registry = registry.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(cleanup.interval);
+            Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(sweep_every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tick.tick() => {
-                            let removed = registry.staging.sweep_idle(cleanup.tti).await;
+                            let removed = registry.staging.sweep_idle(idle_timeout).await;
                             if removed > 0 {
-                                tracing::info!(removed, "idle uploads removed");
+                                tracing::info!(removed, "idle uploads expired");
                             }
                         }
                     }
                 }
-            })
-        });
+            }))
+        };
         tracing::info!(%registry_addr, %grpc_addr, "proxy started");
         Ok(Proxy {
             registry_addr,

@@ -7,12 +7,13 @@
 //! namespace; tags go to build-index. A request the registry refuses leaves every store as it
 //! was: checks run before anything is written.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, Method, StatusCode, Uri};
@@ -60,6 +61,7 @@ pub(crate) fn router(registry: Arc<Registry>) -> Router {
 
 async fn handle(
     State(registry): State<Arc<Registry>>,
+    connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -85,7 +87,12 @@ async fn handle(
             ))
             .with_status(StatusCode::NOT_FOUND));
         };
-        dispatch(&registry, &method, route, &uri, &headers, body).await
+        // Upload sessions are budgeted per client address. The server shell always sets it;
+        // a router served some other way counts every client as one.
+        let client = connect_info.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| {
+            info.0.0.ip().to_canonical()
+        });
+        dispatch(&registry, &method, route, &uri, &headers, body, client).await
     };
     let result = tracing::Instrument::instrument(result, span).await;
     let mut response = match result {
@@ -117,6 +124,7 @@ async fn dispatch(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
+    client: IpAddr,
 ) -> Result<Response> {
     let head = method == Method::HEAD;
     match (method.clone(), route) {
@@ -133,7 +141,9 @@ async fn dispatch(
             registry.get_blob(name, digest, headers, head).await
         }
         (Method::POST, Route::UploadStart { name }) => {
-            registry.start_upload(name, uri, headers, body).await
+            registry
+                .start_upload(name, uri, headers, body, client)
+                .await
         }
         (Method::GET | Method::HEAD, Route::Upload { name, id }) => {
             registry.upload_status(name, id).await

@@ -3,22 +3,27 @@
 //! cross-repository mounts. A blob is committed only after its digest is verified, and only
 //! acknowledged once the origins hold it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
-use http::header::{CONTENT_LENGTH, CONTENT_RANGE, LOCATION, RANGE};
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, LOCATION, RANGE, RETRY_AFTER};
 use http::{HeaderMap, StatusCode, Uri};
 use kraken_core::{Digest, Namespace};
 use kraken_oci::headers::{DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID};
 use kraken_oci::range::upload_range;
 use kraken_oci::route::query_params;
-use kraken_oci::{ByteSpan, RegistryError, Route, parse_repository, response};
+use kraken_oci::{ByteSpan, ErrorCode, RegistryError, Route, parse_repository, response};
 
 use super::{Registry, Result, clip, digest_param, origins_error, relay, repository};
 use crate::metrics as m;
 use crate::staging::{StagingError, Upload};
+
+/// What a client refused for too many sessions is told to wait: sessions free up as pushes
+/// finish, and an abandoned one within `uploads.idle_timeout`.
+const SESSIONS_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 impl Registry {
     pub(super) async fn start_upload(
@@ -27,6 +32,7 @@ impl Registry {
         uri: &Uri,
         headers: &HeaderMap,
         body: Body,
+        client: IpAddr,
     ) -> Result<Response> {
         let repository = repository(name)?;
         let query = query_params(uri);
@@ -50,11 +56,25 @@ impl Registry {
             Some(digest) => Some((digest_param(digest)?, content_length(headers)?)),
             None => None,
         };
+        if let Some((_, Some(length))) = monolithic
+            && length > self.staging.max_blob_size()
+        {
+            return Err(too_large(StagingError::TooLarge {
+                size: length,
+                max: self.staging.max_blob_size(),
+            }));
+        }
         let upload = self
             .staging
-            .create(repository.clone())
+            .create(repository.clone(), client)
             .await
-            .map_err(staging_error)?;
+            .map_err(|error| {
+                if let StagingError::TooManySessions { cap, .. } = &error {
+                    metrics::counter!(m::UPLOAD_REFUSALS, "reason" => cap.key()).increment(1);
+                    tracing::info!(%client, %repository, %error, "upload session refused");
+                }
+                staging_error(error)
+            })?;
         tracing::debug!(upload = %upload.id, %repository, "upload started");
         if let Some((digest, length)) = monolithic {
             if let Err(error) = upload.append(None, length, body).await {
@@ -116,10 +136,7 @@ impl Registry {
         let repository = repository(name)?;
         let upload = self.upload(&repository, id)?;
         let (start, expected) = chunk_bounds(headers, &upload)?;
-        upload
-            .append(start, expected, body)
-            .await
-            .map_err(|error| append_error(&upload, error))?;
+        self.append(&upload, start, expected, body).await?;
         Ok(upload_response(StatusCode::ACCEPTED, &upload))
     }
 
@@ -137,10 +154,7 @@ impl Registry {
         let digest = digest_param(query.get("digest").map(String::as_str).unwrap_or_default())?;
         // The last chunk may come with the commit.
         let (start, expected) = chunk_bounds(headers, &upload)?;
-        upload
-            .append(start, expected, body)
-            .await
-            .map_err(|error| append_error(&upload, error))?;
+        self.append(&upload, start, expected, body).await?;
         self.commit(&repository, &upload, digest).await
     }
 
@@ -193,6 +207,25 @@ impl Registry {
         metrics::counter!(m::BLOB_COMMITS, "outcome" => "stored").increment(1);
         tracing::info!(digest = %actual, size, %repository, "blob stored on the origins");
         Ok(blob_created(repository, &actual))
+    }
+
+    /// Appends a chunk to a session; a chunk taking the blob past `uploads.max_blob_size`
+    /// ends the session (it could never be committed), and nothing of it is stored.
+    async fn append(
+        &self,
+        upload: &Upload,
+        start: Option<u64>,
+        expected: Option<u64>,
+        body: Body,
+    ) -> Result<u64> {
+        match upload.append(start, expected, body).await {
+            Ok(size) => Ok(size),
+            Err(error @ StagingError::TooLarge { .. }) => {
+                self.staging.cancel(upload).await;
+                Err(append_error(upload, error))
+            }
+            Err(error) => Err(append_error(upload, error)),
+        }
     }
 
     fn upload(&self, repository: &Namespace, id: &str) -> Result<Arc<Upload>> {
@@ -254,9 +287,21 @@ fn append_error(upload: &Upload, error: StagingError) -> RegistryError {
     }
 }
 
+/// 413 `SIZE_INVALID`: the distribution spec's code for a blob the registry will not take
+/// at this size, with the status that says the body is too large.
+fn too_large(error: StagingError) -> RegistryError {
+    metrics::counter!(m::UPLOAD_REFUSALS, "reason" => "max_blob_size").increment(1);
+    RegistryError::size_invalid(error.to_string()).with_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
 fn staging_error(error: StagingError) -> RegistryError {
     match error {
         StagingError::UnknownUpload(id) => RegistryError::blob_upload_unknown(id),
+        StagingError::TooManySessions { .. } => {
+            RegistryError::new(ErrorCode::TooManyRequests, error.to_string())
+                .with_header(RETRY_AFTER, SESSIONS_RETRY_AFTER.as_secs().to_string())
+        }
+        StagingError::TooLarge { .. } => too_large(error),
         other => {
             tracing::error!(error = %other, "staging failed");
             RegistryError::internal(format!("staging the upload failed: {other}"))
@@ -320,8 +365,16 @@ mod tests {
     #[tokio::test]
     async fn chunk_bounds_come_from_content_range_and_length() {
         let dir = tempfile::tempdir().unwrap();
-        let staging = Staging::open(dir.path().join("uploads")).await.unwrap();
-        let upload = staging.create("lib/app".parse().unwrap()).await.unwrap();
+        let staging = Staging::open(dir.path().join("uploads"), Default::default())
+            .await
+            .unwrap();
+        let upload = staging
+            .create(
+                "lib/app".parse().unwrap(),
+                std::net::Ipv4Addr::LOCALHOST.into(),
+            )
+            .await
+            .unwrap();
         let bounds = |pairs: &[(http::HeaderName, &str)]| chunk_bounds(&headers(pairs), &upload);
 
         assert_eq!(bounds(&[]).unwrap(), (None, None));
