@@ -34,6 +34,7 @@ mod net;
 pub mod origin;
 mod pattern;
 pub mod proxy;
+pub mod registry_auth;
 pub mod scheduler;
 mod secret;
 pub mod store;

@@ -7,6 +7,7 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{HashRingConfig, UpstreamConfig};
+use crate::registry_auth::{RegistryAuthConfig, RegistryTlsConfig};
 use crate::store::StoreConfig;
 use crate::telemetry::{LogConfig, MetricsConfig, Telemetry, TracingConfig};
 use crate::tls::TlsSection;
@@ -35,6 +36,10 @@ pub struct ProxyConfig {
     pub upload: UploadConfig,
     /// Budgets on clients' upload sessions: how many, how large, how long idle.
     pub uploads: UploadLimits,
+    /// Who may pull and push through the registry port.
+    pub auth: RegistryAuthConfig,
+    /// The certificate the registry port serves (HTTPS); plain HTTP without it.
+    pub registry_tls: RegistryTlsConfig,
     /// Certificates for mutual TLS.
     pub tls: TlsSection,
     /// Logging.
@@ -64,6 +69,8 @@ impl Validate for ProxyConfig {
         nested("store", &self.store)?;
         nested("upload", &self.upload)?;
         nested("uploads", &self.uploads)?;
+        nested("auth", &self.auth)?;
+        nested("registry_tls", &self.registry_tls)?;
         nested("tls", &self.tls)?;
         crate::component::validate_telemetry(self.telemetry())
     }

@@ -23,6 +23,7 @@ use kraken_config::build_index::BuildIndexConfig;
 use kraken_config::cluster::{HostList, UpstreamConfig};
 use kraken_config::origin::OriginConfig;
 use kraken_config::proxy::ProxyConfig;
+use kraken_config::registry_auth::RegistryTlsConfig;
 use kraken_config::store::StoreConfig;
 use kraken_config::tls::TlsSection;
 use kraken_config::tracker::TrackerConfig;
@@ -169,6 +170,55 @@ pub struct DevClusterBuilder {
     max_replica: usize,
     ports: Ports,
     origin_setup: OriginSetup,
+    secure_registry: bool,
+}
+
+/// Where [`DevClusterBuilder::secure_registry`] keeps the registry login, under the data
+/// directory.
+pub const CREDENTIALS_FILE: &str = "registry-credentials";
+
+/// Where a secure registry's CA is copied as `ca.crt`, for `docker` (`certs.d`) and
+/// `skopeo --cert-dir`.
+pub const REGISTRY_CERTS_DIR: &str = "registry-certs";
+
+/// bcrypt's cost for the generated password: the default (12) costs a quarter second per
+/// check on a small machine, which a throwaway local password does not need.
+const BCRYPT_COST: u32 = 10;
+
+/// The registry login kept in `<dir>/registry-credentials`, made on first use (mode 0600).
+fn registry_credentials(dir: &Path) -> Result<(String, String), DevClusterError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let path = dir.join(CREDENTIALS_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Some((user, password)) = text.trim().split_once(':')
+        && !password.is_empty()
+    {
+        return Ok((user.to_owned(), password.to_owned()));
+    }
+    let password: String = {
+        use rand::Rng;
+        const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let mut rng = rand::rng();
+        (0..24)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect()
+    };
+    let user = "kraken".to_owned();
+    let io = |source| DevClusterError::Dir {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    writeln!(file, "{user}:{password}").map_err(io)?;
+    Ok((user, password))
 }
 
 /// A running cluster. [`DevCluster::shutdown`] stops it gracefully.
@@ -199,6 +249,7 @@ impl DevCluster {
             max_replica: 2,
             ports: Ports::Ephemeral,
             origin_setup: OriginSetup::default(),
+            secure_registry: false,
         }
     }
 }
@@ -231,6 +282,15 @@ impl DevClusterBuilder {
         hook: impl Fn(usize, &mut OriginConfig) + Send + Sync + 'static,
     ) -> Self {
         self.origin_setup.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Serves the proxy's registry over TLS (the dev CA's proxy certificate) and requires a
+    /// login to push: a user `kraken` with a generated password, written as `user:password`
+    /// to `<dir>/registry-credentials` (kept across restarts). Without it the registry is
+    /// plain HTTP and anyone reaching it may push, which suits tests on loopback.
+    pub fn secure_registry(mut self, on: bool) -> Self {
+        self.secure_registry = on;
         self
     }
 
@@ -336,6 +396,26 @@ impl DevClusterBuilder {
             };
             config.hashring.max_replica = self.max_replica.min(origin_labels.len());
             config.store.dir = dir.join("proxy");
+            if self.secure_registry {
+                let (user, password) = registry_credentials(&dir)?;
+                let hash = bcrypt::hash(&password, BCRYPT_COST)
+                    .map_err(|e| DevClusterError::Check(format!("hashing a password: {e}")))?;
+                config.auth.users.insert(user, hash);
+                // Docker (certs.d) and skopeo (--cert-dir) look for the CA as `*.crt`.
+                let certs = dir.join(REGISTRY_CERTS_DIR);
+                std::fs::create_dir_all(&certs)
+                    .and_then(|()| std::fs::copy(pki.ca_cert_path(), certs.join("ca.crt")))
+                    .map_err(|source| DevClusterError::Dir {
+                        path: certs.clone(),
+                        source,
+                    })?;
+                config.registry_tls = RegistryTlsConfig {
+                    cert: Some(pki.cert_path(Role::Proxy)),
+                    key: Some(pki.key_path(Role::Proxy)),
+                };
+            } else {
+                config.auth.anonymous_push = true;
+            }
             Proxy::start(config, tls(&pki, Role::Proxy)?, registry, grpc)
                 .await
                 .map_err(DevClusterError::Proxy)?
@@ -705,6 +785,15 @@ impl DevCluster {
         Ok(digest)
     }
 
+    /// The registry login (`user`, `password`) when the cluster was built with
+    /// [`DevClusterBuilder::secure_registry`].
+    pub fn registry_credentials(&self) -> Option<(String, String)> {
+        let path = self.dir.join(CREDENTIALS_FILE);
+        let text = std::fs::read_to_string(path).ok()?;
+        let (user, password) = text.trim().split_once(':')?;
+        Some((user.to_owned(), password.to_owned()))
+    }
+
     /// Addresses and example commands, for people.
     pub fn summary(&self) -> String {
         let pki = self.pki.dir().display();
@@ -718,8 +807,13 @@ impl DevCluster {
             "build-index:    gRPC {}\n",
             self.build_index.addr()
         ));
+        let scheme = if self.registry_credentials().is_some() {
+            "https"
+        } else {
+            "http"
+        };
         text.push_str(&format!(
-            "proxy:          registry http://{}  gRPC {}\n",
+            "proxy:          registry {scheme}://{}  gRPC {}\n",
             self.proxy.registry_addr(),
             self.proxy.grpc_addr()
         ));
@@ -738,6 +832,19 @@ impl DevCluster {
                     .map_or_else(|| "-".to_owned(), |a| a.to_string()),
                 agent.grpc_addr(),
                 agent.p2p_addr()
+            ));
+        }
+        if let Some((user, _)) = self.registry_credentials() {
+            let proxy = self.proxy.registry_addr();
+            let credentials = self.dir.join(CREDENTIALS_FILE);
+            let certs = self.dir.join(REGISTRY_CERTS_DIR);
+            text.push_str(&format!(
+                "\nthe registry is HTTPS and requires a login to push (user:password in {creds}):\n\
+                 trust it:      sudo mkdir -p /etc/docker/certs.d/{proxy} && sudo cp {certs}/ca.crt /etc/docker/certs.d/{proxy}/\n\
+                 log in:        cut -d: -f2- {creds} | docker login {proxy} -u {user} --password-stdin\n\
+                 skopeo:        skopeo copy --dest-cert-dir {certs} --dest-creds \"$(cat {creds})\" SRC docker://{proxy}/my/app:v1\n",
+                creds = credentials.display(),
+                certs = certs.display(),
             ));
         }
         if let Some(registry) = self.agents.first().and_then(Agent::registry_addr) {

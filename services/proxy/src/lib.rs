@@ -14,6 +14,7 @@
 //! never hold a whole blob in memory (manifests, at most 4 MiB, are the only bodies read
 //! whole).
 
+mod auth;
 mod error;
 mod metrics;
 mod prefetch;
@@ -21,5 +22,6 @@ mod registry;
 mod server;
 mod staging;
 
+pub use auth::AuthSetupError;
 pub use error::{ProxyError, StagingErrorSource};
 pub use server::Proxy;

@@ -21,3 +21,8 @@ pub(crate) const MANIFEST_PUTS: &str = "kraken_proxy_manifest_puts_total";
 pub(crate) const SHED: &str = "kraken_proxy_registry_shed_total";
 /// Blobs the prefetch service asked the origins to warm.
 pub(crate) const PREFETCHED_BLOBS: &str = "kraken_proxy_prefetched_blobs_total";
+/// Pushes and tag changes, by `user` and `route`.
+pub(crate) const WRITES: &str = "kraken_proxy_registry_writes_total";
+/// Authentication outcomes, by `result` (`challenged`, `bad_credentials`, `bad_token`,
+/// `token_issued`).
+pub(crate) const AUTH: &str = "kraken_proxy_auth_total";

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::RegistryAuth;
+use crate::error::RegistryTlsError;
 use crate::error::{ProxyError, StagingErrorSource};
 use crate::prefetch::ProxyServiceImpl;
 use crate::registry::{Registry, router};
@@ -78,11 +80,14 @@ impl Proxy {
         let staging = Staging::open(config.store.dir.join("uploads"), config.uploads.clone())
             .await
             .map_err(|error| ProxyError::Staging(StagingErrorSource(error)))?;
+        let auth = RegistryAuth::from_config(&config)?;
+        let registry_tls = registry_tls(&config)?;
         let registry = Arc::new(Registry {
             origins: origins.clone(),
             tags: tags.clone(),
             staging,
             permits: Semaphore::new(MAX_REGISTRY_REQUESTS),
+            auth,
         });
         let shutdown = CancellationToken::new();
 
@@ -92,7 +97,7 @@ impl Proxy {
             registry_listener,
             app,
             HttpServerLimits::default(),
-            None,
+            registry_tls,
             stop.cancelled_owned(),
         ));
 
@@ -191,4 +196,42 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// The registry port's rustls config (HTTP/2 and HTTP/1.1) from `registry_tls:`, if set.
+fn registry_tls(config: &ProxyConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ProxyError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let Some((cert, key)) = config.registry_tls.files() else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| {
+            ProxyError::RegistryTls(RegistryTlsError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        })
+    };
+    let no_pem = |path: &std::path::Path| {
+        ProxyError::RegistryTls(RegistryTlsError::Pem {
+            path: path.display().to_string(),
+        })
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
+        .collect::<Result<_, _>>()
+        .map_err(|_| no_pem(cert))?;
+    if chain.is_empty() {
+        return Err(no_pem(cert));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| no_pem(key))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(kraken_tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProxyError::RegistryTls(RegistryTlsError::Config(e)))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| ProxyError::RegistryTls(RegistryTlsError::Config(e)))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(server)))
 }

@@ -54,6 +54,8 @@ impl Fixture {
         };
         config.hashring.max_replica = 1;
         config.store.dir = dir.path().join("proxy");
+        // These tests are about the registry API, not its authentication (tests/auth.rs).
+        config.auth.anonymous_push = true;
         let proxy = Proxy::start(
             config,
             cluster.tls(Role::Proxy).unwrap(),

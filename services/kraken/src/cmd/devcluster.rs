@@ -34,6 +34,7 @@ pub(crate) async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         .origins(args.origins)
         .agents(args.agents)
         .max_replica(args.max_replica)
+        .secure_registry(true)
         .ports(Ports::Fixed {
             base: args.base_port,
         })

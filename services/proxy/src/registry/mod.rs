@@ -26,6 +26,7 @@ use kraken_tagclient::{MAX_TAG_PAGE_SIZE as MAX_PAGE_SIZE, TagClient, TagClientE
 use tokio::sync::Semaphore;
 use tonic::Code;
 
+use crate::auth::{Caller, Needs, RegistryAuth, TOKEN_PATH, request_host};
 use crate::metrics as m;
 use crate::staging::Staging;
 
@@ -42,6 +43,8 @@ pub(crate) struct Registry {
     pub(crate) staging: Staging,
     /// Requests in flight; beyond the limit new ones are shed with 429 instead of queued.
     pub(crate) permits: Semaphore,
+    /// Who may pull and push.
+    pub(crate) auth: RegistryAuth,
 }
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -53,6 +56,7 @@ pub(crate) fn router(registry: Arc<Registry>) -> Router {
         .route("/v2", axum::routing::any(handle))
         .route("/v2/", axum::routing::any(handle))
         .route("/v2/{*rest}", axum::routing::any(handle))
+        .route(TOKEN_PATH, axum::routing::get(token).post(token))
         .fallback(|| async {
             RegistryError::unsupported("not a registry API path").with_status(StatusCode::NOT_FOUND)
         })
@@ -92,7 +96,15 @@ async fn handle(
         let client = connect_info.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| {
             info.0.0.ip().to_canonical()
         });
-        dispatch(&registry, &method, route, &uri, &headers, body, client).await
+        let needs = Needs::of(&method, &route, uri.query());
+        let host = request_host(&uri, &headers);
+        let caller = registry.auth.caller(&headers, host).await?;
+        registry.auth.permit(&caller, &needs, host)?;
+        let response = dispatch(&registry, &method, route, &uri, &headers, body, client).await?;
+        if needs.writes() {
+            record_write(&caller, &method, &route);
+        }
+        Ok(response)
     };
     let result = tracing::Instrument::instrument(result, span).await;
     let mut response = match result {
@@ -115,6 +127,71 @@ async fn handle(
     )
     .increment(1);
     response
+}
+
+/// Every push and tag change is logged with its user and counted.
+fn record_write(caller: &Caller, method: &Method, route: &Route<'_>) {
+    let user = caller.name();
+    metrics::counter!(m::WRITES, "user" => user.to_owned(), "route" => route.kind()).increment(1);
+    if let Route::Manifest { name, reference } = route {
+        tracing::info!(user, %method, repository = name, reference, "manifest pushed");
+    } else {
+        tracing::debug!(user, %method, route = %route, "registry write");
+    }
+}
+
+/// `GET|POST /auth/token`: a bearer token for the caller (a user by HTTP basic, or anonymous)
+/// covering the `scope`s it asks for and may have. POST takes the OAuth2 form
+/// (`grant_type=password`, `username`, `password`, `scope`).
+async fn token(
+    State(registry): State<Arc<Registry>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let mut scopes = Vec::new();
+        let host = request_host(&uri, &headers);
+        let mut caller = registry.auth.caller(&headers, host).await?;
+        let mut form_user = None;
+        let query = uri.query().unwrap_or_default().as_bytes().to_vec();
+        let form = if method == Method::POST {
+            body.to_vec()
+        } else {
+            Vec::new()
+        };
+        for (key, value) in form_urlencoded::parse(&query).chain(form_urlencoded::parse(&form)) {
+            match &*key {
+                "scope" => scopes.push(value.into_owned()),
+                "username" => form_user = Some(value.into_owned()),
+                "password" => {
+                    if let Some(user) = form_user.take() {
+                        caller = registry
+                            .auth
+                            .caller(&basic_header(&user, &value), host)
+                            .await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let answer = registry.auth.issue(&caller, &scopes)?;
+        Ok::<_, RegistryError>(axum::Json(answer).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Headers carrying `user:password` as HTTP basic, to check form credentials the same way.
+fn basic_header(user: &str, password: &str) -> HeaderMap {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = http::HeaderValue::from_str(&format!("Basic {encoded}")) {
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
+    headers
 }
 
 async fn dispatch(
