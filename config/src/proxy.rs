@@ -31,6 +31,9 @@ pub struct ProxyConfig {
     pub upload: UploadConfig,
     /// Certificates for mutual TLS.
     pub tls: TlsSection,
+    /// What a client or peer may hold of this component's servers: connections,
+    /// handshake, header and idle timeouts ([`crate::limits`]). The gRPC server and the registry port.
+    pub limits: crate::limits::ProxyLimits,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus endpoint.
@@ -58,6 +61,7 @@ impl Validate for ProxyConfig {
         nested("store", &self.store)?;
         nested("upload", &self.upload)?;
         nested("tls", &self.tls)?;
+        nested("limits", &self.limits)?;
         crate::component::validate_telemetry(self.telemetry())
     }
 }
