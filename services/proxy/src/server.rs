@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kraken_config::proxy::ProxyConfig;
 use kraken_originclient::OriginClusterClient;
@@ -28,8 +27,6 @@ use crate::staging::Staging;
 
 /// Registry requests in flight at once; more are shed with 429.
 const MAX_REGISTRY_REQUESTS: usize = 1024;
-/// A prefetch walks an image and asks the origins about each blob.
-const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A running proxy. Stop it with [`Proxy::shutdown`]; dropping it only signals it to stop.
 #[derive(Debug)]
@@ -87,16 +84,12 @@ impl Proxy {
         let registry_task = tokio::spawn(kraken_transport::http::serve(
             registry_listener,
             app,
-            HttpServerLimits::default(),
+            HttpServerLimits::from(&config.limits.registry),
             None,
             stop.cancelled_owned(),
         ));
 
-        let limits = GrpcServerLimits {
-            request_timeout: GRPC_REQUEST_TIMEOUT,
-            ..GrpcServerLimits::default()
-        };
-        let server = GrpcServer::new(&tls, limits)?
+        let server = GrpcServer::new(&tls, GrpcServerLimits::from(&config.limits.grpc))?
             .add_service(ProxyServiceServer::new(ProxyServiceImpl { origins, tags }));
         let health = server.health();
         let grpc_task =
