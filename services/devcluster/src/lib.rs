@@ -100,6 +100,27 @@ pub enum DevClusterError {
 /// retry intervals, bandwidth caps, …).
 pub type OriginConfigHook = Arc<dyn Fn(usize, &mut OriginConfig) + Send + Sync>;
 
+/// Adjusts the configuration of the tracker, the build-index, the proxy or agent `index`
+/// before it starts (tests: short server limits, tracker caps, …).
+#[derive(Clone, Default)]
+pub struct ConfigHooks {
+    pub tracker: Option<Arc<dyn Fn(&mut TrackerConfig) + Send + Sync>>,
+    pub build_index: Option<Arc<dyn Fn(&mut BuildIndexConfig) + Send + Sync>>,
+    pub proxy: Option<Arc<dyn Fn(&mut ProxyConfig) + Send + Sync>>,
+    pub agents: Option<Arc<dyn Fn(usize, &mut AgentConfig) + Send + Sync>>,
+}
+
+impl fmt::Debug for ConfigHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigHooks")
+            .field("tracker", &self.tracker.is_some())
+            .field("build_index", &self.build_index.is_some())
+            .field("proxy", &self.proxy.is_some())
+            .field("agents", &self.agents.is_some())
+            .finish()
+    }
+}
+
 /// How the origins are set up; kept by the cluster so that a stopped origin restarts the same.
 #[derive(Clone, Default)]
 struct OriginSetup {
@@ -169,6 +190,7 @@ pub struct DevClusterBuilder {
     max_replica: usize,
     ports: Ports,
     origin_setup: OriginSetup,
+    hooks: ConfigHooks,
 }
 
 /// A running cluster. [`DevCluster::shutdown`] stops it gracefully.
@@ -199,6 +221,7 @@ impl DevCluster {
             max_replica: 2,
             ports: Ports::Ephemeral,
             origin_setup: OriginSetup::default(),
+            hooks: ConfigHooks::default(),
         }
     }
 }
@@ -231,6 +254,12 @@ impl DevClusterBuilder {
         hook: impl Fn(usize, &mut OriginConfig) + Send + Sync + 'static,
     ) -> Self {
         self.origin_setup.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs the hooks in `hooks` on the other components' configurations before they start.
+    pub fn configure(mut self, hooks: ConfigHooks) -> Self {
+        self.hooks = hooks;
         self
     }
 
@@ -280,13 +309,16 @@ impl DevClusterBuilder {
         let tracker_listener = bind(self.addr(Slot::Tracker), "tracker gRPC").await?;
         let tracker_addr = local(&tracker_listener)?;
         let tracker_stop = CancellationToken::new();
-        let tracker_config = TrackerConfig {
+        let mut tracker_config = TrackerConfig {
             listen: kraken_config::tracker::TrackerListenConfig { grpc: tracker_addr },
             origin: UpstreamConfig::of(origin_labels.clone()),
             announce_interval: Duration::from_millis(500),
             tls: tls_section(&pki, Role::Tracker),
             ..TrackerConfig::default()
         };
+        if let Some(hook) = &self.hooks.tracker {
+            hook(&mut tracker_config);
+        }
         let stop = tracker_stop.clone();
         let tracker_tls = tls(&pki, Role::Tracker)?;
         let tracker_task = tokio::spawn(async move {
@@ -321,6 +353,9 @@ impl DevClusterBuilder {
             config.hashring.max_replica = self.max_replica.min(origin_labels.len());
             config.tag_store.dir = dir.join("build-index/tags");
             config.replication.dir = dir.join("build-index/replication");
+            if let Some(hook) = &self.hooks.build_index {
+                hook(&mut config);
+            }
             BuildIndex::start(config, tls(&pki, Role::BuildIndex)?, listener)
                 .await
                 .map_err(DevClusterError::BuildIndex)?
@@ -336,6 +371,9 @@ impl DevClusterBuilder {
             };
             config.hashring.max_replica = self.max_replica.min(origin_labels.len());
             config.store.dir = dir.join("proxy");
+            if let Some(hook) = &self.hooks.proxy {
+                hook(&mut config);
+            }
             Proxy::start(config, tls(&pki, Role::Proxy)?, registry, grpc)
                 .await
                 .map_err(DevClusterError::Proxy)?
@@ -461,6 +499,9 @@ impl DevClusterBuilder {
         config.listen.grpc = self.addr(Slot::AgentGrpc(index));
         config.listen.registry = self.addr(Slot::AgentRegistry(index));
         config.listen.p2p = self.addr(Slot::AgentP2p(index));
+        if let Some(hook) = &self.hooks.agents {
+            hook(index, &mut config);
+        }
         config
     }
 }
