@@ -104,11 +104,17 @@ pub type OriginConfigHook = Arc<dyn Fn(usize, &mut OriginConfig) + Send + Sync>;
 /// before it starts (tests: short server limits, tracker caps, …).
 #[derive(Clone, Default)]
 pub struct ConfigHooks {
-    pub tracker: Option<Arc<dyn Fn(&mut TrackerConfig) + Send + Sync>>,
-    pub build_index: Option<Arc<dyn Fn(&mut BuildIndexConfig) + Send + Sync>>,
-    pub proxy: Option<Arc<dyn Fn(&mut ProxyConfig) + Send + Sync>>,
-    pub agents: Option<Arc<dyn Fn(usize, &mut AgentConfig) + Send + Sync>>,
+    pub tracker: Option<ConfigHook<TrackerConfig>>,
+    pub build_index: Option<ConfigHook<BuildIndexConfig>>,
+    pub proxy: Option<ConfigHook<ProxyConfig>>,
+    pub agents: Option<AgentConfigHook>,
 }
+
+/// Adjusts one component's configuration.
+pub type ConfigHook<C> = Arc<dyn Fn(&mut C) + Send + Sync>;
+
+/// Adjusts agent `index`'s configuration.
+pub type AgentConfigHook = Arc<dyn Fn(usize, &mut AgentConfig) + Send + Sync>;
 
 impl fmt::Debug for ConfigHooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
