@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub scheduler: SchedulerConfig,
     /// Certificates for mutual TLS with peers, trackers and build-index.
     pub tls: TlsSection,
+    /// What a client or peer may hold of this component's servers: connections,
+    /// handshake, header and idle timeouts ([`crate::limits`]). The gRPC server, the registry port and the QUIC peer endpoint.
+    pub limits: crate::limits::AgentLimits,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus endpoint.
@@ -62,6 +65,7 @@ impl Default for AgentConfig {
             store: StoreConfig::default(),
             scheduler: SchedulerConfig::default(),
             tls: TlsSection::default(),
+            limits: crate::limits::AgentLimits::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             tracing: TracingConfig::default(),
@@ -93,6 +97,7 @@ impl Validate for AgentConfig {
         nested("store", &self.store)?;
         nested("scheduler", &self.scheduler)?;
         nested("tls", &self.tls)?;
+        nested("limits", &self.limits)?;
         crate::component::validate_telemetry(self.telemetry())
     }
 }

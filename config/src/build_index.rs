@@ -43,6 +43,9 @@ pub struct BuildIndexConfig {
     pub tag_types: Vec<TagTypeRule>,
     /// Certificates for mutual TLS (also used towards remote clusters).
     pub tls: TlsSection,
+    /// What a client or peer may hold of this component's servers: connections,
+    /// handshake, header and idle timeouts ([`crate::limits`]). The gRPC server.
+    pub limits: crate::limits::BuildIndexLimits,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus endpoint.
@@ -68,6 +71,7 @@ impl Default for BuildIndexConfig {
                 tag_type: TagType::Docker,
             }],
             tls: TlsSection::default(),
+            limits: crate::limits::BuildIndexLimits::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             tracing: TracingConfig::default(),
@@ -131,6 +135,7 @@ impl Validate for BuildIndexConfig {
         }
         nested("replication", &self.replication)?;
         nested("tls", &self.tls)?;
+        nested("limits", &self.limits)?;
         crate::component::validate_telemetry(self.telemetry())
     }
 }

@@ -28,6 +28,7 @@ pub mod build_index;
 pub mod cluster;
 pub mod component;
 mod error;
+pub mod limits;
 mod loader;
 pub mod metainfogen;
 mod net;

@@ -44,6 +44,9 @@ pub struct OriginConfig {
     pub writeback: WritebackConfig,
     /// Certificates for mutual TLS.
     pub tls: TlsSection,
+    /// What a client or peer may hold of this component's servers: connections,
+    /// handshake, header and idle timeouts ([`crate::limits`]). The gRPC server and the QUIC peer endpoint.
+    pub limits: crate::limits::OriginLimits,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus endpoint.
@@ -90,6 +93,7 @@ impl Validate for OriginConfig {
         validate_backends(&self.backends, &self.auth, Stored::Blobs)?;
         nested("writeback", &self.writeback)?;
         nested("tls", &self.tls)?;
+        nested("limits", &self.limits)?;
         crate::component::validate_telemetry(self.telemetry())
     }
 }

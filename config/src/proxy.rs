@@ -42,6 +42,9 @@ pub struct ProxyConfig {
     pub registry_tls: RegistryTlsConfig,
     /// Certificates for mutual TLS.
     pub tls: TlsSection,
+    /// What a client or peer may hold of this component's servers: connections,
+    /// handshake, header and idle timeouts ([`crate::limits`]). The gRPC server and the registry port.
+    pub limits: crate::limits::ProxyLimits,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus endpoint.
@@ -72,6 +75,7 @@ impl Validate for ProxyConfig {
         nested("auth", &self.auth)?;
         nested("registry_tls", &self.registry_tls)?;
         nested("tls", &self.tls)?;
+        nested("limits", &self.limits)?;
         crate::component::validate_telemetry(self.telemetry())
     }
 }

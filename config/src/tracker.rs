@@ -62,6 +62,9 @@ pub struct TrackerConfig {
     pub origin: UpstreamConfig,
     /// Certificates for mutual TLS.
     pub tls: TlsSection,
+    /// What a client or peer may hold of this component's servers: connections,
+    /// handshake, header and idle timeouts ([`crate::limits`]). The gRPC server.
+    pub limits: crate::limits::TrackerLimits,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus endpoint.
@@ -86,6 +89,7 @@ impl Default for TrackerConfig {
             max_peers_per_address: 32,
             origin: UpstreamConfig::default(),
             tls: TlsSection::default(),
+            limits: crate::limits::TrackerLimits::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             tracing: TracingConfig::default(),
@@ -142,6 +146,7 @@ impl Validate for TrackerConfig {
         )?;
         nested("origin", &self.origin)?;
         nested("tls", &self.tls)?;
+        nested("limits", &self.limits)?;
         crate::component::validate_telemetry(self.telemetry())
     }
 }

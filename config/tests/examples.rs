@@ -153,3 +153,56 @@ fn printed_effective_configs_load_back_unchanged() {
         }
     }
 }
+
+#[test]
+fn documented_limits_are_the_defaults() {
+    // base.yaml lists every `limits:` key with its default, as the reference for operators:
+    // this keeps the two in step.
+    let env = empty_env();
+    let loader = Loader::with_env(&env);
+    for component in Component::ALL {
+        let path = examples_dir().join(component.name()).join("base.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\nlimits:\n"),
+            "{component}: no limits section"
+        );
+        match component {
+            Component::Agent => {
+                let config = loader
+                    .load_unvalidated::<kraken_config::AgentConfig>(&path)
+                    .unwrap()
+                    .config;
+                assert_eq!(config.limits, Default::default(), "{component}");
+            }
+            Component::Origin => {
+                let config = loader
+                    .load_unvalidated::<kraken_config::OriginConfig>(&path)
+                    .unwrap()
+                    .config;
+                assert_eq!(config.limits, Default::default(), "{component}");
+            }
+            Component::Tracker => {
+                let config = loader
+                    .load_unvalidated::<kraken_config::TrackerConfig>(&path)
+                    .unwrap()
+                    .config;
+                assert_eq!(config.limits, Default::default(), "{component}");
+            }
+            Component::Proxy => {
+                let config = loader
+                    .load_unvalidated::<kraken_config::ProxyConfig>(&path)
+                    .unwrap()
+                    .config;
+                assert_eq!(config.limits, Default::default(), "{component}");
+            }
+            Component::BuildIndex => {
+                let config = loader
+                    .load_unvalidated::<kraken_config::BuildIndexConfig>(&path)
+                    .unwrap()
+                    .config;
+                assert_eq!(config.limits, Default::default(), "{component}");
+            }
+        }
+    }
+}

@@ -18,6 +18,7 @@
 
 use std::ops::Deref;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kraken_core::{Digest, Namespace};
@@ -27,12 +28,27 @@ use kraken_originclient::OriginClient;
 use kraken_proto::agent::v1::agent_service_client::AgentServiceClient;
 use kraken_tls::{Role, TlsMaterial};
 
+/// Adjusts the [`DevClusterBuilder`] before it starts (config hooks, backends).
+type Customize = Arc<dyn Fn(DevClusterBuilder) -> DevClusterBuilder + Send + Sync>;
+
 /// Describes the cluster to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterBuilder {
     origins: usize,
     agents: usize,
     max_replica: usize,
+    customize: Option<Customize>,
+}
+
+impl std::fmt::Debug for ClusterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBuilder")
+            .field("origins", &self.origins)
+            .field("agents", &self.agents)
+            .field("max_replica", &self.max_replica)
+            .field("customize", &self.customize.is_some())
+            .finish()
+    }
 }
 
 /// A running cluster; derefs to the [`DevCluster`] it wraps.
@@ -50,6 +66,7 @@ impl Cluster {
             origins: 1,
             agents: 1,
             max_replica: 1,
+            customize: None,
         }
     }
 }
@@ -70,13 +87,26 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs `customize` on the devcluster builder before it starts: e.g.
+    /// [`DevClusterBuilder::configure`] to change the components' configs.
+    pub fn customize(
+        mut self,
+        customize: impl Fn(DevClusterBuilder) -> DevClusterBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.customize = Some(Arc::new(customize));
+        self
+    }
+
     pub async fn start(self) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let builder: DevClusterBuilder = DevCluster::builder(dir.path())
+        let mut builder: DevClusterBuilder = DevCluster::builder(dir.path())
             .origins(self.origins)
             .agents(self.agents)
             .max_replica(self.max_replica)
             .ports(Ports::Ephemeral);
+        if let Some(customize) = &self.customize {
+            builder = customize(builder);
+        }
         let dev = builder.start().await.expect("cluster starts");
         Cluster { dev, _dir: dir }
     }

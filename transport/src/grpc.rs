@@ -60,6 +60,21 @@ impl Default for GrpcServerLimits {
     }
 }
 
+impl<D> From<&kraken_config::limits::GrpcLimitsConfig<D>> for GrpcServerLimits {
+    /// A component's `limits.grpc` section.
+    fn from(config: &kraken_config::limits::GrpcLimitsConfig<D>) -> Self {
+        Self {
+            request_timeout: config.request_timeout,
+            concurrency_per_connection: config.concurrency_per_connection,
+            max_connections: config.max_connections,
+            tls_handshake_timeout: config.tls_handshake_timeout,
+            keepalive_interval: config.keepalive_interval,
+            keepalive_timeout: config.keepalive_timeout,
+            max_connection_age: config.max_connection_age,
+        }
+    }
+}
+
 /// Why a server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {

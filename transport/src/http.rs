@@ -60,6 +60,19 @@ impl Default for HttpServerLimits {
     }
 }
 
+impl From<&kraken_config::limits::HttpLimitsConfig> for HttpServerLimits {
+    /// A component's `limits.registry` section.
+    fn from(config: &kraken_config::limits::HttpLimitsConfig) -> Self {
+        Self {
+            max_connections: config.max_connections,
+            tls_handshake_timeout: config.tls_handshake_timeout,
+            header_read_timeout: config.header_read_timeout,
+            body_idle_timeout: config.body_idle_timeout,
+            max_concurrent_streams: config.max_concurrent_streams,
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes; then stops accepting and lets
 /// requests in flight finish. Run it in a task stopped with [`crate::lifecycle::drain`], which
 /// gives them the grace period and then cuts what is left.

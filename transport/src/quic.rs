@@ -89,6 +89,20 @@ impl Default for QuicTuning {
     }
 }
 
+impl QuicTuning {
+    /// These settings with a component's `limits.p2p` section applied: what an inbound peer
+    /// may hold (handshakes, connections per IP, piece streams per connection).
+    pub fn with_limits(self, limits: &kraken_config::limits::P2pLimitsConfig) -> Self {
+        Self {
+            handshake_timeout: limits.handshake_timeout,
+            max_pending_handshakes: limits.max_pending_handshakes,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_concurrent_uni_streams: limits.max_piece_streams_per_connection,
+            ..self
+        }
+    }
+}
+
 /// Why a transport operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {

@@ -13,6 +13,7 @@ use kraken_tls::TlsMaterial;
 use kraken_transport::advertise::{advertise_ip, resolve_hosts};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
 use kraken_transport::lifecycle::{Drained, SHUTDOWN_GRACE, drain};
+use kraken_transport::quic::QuicTuning;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -65,7 +66,7 @@ impl Agent {
             &tls,
             TrackerClientOptions::from_config(&config),
         )?;
-        let server = GrpcServer::new(&tls, GrpcServerLimits::default())?;
+        let server = GrpcServer::new(&tls, GrpcServerLimits::from(&config.limits.grpc))?;
         // No build-index: the agent still serves blobs and manifests by digest.
         let tags = if config.build_index.hosts.is_empty() {
             None
@@ -83,6 +84,7 @@ impl Agent {
             origin: false,
             driver: DriverConfig::from_config(&config.scheduler, false),
             bandwidth: config.scheduler.conn.bandwidth.clone(),
+            quic: QuicTuning::default().with_limits(&config.limits.p2p),
         };
         let announcer: Arc<dyn Announcer> = Arc::new(tracker.clone());
         let scheduler =
@@ -105,7 +107,7 @@ impl Agent {
         ));
         // The server's timeout covers the time to the response headers; a blob still being
         // resolved by then answers in-stream instead (see `service::respond`).
-        let header_wait = GrpcServerLimits::default().request_timeout / 3;
+        let header_wait = config.limits.grpc.request_timeout / 3;
         let server = server.add_service(AgentServiceServer::new(AgentGrpc::new(
             fetcher.clone(),
             tags.clone(),

@@ -59,10 +59,11 @@ pub(crate) fn spawn(
     state: RegistryState,
     shutdown: CancellationToken,
 ) -> JoinHandle<io::Result<()>> {
+    let limits = HttpServerLimits::from(&state.config.limits.registry);
     tokio::spawn(kraken_transport::http::serve(
         listener,
         router(state),
-        HttpServerLimits::default(),
+        limits,
         None,
         shutdown.cancelled_owned(),
     ))

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kraken_backend::{BackendConfigError, Backends};
 use kraken_config::build_index::BuildIndexConfig;
@@ -22,10 +21,6 @@ use crate::metrics as m;
 use crate::service::TagServiceImpl;
 use crate::store::TagStore;
 use crate::tags::Tags;
-
-/// A `Put` checks every dependency on the origins (fetching manifests), which can take a
-/// while for a large index on a busy cluster.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A running build-index. Stop it with [`BuildIndex::shutdown`]; dropping it only signals its
 /// server to stop.
@@ -82,16 +77,13 @@ impl BuildIndex {
             .map_err(BuildIndexError::Origins)?;
         let store = TagStore::open(&config.tag_store.dir).await?;
         metrics::gauge!(m::TAGS).set(store.len() as f64);
+        let limits = GrpcServerLimits::from(&config.limits.grpc);
         let tags = Arc::new(Tags {
             store,
             backends,
             origins,
             config,
         });
-        let limits = GrpcServerLimits {
-            request_timeout: REQUEST_TIMEOUT,
-            ..GrpcServerLimits::default()
-        };
         let server = GrpcServer::new(&tls, limits)?
             .add_service(TagServiceServer::new(TagServiceImpl::new(tags.clone())));
         let health = server.health();

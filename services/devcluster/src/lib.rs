@@ -101,6 +101,33 @@ pub enum DevClusterError {
 /// retry intervals, bandwidth caps, …).
 pub type OriginConfigHook = Arc<dyn Fn(usize, &mut OriginConfig) + Send + Sync>;
 
+/// Adjusts the configuration of the tracker, the build-index, the proxy or agent `index`
+/// before it starts (tests: short server limits, tracker caps, …).
+#[derive(Clone, Default)]
+pub struct ConfigHooks {
+    pub tracker: Option<ConfigHook<TrackerConfig>>,
+    pub build_index: Option<ConfigHook<BuildIndexConfig>>,
+    pub proxy: Option<ConfigHook<ProxyConfig>>,
+    pub agents: Option<AgentConfigHook>,
+}
+
+/// Adjusts one component's configuration.
+pub type ConfigHook<C> = Arc<dyn Fn(&mut C) + Send + Sync>;
+
+/// Adjusts agent `index`'s configuration.
+pub type AgentConfigHook = Arc<dyn Fn(usize, &mut AgentConfig) + Send + Sync>;
+
+impl fmt::Debug for ConfigHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigHooks")
+            .field("tracker", &self.tracker.is_some())
+            .field("build_index", &self.build_index.is_some())
+            .field("proxy", &self.proxy.is_some())
+            .field("agents", &self.agents.is_some())
+            .finish()
+    }
+}
+
 /// How the origins are set up; kept by the cluster so that a stopped origin restarts the same.
 #[derive(Clone, Default)]
 struct OriginSetup {
@@ -171,6 +198,7 @@ pub struct DevClusterBuilder {
     ports: Ports,
     origin_setup: OriginSetup,
     secure_registry: bool,
+    hooks: ConfigHooks,
 }
 
 /// Where [`DevClusterBuilder::secure_registry`] keeps the registry login, under the data
@@ -250,6 +278,7 @@ impl DevCluster {
             ports: Ports::Ephemeral,
             origin_setup: OriginSetup::default(),
             secure_registry: false,
+            hooks: ConfigHooks::default(),
         }
     }
 }
@@ -291,6 +320,12 @@ impl DevClusterBuilder {
     /// plain HTTP and anyone reaching it may push, which suits tests on loopback.
     pub fn secure_registry(mut self, on: bool) -> Self {
         self.secure_registry = on;
+        self
+    }
+
+    /// Runs the hooks in `hooks` on the other components' configurations before they start.
+    pub fn configure(mut self, hooks: ConfigHooks) -> Self {
+        self.hooks = hooks;
         self
     }
 
@@ -340,13 +375,16 @@ impl DevClusterBuilder {
         let tracker_listener = bind(self.addr(Slot::Tracker), "tracker gRPC").await?;
         let tracker_addr = local(&tracker_listener)?;
         let tracker_stop = CancellationToken::new();
-        let tracker_config = TrackerConfig {
+        let mut tracker_config = TrackerConfig {
             listen: kraken_config::tracker::TrackerListenConfig { grpc: tracker_addr },
             origin: UpstreamConfig::of(origin_labels.clone()),
             announce_interval: Duration::from_millis(500),
             tls: tls_section(&pki, Role::Tracker),
             ..TrackerConfig::default()
         };
+        if let Some(hook) = &self.hooks.tracker {
+            hook(&mut tracker_config);
+        }
         let stop = tracker_stop.clone();
         let tracker_tls = tls(&pki, Role::Tracker)?;
         let tracker_task = tokio::spawn(async move {
@@ -381,6 +419,9 @@ impl DevClusterBuilder {
             config.hashring.max_replica = self.max_replica.min(origin_labels.len());
             config.tag_store.dir = dir.join("build-index/tags");
             config.replication.dir = dir.join("build-index/replication");
+            if let Some(hook) = &self.hooks.build_index {
+                hook(&mut config);
+            }
             BuildIndex::start(config, tls(&pki, Role::BuildIndex)?, listener)
                 .await
                 .map_err(DevClusterError::BuildIndex)?
@@ -415,6 +456,9 @@ impl DevClusterBuilder {
                 };
             } else {
                 config.auth.anonymous_push = true;
+            }
+            if let Some(hook) = &self.hooks.proxy {
+                hook(&mut config);
             }
             Proxy::start(config, tls(&pki, Role::Proxy)?, registry, grpc)
                 .await
@@ -541,6 +585,9 @@ impl DevClusterBuilder {
         config.listen.grpc = self.addr(Slot::AgentGrpc(index));
         config.listen.registry = self.addr(Slot::AgentRegistry(index));
         config.listen.p2p = self.addr(Slot::AgentP2p(index));
+        if let Some(hook) = &self.hooks.agents {
+            hook(index, &mut config);
+        }
         config
     }
 }

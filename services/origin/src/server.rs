@@ -16,6 +16,7 @@ use kraken_transport::advertise::{advertise_ip, resolve_hosts};
 use kraken_transport::cluster::{HostPool, PoolOptions};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
 use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
+use kraken_transport::quic::QuicTuning;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -29,10 +30,6 @@ use crate::service::{OriginService, Shared};
 use crate::writeback::{TaskSource, WriteBackQueue};
 use kraken_backend::Backends;
 
-/// How long a gRPC request may take before tonic cancels it. Generous because an `Upload`'s
-/// response future spans the whole transfer of a blob of any size; client streams are bounded
-/// by an idle timeout instead, and backend calls in unary handlers by their own timeouts.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// What [`Origin::kill`] leaves the gRPC server to tell open connections to go away.
 const KILL_GRACE: Duration = Duration::from_millis(100);
 
@@ -97,11 +94,8 @@ impl Origin {
                 what: "gRPC",
                 source,
             })?;
-        let limits = GrpcServerLimits {
-            request_timeout: REQUEST_TIMEOUT,
-            ..GrpcServerLimits::default()
-        };
-        let server = GrpcServer::new(&tls, limits).map_err(OriginError::Grpc)?;
+        let server = GrpcServer::new(&tls, GrpcServerLimits::from(&config.limits.grpc))
+            .map_err(OriginError::Grpc)?;
 
         let store = BlobStore::open(config.store.clone())
             .await
@@ -123,6 +117,7 @@ impl Origin {
                 ..DriverConfig::from_config(&config.scheduler, true)
             },
             bandwidth: config.scheduler.conn.bandwidth.clone(),
+            quic: QuicTuning::default().with_limits(&config.limits.p2p),
         };
         let scheduler = Scheduler::bind(member, &tls, store.clone(), None)
             .map_err(|error| OriginError::Transport(*error.source))?;

@@ -34,8 +34,6 @@ const MAX_REGISTRY_REQUESTS: usize = 1024;
 /// rarely enough that a sweep over many sessions stays cheap.
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(50);
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-/// A prefetch walks an image and asks the origins about each blob.
-const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A running proxy. Stop it with [`Proxy::shutdown`]; dropping it only signals it to stop.
 #[derive(Debug)]
@@ -96,16 +94,12 @@ impl Proxy {
         let registry_task = tokio::spawn(kraken_transport::http::serve(
             registry_listener,
             app,
-            HttpServerLimits::default(),
+            HttpServerLimits::from(&config.limits.registry),
             registry_tls,
             stop.cancelled_owned(),
         ));
 
-        let limits = GrpcServerLimits {
-            request_timeout: GRPC_REQUEST_TIMEOUT,
-            ..GrpcServerLimits::default()
-        };
-        let server = GrpcServer::new(&tls, limits)?
+        let server = GrpcServer::new(&tls, GrpcServerLimits::from(&config.limits.grpc))?
             .add_service(ProxyServiceServer::new(ProxyServiceImpl { origins, tags }));
         let health = server.health();
         let grpc_task =

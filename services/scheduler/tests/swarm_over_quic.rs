@@ -87,6 +87,7 @@ async fn node(
         origin,
         driver,
         bandwidth: config.conn.bandwidth.clone(),
+        quic: kraken_transport::quic::QuicTuning::default(),
     };
     let announcer = tracker.map(|t| t as Arc<dyn Announcer>);
     let scheduler = Scheduler::bind(member, &tls, store.clone(), announcer).unwrap();
@@ -384,6 +385,7 @@ async fn a_download_nobody_serves_gives_up_at_its_leecher_tti() {
         origin: false,
         driver: DriverConfig::from_config(&config, false),
         bandwidth: config.conn.bandwidth.clone(),
+        quic: kraken_transport::quic::QuicTuning::default(),
     };
     let tracker: Arc<dyn Announcer> = Arc::new(FakeTracker::default());
     let agent = Scheduler::bind(member, &tls, store.clone(), Some(tracker)).unwrap();

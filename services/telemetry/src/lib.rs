@@ -57,7 +57,7 @@ pub use metrics_exporter_prometheus::PrometheusHandle;
 pub use progress::{PROGRESS_LOG_INTERVAL, ProgressReporter, progress_bar};
 pub use prometheus::{
     BYTES_BUCKETS, PROMETHEUS_CONTENT_TYPE, SECONDS_BUCKETS, install_metrics_recorder,
-    metrics_router, run_metrics_server, serve_metrics,
+    metrics_router, metrics_server_limits, run_metrics_server, serve_metrics,
 };
 pub use propagation::{inject_trace_context, set_parent_from_headers};
 pub use shutdown::{ShutdownSignal, shutdown_on_signal};

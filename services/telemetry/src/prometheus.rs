@@ -13,6 +13,8 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
+use kraken_transport::http::HttpServerLimits;
+
 use crate::TelemetryError;
 
 /// Content type of the Prometheus text exposition format.
@@ -118,7 +120,8 @@ pub async fn serve_metrics(
         .local_addr()
         .map_err(|source| TelemetryError::MetricsBind { addr, source })?;
     tokio::spawn(async move {
-        if let Err(err) = run_metrics_server(listener, handle, shutdown).await {
+        let limits = metrics_server_limits();
+        if let Err(err) = run_metrics_server(listener, handle, limits, shutdown).await {
             tracing::error!(error = %err, %local_addr, "metrics server stopped");
         }
     });
@@ -126,14 +129,27 @@ pub async fn serve_metrics(
     Ok(local_addr)
 }
 
-/// Serves [`metrics_router`] on `listener` until `shutdown` completes and open requests finish.
+/// Limits of the metrics endpoint: a scraper or two, sending tiny requests. `axum::serve` has
+/// none, so anyone reaching the port could hold connections open forever by saying nothing.
+pub fn metrics_server_limits() -> HttpServerLimits {
+    HttpServerLimits {
+        max_connections: 64,
+        tls_handshake_timeout: Duration::from_secs(10),
+        header_read_timeout: Duration::from_secs(10),
+        body_idle_timeout: Duration::from_secs(10),
+        max_concurrent_streams: 16,
+    }
+}
+
+/// Serves [`metrics_router`] on `listener` with `limits` (normally
+/// [`metrics_server_limits`]) until `shutdown` completes and open requests finish.
 pub async fn run_metrics_server(
     listener: TcpListener,
     handle: PrometheusHandle,
+    limits: HttpServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), TelemetryError> {
-    axum::serve(listener, metrics_router(handle))
-        .with_graceful_shutdown(shutdown)
+    kraken_transport::http::serve(listener, metrics_router(handle), limits, None, shutdown)
         .await
         .map_err(TelemetryError::MetricsServe)
 }

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kraken_telemetry::{
-    PROMETHEUS_CONTENT_TYPE, ShutdownSignal, install_metrics_recorder, run_metrics_server,
-    serve_metrics,
+    PROMETHEUS_CONTENT_TYPE, ShutdownSignal, install_metrics_recorder, metrics_server_limits,
+    run_metrics_server, serve_metrics,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -163,6 +163,7 @@ async fn shutdown_stops_the_server() -> anyhow::Result<()> {
     let server = tokio::spawn(run_metrics_server(
         listener,
         handle,
+        metrics_server_limits(),
         shutdown.clone().wait_owned(),
     ));
     assert_eq!(http_get(addr, "/metrics").await?.status, 200);

@@ -82,7 +82,7 @@ pub async fn run(
         trust_claimed_address_from = ?config.trust_claimed_address_from,
         "tracker starting"
     );
-    GrpcServer::new(&tls, GrpcServerLimits::default())?
+    GrpcServer::new(&tls, GrpcServerLimits::from(&config.limits.grpc))?
         .add_service(tracker.into_server())
         .serve(listener, shutdown)
         .await?;

@@ -333,6 +333,8 @@ pub struct SwarmMember {
     pub driver: DriverConfig,
     /// Caps on P2P traffic (`scheduler.conn.bandwidth`).
     pub bandwidth: BandwidthConfig,
+    /// QUIC settings, with the component's `limits.p2p` applied.
+    pub quic: QuicTuning,
 }
 
 /// The QUIC peer endpoint could not be bound.
@@ -454,8 +456,7 @@ impl Scheduler {
             addr: member.listen,
             source: Box::new(source),
         };
-        let endpoint =
-            PeerEndpoint::bind(member.listen, tls, &QuicTuning::default()).map_err(bind_error)?;
+        let endpoint = PeerEndpoint::bind(member.listen, tls, &member.quic).map_err(bind_error)?;
         let bound = endpoint.local_addr().map_err(bind_error)?;
         let local = PeerInfo {
             peer_id: member.peer_id,
