@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub scheduler: SchedulerConfig,
     /// Certificates for mutual TLS with peers, trackers and build-index.
     pub tls: TlsSection,
+    /// HTTPS on the registry port (`cert`, `key`); plain HTTP without it, which suits a
+    /// registry on loopback.
+    pub registry_tls: crate::registry_auth::RegistryTlsConfig,
     /// What a client or peer may hold of this component's servers: connections,
     /// handshake, header and idle timeouts ([`crate::limits`]). The gRPC server, the registry port and the QUIC peer endpoint.
     pub limits: crate::limits::AgentLimits,
@@ -65,6 +68,7 @@ impl Default for AgentConfig {
             store: StoreConfig::default(),
             scheduler: SchedulerConfig::default(),
             tls: TlsSection::default(),
+            registry_tls: crate::registry_auth::RegistryTlsConfig::default(),
             limits: crate::limits::AgentLimits::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
@@ -97,6 +101,7 @@ impl Validate for AgentConfig {
         nested("store", &self.store)?;
         nested("scheduler", &self.scheduler)?;
         nested("tls", &self.tls)?;
+        nested("registry_tls", &self.registry_tls)?;
         nested("limits", &self.limits)?;
         crate::component::validate_telemetry(self.telemetry())
     }

@@ -160,6 +160,10 @@ pub struct HttpLimitsConfig {
     pub body_idle_timeout: Duration,
     /// Concurrent requests on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// Requests per second one client IP may make (bursts of twice as many); past it,
+    /// `429 TOOMANYREQUESTS` with `Retry-After`. `0` turns the limit off. Behind a load
+    /// balancer every client shares its IP: raise it there.
+    pub requests_per_second_per_client: u32,
 }
 
 impl Default for HttpLimitsConfig {
@@ -170,6 +174,7 @@ impl Default for HttpLimitsConfig {
             header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),
             max_concurrent_streams: 128,
+            requests_per_second_per_client: 500,
         }
     }
 }

@@ -17,6 +17,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ pub struct HttpServerLimits {
     pub body_idle_timeout: Duration,
     /// Concurrent requests (streams) on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// Requests per second per client IP (bursts of twice as many); `0` is no limit.
+    pub requests_per_second_per_client: u32,
 }
 
 impl Default for HttpServerLimits {
@@ -56,6 +59,7 @@ impl Default for HttpServerLimits {
             header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),
             max_concurrent_streams: 128,
+            requests_per_second_per_client: 500,
         }
     }
 }
@@ -69,8 +73,71 @@ impl From<&kraken_config::limits::HttpLimitsConfig> for HttpServerLimits {
             header_read_timeout: config.header_read_timeout,
             body_idle_timeout: config.body_idle_timeout,
             max_concurrent_streams: config.max_concurrent_streams,
+            requests_per_second_per_client: config.requests_per_second_per_client,
         }
     }
+}
+
+/// Why a registry port's certificate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpTlsError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM {what} found")]
+    Pem { path: PathBuf, what: &'static str },
+    #[error("the certificate {cert} and key {key} do not make a usable TLS server")]
+    Config {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// A server config for a registry port from a PEM certificate chain and key, offering HTTP/2
+/// and HTTP/1.1. Clients are Docker, containerd and skopeo, which present no certificate.
+pub fn tls_server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ServerConfig>, HttpTlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| HttpTlsError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|chain: &Vec<_>| !chain.is_empty())
+        .ok_or_else(|| HttpTlsError::Pem {
+            path: cert.to_owned(),
+            what: "certificate",
+        })?;
+    let private = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| HttpTlsError::Pem {
+        path: key.to_owned(),
+        what: "private key",
+    })?;
+    let config_error = |source| HttpTlsError::Config {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        source,
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(kraken_tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(config_error)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Serves `router` on `listener` until `shutdown` completes; then stops accepting and lets
@@ -100,6 +167,7 @@ pub async fn serve(
         .keep_alive_timeout(Duration::from_secs(10))
         .max_concurrent_streams(limits.max_concurrent_streams);
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    let limiter = ClientLimiter::new(limits.requests_per_second_per_client);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -110,6 +178,9 @@ pub async fn serve(
     loop {
         // Reap finished connections so the set does not grow with the server's lifetime.
         while connections.try_join_next().is_some() {}
+        if let Some(limiter) = &limiter {
+            limiter.forget_idle();
+        }
         let permit = tokio::select! {
             permit = Arc::clone(&slots).acquire_owned() => match permit {
                 Ok(permit) => permit,
@@ -137,6 +208,7 @@ pub async fn serve(
             remote,
             handshake_timeout: limits.tls_handshake_timeout,
             header_read_timeout: limits.header_read_timeout,
+            limiter: limiter.clone(),
         };
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -153,6 +225,64 @@ pub async fn serve(
     Ok(())
 }
 
+/// Requests per second per client IP, with bursts of twice as many.
+struct ClientLimiter {
+    limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    per_second: u32,
+    /// When idle clients' state was last dropped (at most once a minute).
+    swept: std::sync::Mutex<std::time::Instant>,
+}
+
+impl ClientLimiter {
+    fn new(per_second: u32) -> Option<Arc<Self>> {
+        let rate = std::num::NonZeroU32::new(per_second)?;
+        let burst = std::num::NonZeroU32::new(per_second.saturating_mul(2)).unwrap_or(rate);
+        Some(Arc::new(Self {
+            limiter: governor::RateLimiter::keyed(
+                governor::Quota::per_second(rate).allow_burst(burst),
+            ),
+            per_second,
+            swept: std::sync::Mutex::new(std::time::Instant::now()),
+        }))
+    }
+
+    /// The `429` for `client` when it is over its rate, `None` when the request may go on.
+    fn refuse(&self, client: std::net::IpAddr) -> Option<axum::response::Response> {
+        if self.limiter.check_key(&client).is_ok() {
+            return None;
+        }
+        metrics::counter!(RATE_LIMITED).increment(1);
+        tracing::debug!(%client, "request over the per-client rate limit");
+        // The registry error format (the distribution spec's), written out: this layer sits
+        // below the crates that know it.
+        let body = format!(
+            "{{\"errors\":[{{\"code\":\"TOOMANYREQUESTS\",\"message\":\"more than {} \
+             requests per second from this client\"}}]}}",
+            self.per_second
+        );
+        axum::response::Response::builder()
+            .status(axum::http::StatusCode::TOO_MANY_REQUESTS)
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .header(axum::http::header::RETRY_AFTER, "1")
+            .body(axum::body::Body::from(body))
+            .ok()
+    }
+
+    /// Drops the state of clients that have been quiet, so memory follows the active clients
+    /// rather than every address ever seen.
+    fn forget_idle(&self) {
+        let mut swept = kraken_core::sync::lock(&self.swept);
+        if swept.elapsed() >= Duration::from_secs(60) {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+            *swept = std::time::Instant::now();
+        }
+    }
+}
+
+/// Counter of requests refused by the per-client rate limit.
+pub const RATE_LIMITED: &str = "kraken_http_rate_limited_total";
+
 /// One accepted connection and what it needs to be served.
 struct Connection {
     builder: auto::Builder<TokioExecutor>,
@@ -160,6 +290,7 @@ struct Connection {
     remote: SocketAddr,
     handshake_timeout: Duration,
     header_read_timeout: Duration,
+    limiter: Option<Arc<ClientLimiter>>,
 }
 
 impl Connection {
@@ -175,11 +306,20 @@ impl Connection {
             remote,
             handshake_timeout,
             header_read_timeout,
+            limiter,
         } = self;
         let service = hyper::service::service_fn(move |mut request| {
             request.extensions_mut().insert(ConnectInfo(remote));
+            let refused = limiter
+                .as_ref()
+                .and_then(|limiter| limiter.refuse(remote.ip()));
             let mut router = router.clone();
-            async move { router.call(request).await }
+            async move {
+                match refused {
+                    Some(response) => Ok(response),
+                    None => router.call(request).await,
+                }
+            }
         });
         let result = match tls {
             None => {

@@ -226,3 +226,35 @@ async fn tls_serves_and_a_silent_handshake_is_cut() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.shut_down().await;
 }
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_and_others_do_not() {
+    let server = Server::start(
+        HttpServerLimits {
+            requests_per_second_per_client: 1,
+            ..HttpServerLimits::default()
+        },
+        None,
+    )
+    .await;
+    // Bursts of twice the rate pass; the requests after them, sent at once, do not.
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /who HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut stream).await;
+        statuses.push(answer[9..12].to_owned());
+        if answer.starts_with("HTTP/1.1 429") {
+            assert!(answer.contains("retry-after: 1"), "{answer}");
+            assert!(answer.contains("TOOMANYREQUESTS"), "{answer}");
+        }
+    }
+    let refused = statuses.iter().filter(|s| *s == "429").count();
+    // At 1/s, 30 quick requests see at most a burst of 2 and one more per second taken.
+    assert!(refused >= 10, "30 requests at once at 1/s: {statuses:?}");
+    assert!(statuses[..2].iter().all(|s| s == "200"), "{statuses:?}");
+    server.shut_down().await;
+}

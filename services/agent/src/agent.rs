@@ -148,13 +148,21 @@ impl Agent {
     /// `listen.registry` in production) until shutdown; returns the bound address.
     pub fn serve_registry(&mut self, listener: TcpListener) -> Result<SocketAddr, AgentError> {
         let addr = listener.local_addr().map_err(AgentError::ListenerAddr)?;
+        let tls = self
+            .config
+            .registry_tls
+            .files()
+            .map(|(cert, key)| kraken_transport::http::tls_server_config(cert, key))
+            .transpose()
+            .map_err(AgentError::RegistryTls)?;
         let state = RegistryState {
             fetcher: self.fetcher.clone(),
             tags: self.tags.clone(),
             config: self.config.clone(),
         };
-        let server = registry::spawn(listener, state, self.shutdown.child_token());
-        tracing::info!(registry = %addr, "agent registry API serving");
+        let https = tls.is_some();
+        let server = registry::spawn(listener, state, tls, self.shutdown.child_token());
+        tracing::info!(registry = %addr, https, "agent registry API serving");
         self.registry = Some((addr, server));
         Ok(addr)
     }

@@ -15,6 +15,8 @@ use kraken_tagclient::TagClientError;
 /// Why an agent operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("loading the registry port's certificate (`registry_tls`)")]
+    RegistryTls(#[source] kraken_transport::http::HttpTlsError),
     #[error("field `{field}` is missing")]
     MissingField { field: &'static str },
     #[error(transparent)]
@@ -140,6 +142,7 @@ impl AgentError {
             | Self::BindP2p { .. }
             | Self::Advertise(_)
             | Self::ListenerAddr(_)
+            | Self::RegistryTls(_)
             | Self::Grpc(_)
             | Self::Task { .. } => Code::Internal,
         }

@@ -57,6 +57,7 @@ pub(crate) struct RegistryState {
 pub(crate) fn spawn(
     listener: TcpListener,
     state: RegistryState,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> JoinHandle<io::Result<()>> {
     let limits = HttpServerLimits::from(&state.config.limits.registry);
@@ -64,7 +65,7 @@ pub(crate) fn spawn(
         listener,
         router(state),
         limits,
-        None,
+        tls,
         shutdown.cancelled_owned(),
     ))
 }

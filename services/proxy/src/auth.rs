@@ -412,7 +412,8 @@ impl RegistryAuth {
             .iter()
             .all(|(repo, action)| self.may(caller.user(), repo, *action));
         match caller {
-            Caller::Anonymous => {
+            // An anonymous token falls short the way no credentials do: log in.
+            _ if caller.user().is_none() => {
                 Err(self.challenge_at(&realm, needs.scope(), None, "authentication required"))
             }
             Caller::Token(_) if user_could => Err(self.challenge_at(

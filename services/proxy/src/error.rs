@@ -26,7 +26,7 @@ pub enum ProxyError {
     #[error("setting up registry authentication")]
     Auth(#[from] crate::auth::AuthSetupError),
     #[error("loading the registry port's certificate")]
-    RegistryTls(#[source] RegistryTlsError),
+    RegistryTls(#[source] kraken_transport::http::HttpTlsError),
     #[error("the registry server failed")]
     Serve(#[source] std::io::Error),
     #[error("a proxy task failed")]
@@ -37,18 +37,3 @@ pub enum ProxyError {
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
 pub struct StagingErrorSource(#[from] pub(crate) StagingError);
-
-/// Why the registry port's certificate could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryTlsError {
-    #[error("cannot read {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: no PEM certificate or private key found")]
-    Pem { path: String },
-    #[error("the certificate and key do not make a usable TLS server")]
-    Config(#[source] rustls::Error),
-}

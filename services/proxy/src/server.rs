@@ -22,7 +22,6 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::RegistryAuth;
-use crate::error::RegistryTlsError;
 use crate::error::{ProxyError, StagingErrorSource};
 use crate::prefetch::ProxyServiceImpl;
 use crate::registry::{Registry, router};
@@ -192,40 +191,12 @@ impl Drop for Proxy {
     }
 }
 
-/// The registry port's rustls config (HTTP/2 and HTTP/1.1) from `registry_tls:`, if set.
+/// The registry port's rustls config from `registry_tls:`, if set.
 fn registry_tls(config: &ProxyConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ProxyError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-    let Some((cert, key)) = config.registry_tls.files() else {
-        return Ok(None);
-    };
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| {
-            ProxyError::RegistryTls(RegistryTlsError::Read {
-                path: path.display().to_string(),
-                source,
-            })
-        })
-    };
-    let no_pem = |path: &std::path::Path| {
-        ProxyError::RegistryTls(RegistryTlsError::Pem {
-            path: path.display().to_string(),
-        })
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
-        .collect::<Result<_, _>>()
-        .map_err(|_| no_pem(cert))?;
-    if chain.is_empty() {
-        return Err(no_pem(cert));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| no_pem(key))?;
-    let mut server = rustls::ServerConfig::builder_with_provider(kraken_tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ProxyError::RegistryTls(RegistryTlsError::Config(e)))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| ProxyError::RegistryTls(RegistryTlsError::Config(e)))?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(server)))
+    config
+        .registry_tls
+        .files()
+        .map(|(cert, key)| kraken_transport::http::tls_server_config(cert, key))
+        .transpose()
+        .map_err(ProxyError::RegistryTls)
 }

@@ -138,6 +138,8 @@ pub fn metrics_server_limits() -> HttpServerLimits {
         header_read_timeout: Duration::from_secs(10),
         body_idle_timeout: Duration::from_secs(10),
         max_concurrent_streams: 16,
+        // Scrapes come every few seconds; this only stops a client hammering the port.
+        requests_per_second_per_client: 50,
     }
 }
 

@@ -60,7 +60,7 @@ impl<'a> Needs<'a> {
     pub(crate) fn agent(config: &'a AgentConfig) -> Self {
         Self {
             tls: Some(&config.tls),
-            files: Vec::new(),
+            files: registry_tls_files(&config.registry_tls),
             dirs: vec![("store.dir".to_owned(), config.store.dir.clone())],
         }
     }
@@ -97,9 +97,17 @@ impl<'a> Needs<'a> {
     }
 
     pub(crate) fn proxy(config: &'a ProxyConfig) -> Self {
+        let mut files = registry_tls_files(&config.registry_tls);
+        let auth = &config.auth;
+        if let Some(path) = &auth.htpasswd_file {
+            files.push(("auth.htpasswd_file".to_owned(), path.clone()));
+        }
+        if let Some(path) = &auth.token.signing_key_file {
+            files.push(("auth.token.signing_key_file".to_owned(), path.clone()));
+        }
         Self {
             tls: Some(&config.tls),
-            files: Vec::new(),
+            files,
             dirs: vec![("store.dir".to_owned(), config.store.dir.clone())],
         }
     }
@@ -174,6 +182,21 @@ fn fs_backend_roots(backends: &[BackendConfig]) -> impl Iterator<Item = (String,
 }
 
 /// Secret files of the auth section and of registry backends, and registry backends' CAs.
+/// A registry port's certificate and key, when it serves TLS.
+fn registry_tls_files(
+    section: &kraken_config::registry_auth::RegistryTlsConfig,
+) -> Vec<(String, PathBuf)> {
+    section
+        .files()
+        .map(|(cert, key)| {
+            vec![
+                ("registry_tls.cert".to_owned(), cert.clone()),
+                ("registry_tls.key".to_owned(), key.clone()),
+            ]
+        })
+        .unwrap_or_default()
+}
+
 fn secret_files(backends: &[BackendConfig], auth: &AuthConfig) -> Vec<(String, PathBuf)> {
     let mut files = Vec::new();
     for (index, rule) in backends.iter().enumerate() {
