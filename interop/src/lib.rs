@@ -17,10 +17,30 @@ pub fn have(program: &str) -> bool {
             .is_ok_and(|o| o.status.success())
 }
 
-/// Prints a loud skip notice. Used only for tools a machine may legitimately lack (a Docker
-/// engine); tools the test command installs are required.
+/// The file the test command (`tests/run.sh`) reads skips from, one `test: why` per line, to
+/// name them in its final summary (nextest hides a passing test's stderr).
+pub const SKIP_LOG_ENV: &str = "KRAKEN_SKIP_LOG";
+
+/// Records a skip loudly: on stderr, and in the test command's skip log so its summary names
+/// it (and fails when the engine the skip blames does answer). Used only for what a machine
+/// may legitimately lack (a Docker engine); tools the test command installs are required.
 pub fn skip(test: &str, why: &str) {
     eprintln!("\n*** {test}: skipped: {why} ***\n");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write;
+        let line = format!("{test}: {}\n", why.replace('\n', " "));
+        let written = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(error) = written {
+            panic!(
+                "cannot record the skip in {}: {error}",
+                std::path::Path::new(&path).display()
+            );
+        }
+    }
 }
 
 /// A program installed in the test command's Python venv (`$KRAKEN_VENV`, by default
