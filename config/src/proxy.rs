@@ -84,7 +84,8 @@ impl Validate for ProxyConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyListenConfig {
-    /// Docker/OCI registry API (push and pull).
+    /// Docker/OCI registry API (push and pull). Default `127.0.0.1:15000`: set it to the
+    /// address pushers reach (with `auth` users and `registry_tls`) to open it up.
     pub registry: SocketAddr,
     /// `ProxyService` gRPC (prefetch, preheat).
     pub grpc: SocketAddr,
@@ -93,7 +94,8 @@ pub struct ProxyListenConfig {
 impl Default for ProxyListenConfig {
     fn default() -> Self {
         Self {
-            registry: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15000)),
+            // The write surface binds where the operator says: loopback until told otherwise.
+            registry: SocketAddr::from((Ipv4Addr::LOCALHOST, 15000)),
             grpc: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15005)),
         }
     }
