@@ -193,6 +193,8 @@ impl TrackerClient {
             namespace: namespace.to_string(),
             digest: digest.to_string(),
             peer: Some(me.into()),
+            failed_peers: Vec::new(),
+            served_by: Vec::new(),
         };
         let (host, reply) = match self
             .call(digest, "announce", |mut client| {
