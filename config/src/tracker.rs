@@ -294,8 +294,9 @@ impl Validate for RedisPeerStoreConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PeerHandoutPolicyConfig {
-    /// `completeness` (complete agents first, then origins, then the rest) or `default`
-    /// (random order).
+    /// `completeness` (complete agents that another host reported serving first, then
+    /// origins, then the rest) or `default` (random order); either way agents another host
+    /// reported failing come last.
     pub priority: HandoutPriority,
 }
 
@@ -303,11 +304,13 @@ pub struct PeerHandoutPolicyConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HandoutPriority {
-    /// Complete agents, then origins, then incomplete agents: spares the origins. Kraken's
-    /// shipped base config uses it, so it is the default here.
+    /// Complete agents that another host reported serving (`served_by` in its announce),
+    /// then origins, then the other agents, then agents reported failing: spares the origins
+    /// without letting a bare claim of completeness jump the queue. Kraken's shipped base
+    /// config uses it, so it is the default here.
     #[default]
     Completeness,
-    /// No ordering (random sample).
+    /// No ordering (random sample), but agents reported failing come last.
     Default,
 }
 

@@ -297,6 +297,7 @@ fn announce(namespace: &str, digest: &Digest, peer: &PeerInfo) -> AnnounceReques
         namespace: namespace.to_owned(),
         digest: digest.to_string(),
         peer: Some(pb::PeerInfo::from(peer)),
+        ..AnnounceRequest::default()
     }
 }
 

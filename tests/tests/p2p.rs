@@ -122,7 +122,7 @@ async fn a_peer_serving_corrupt_pieces_is_blacklisted_while_pulls_succeed() {
     });
     assert!(
         bad >= 1,
-        "the tracker hands complete peers out first, so the liar was tried"
+        "the tracker hands the liar out with the other agents, so it was tried"
     );
     assert!(blacklisted >= 1, "and blacklisted once caught");
     liar.shutdown().await;

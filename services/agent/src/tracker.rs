@@ -14,9 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kraken_config::agent::AgentConfig;
 use kraken_config::cluster::UpstreamConfig;
-use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo, WireError, error_chain};
+use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo, WireError, error_chain};
 use kraken_proto::tracker::v1::{self as pb, tracker_service_client::TrackerServiceClient};
-use kraken_scheduler::{AnnounceError, AnnounceReply, Announcer};
+use kraken_scheduler::{AnnounceError, AnnounceReply, Announcer, PeerReports};
 use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::cluster::{ClusterError, HostPool, PoolOptions};
 use kraken_transport::grpc::GrpcError;
@@ -182,17 +182,39 @@ impl TrackerClient {
     }
 
     /// Records `me` as a peer of the blob and returns the peers to dial.
-    #[tracing::instrument(skip_all, fields(digest = %digest))]
     pub async fn announce(
         &self,
         namespace: &Namespace,
         digest: &Digest,
         me: &PeerInfo,
     ) -> Result<AnnounceReply, TrackerError> {
+        self.announce_reporting(namespace, digest, me, &PeerReports::default())
+            .await
+    }
+
+    /// [`TrackerClient::announce`], telling the tracker which peers failed us and which
+    /// served us verified pieces since the last announce (at most [`PeerReports::MAX`] each).
+    #[tracing::instrument(skip_all, fields(digest = %digest))]
+    pub async fn announce_reporting(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+        me: &PeerInfo,
+        reports: &PeerReports,
+    ) -> Result<AnnounceReply, TrackerError> {
+        let ids = |peers: &[PeerId]| -> Vec<bytes::Bytes> {
+            peers
+                .iter()
+                .take(PeerReports::MAX)
+                .map(|peer| bytes::Bytes::copy_from_slice(peer.as_bytes()))
+                .collect()
+        };
         let request = pb::AnnounceRequest {
             namespace: namespace.to_string(),
             digest: digest.to_string(),
             peer: Some(me.into()),
+            failed_peers: ids(&reports.failed),
+            served_by: ids(&reports.served),
         };
         let (host, reply) = match self
             .call(digest, "announce", |mut client| {
@@ -377,6 +399,18 @@ impl Announcer for TrackerClient {
         me: &PeerInfo,
     ) -> Result<AnnounceReply, AnnounceError> {
         TrackerClient::announce(self, namespace, digest, me)
+            .await
+            .map_err(AnnounceError::new)
+    }
+
+    async fn announce_reporting(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+        me: &PeerInfo,
+        reports: &PeerReports,
+    ) -> Result<AnnounceReply, AnnounceError> {
+        TrackerClient::announce_reporting(self, namespace, digest, me, reports)
             .await
             .map_err(AnnounceError::new)
     }

@@ -17,6 +17,6 @@ mod metrics;
 
 pub use driver::{
     AnnounceError, AnnounceReply, Announcer, BindError, BlobState, Download, DownloadError,
-    DriverConfig, Faults, RevealPolicy, Scheduler, SchedulerError, SchedulerStats, Status,
-    SwarmMember, TorrentState,
+    DriverConfig, Faults, PeerReports, RevealPolicy, Scheduler, SchedulerError, SchedulerStats,
+    Status, SwarmMember, TorrentState,
 };

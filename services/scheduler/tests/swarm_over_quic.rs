@@ -15,20 +15,50 @@ use kraken_config::store::StoreConfig;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo};
 use kraken_scheduler::{
     AnnounceError, AnnounceReply, Announcer, BlobState, DownloadError, DriverConfig, Faults,
-    Scheduler, SchedulerError, SwarmMember, TorrentState,
+    PeerReports, Scheduler, SchedulerError, SwarmMember, TorrentState,
 };
 use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::{DevCa, LeafOptions, Role, TlsMaterial};
 
-/// Every announcer gets every other peer, complete ones first, then the origins.
+/// Every announcer gets every other peer, complete ones first, then the origins. It keeps
+/// each announce's reports.
 #[derive(Default)]
 struct FakeTracker {
     peers: Mutex<HashMap<Digest, HashMap<PeerId, PeerInfo>>>,
     origins: Mutex<Vec<PeerInfo>>,
+    reports: Mutex<Vec<(PeerId, PeerReports)>>,
+}
+
+impl FakeTracker {
+    /// Whether `reporter` has reported `peer` failing (`failed`) or serving (`!failed`).
+    fn reported(&self, reporter: PeerId, peer: PeerId, failed: bool) -> bool {
+        self.reports.lock().unwrap().iter().any(|(from, reports)| {
+            let list = if failed {
+                &reports.failed
+            } else {
+                &reports.served
+            };
+            *from == reporter && list.contains(&peer)
+        })
+    }
 }
 
 #[async_trait]
 impl Announcer for FakeTracker {
+    async fn announce_reporting(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+        me: &PeerInfo,
+        reports: &PeerReports,
+    ) -> Result<AnnounceReply, AnnounceError> {
+        self.reports
+            .lock()
+            .unwrap()
+            .push((me.peer_id, reports.clone()));
+        self.announce(namespace, digest, me).await
+    }
+
     async fn announce(
         &self,
         _namespace: &Namespace,
@@ -255,6 +285,14 @@ async fn a_peer_serving_corrupt_pieces_is_blacklisted_and_the_download_still_suc
         stats.blacklisted_peers, 1,
         "and the liar blacklisted: {stats:?}"
     );
+    // ... and reported to the tracker as having failed us.
+    let victim_id = victim.scheduler.local().peer_id;
+    within("the liar's report", async {
+        while !tracker.reported(victim_id, liar_info.peer_id, true) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     victim.scheduler.shutdown().await;
     liar.scheduler.shutdown().await;
     origin.scheduler.shutdown().await;
@@ -537,4 +575,73 @@ async fn unrequested_and_longer_than_requested_pieces_are_refused_before_the_bod
     assert!(victim.scheduler.stats().bad_pieces >= 1);
     victim.scheduler.shutdown().await;
     rogue.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dial_and_a_peer_that_served_are_reported_with_the_next_announces() {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let tracker = Arc::new(FakeTracker::default());
+    let data = blob(1 << 20);
+    let namespace: Namespace = "library/test".parse().unwrap();
+
+    // An honest complete agent, and a "complete" peer at a port nothing listens on.
+    let seeder = agent(&ca, &tracker).await;
+    let metainfo = seed(&seeder, &data).await;
+    let mut seeder_info = *seeder.scheduler.local();
+    seeder_info.complete = true;
+    tracker
+        .announce(&namespace, metainfo.digest(), &seeder_info)
+        .await
+        .unwrap();
+    let dead_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = PeerInfo {
+        peer_id: PeerId::random(),
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], dead_port)),
+        complete: true,
+        origin: false,
+    };
+    tracker
+        .announce(&namespace, metainfo.digest(), &dead)
+        .await
+        .unwrap();
+
+    let downloader = agent(&ca, &tracker).await;
+    let me = downloader.scheduler.local().peer_id;
+    let mut download = downloader
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap();
+    within("the download", download.wait()).await.unwrap();
+    // The torrent keeps announcing as a seeder: the pieces it verified from the seeder, and
+    // the dial that failed (after the connect timeout), reach the tracker with its announces.
+    within("the reports", async {
+        while !(tracker.reported(me, seeder_info.peer_id, false)
+            && tracker.reported(me, dead.peer_id, true))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        !tracker.reported(me, dead.peer_id, false),
+        "the dead peer served nothing"
+    );
+    assert!(!tracker.reported(me, seeder_info.peer_id, true));
+    // Each report is sent once: lists are cleared after a delivered announce.
+    let sent = tracker
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(from, reports)| *from == me && reports.failed.contains(&dead.peer_id))
+        .count();
+    assert_eq!(sent, 1);
+    downloader.scheduler.shutdown().await;
+    seeder.scheduler.shutdown().await;
 }

@@ -36,13 +36,17 @@ impl HandoutPolicy {
     ///   restarted under a new id while its old announce is still stored). Kraken compared
     ///   pointers here, so its trackers handed peers themselves.
     /// - Every peer appears once; a peer listed both as an origin and as an announcer is an
-    ///   origin, and one listed twice is complete if either entry says so.
+    ///   origin, and one listed twice is complete (proven, demoted) if either entry says so.
     /// - Origins are always included (up to `limit`): they are the seeders of last resort,
     ///   and a swarm of incomplete agents without them could stall. Agents fill the rest.
-    /// - `completeness`: complete agents, then origins, then incomplete agents, so leechers
-    ///   pull from other agents first and spare the origins; random within each group, and
-    ///   complete agents are preferred when there are more agents than room.
-    ///   `default`: a uniformly random order.
+    /// - `completeness`: proven complete agents (another host said they served it), then
+    ///   origins, then the other agents (complete or not), then demoted agents (another host
+    ///   said they failed it). A claim of completeness alone earns nothing: anyone with a
+    ///   certificate can make it, for peers at dead ports. Leechers still pull from agents
+    ///   that have shown they serve before the origins, sparing them. Random within each
+    ///   group; when there are more agents than room, earlier groups are kept.
+    ///   `default`: a uniformly random order, except that demoted agents come last (and are
+    ///   the first left out).
     pub fn select<R: Rng + ?Sized>(
         &self,
         caller: &PeerInfo,
@@ -62,23 +66,32 @@ impl HandoutPolicy {
             .map(|o| PeerInfo { origin: true, ..*o })
             .collect();
 
-        let mut agents: Vec<PeerInfo> = Vec::with_capacity(peers.len());
+        let mut agents: Vec<(PeerInfo, Standing)> = Vec::with_capacity(peers.len());
         let mut agent_index: HashMap<PeerId, usize> = HashMap::with_capacity(peers.len());
         for peer in peers {
             if is_caller(peer.peer_id, peer.addr) || origin_ids.contains(&peer.peer_id) {
                 continue;
             }
             if let Some(&index) = agent_index.get(&peer.peer_id) {
-                agents[index].complete |= peer.complete;
+                let (agent, standing) = &mut agents[index];
+                agent.complete |= peer.complete;
+                standing.proven |= peer.proven;
+                standing.demoted |= peer.demoted;
                 continue;
             }
             agent_index.insert(peer.peer_id, agents.len());
-            agents.push(PeerInfo {
-                peer_id: peer.peer_id,
-                addr: peer.addr,
-                complete: peer.complete,
-                origin: false,
-            });
+            agents.push((
+                PeerInfo {
+                    peer_id: peer.peer_id,
+                    addr: peer.addr,
+                    complete: peer.complete,
+                    origin: false,
+                },
+                Standing {
+                    proven: peer.proven,
+                    demoted: peer.demoted,
+                },
+            ));
         }
 
         chosen_origins.shuffle(rng);
@@ -88,25 +101,50 @@ impl HandoutPolicy {
 
         match self.priority {
             HandoutPriority::Completeness => {
+                let rank = |(agent, standing): &(PeerInfo, Standing)| match standing {
+                    Standing { demoted: true, .. } => Rank::Demoted,
+                    Standing { proven: true, .. } if agent.complete => Rank::ProvenComplete,
+                    _ => Rank::Unproven,
+                };
                 // A stable sort keeps the shuffled order within each group.
-                agents.sort_by_key(|agent| !agent.complete);
+                agents.sort_by_key(rank);
                 agents.truncate(room);
-                let split = agents.partition_point(|agent| agent.complete);
-                let incomplete = agents.split_off(split);
-                let mut handout = agents;
+                let split = agents.partition_point(|agent| rank(agent) == Rank::ProvenComplete);
+                let rest = agents.split_off(split);
+                let mut handout: Vec<PeerInfo> = agents.into_iter().map(|(a, _)| a).collect();
                 handout.extend(chosen_origins);
-                handout.extend(incomplete);
+                handout.extend(rest.into_iter().map(|(a, _)| a));
                 handout
             }
             HandoutPriority::Default => {
+                agents.sort_by_key(|(_, standing)| standing.demoted);
                 agents.truncate(room);
+                let split = agents.partition_point(|(_, standing)| !standing.demoted);
+                let demoted = agents.split_off(split);
                 let mut handout = chosen_origins;
-                handout.extend(agents);
+                handout.extend(agents.into_iter().map(|(a, _)| a));
                 handout.shuffle(rng);
+                handout.extend(demoted.into_iter().map(|(a, _)| a));
                 handout
             }
         }
     }
+}
+
+/// What other peers reported about an agent (see [`PeerEntry`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Standing {
+    proven: bool,
+    demoted: bool,
+}
+
+/// The groups of the `completeness` priority, in hand-out order (origins go between the first
+/// two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    ProvenComplete,
+    Unproven,
+    Demoted,
 }
 
 #[cfg(test)]
@@ -126,10 +164,22 @@ mod tests {
     }
 
     fn agent(n: u16, complete: bool) -> PeerEntry {
+        PeerEntry::new(id(n), addr(n), complete)
+    }
+
+    /// A complete agent another host said served it.
+    fn proven(n: u16) -> PeerEntry {
         PeerEntry {
-            peer_id: id(n),
-            addr: addr(n),
-            complete,
+            proven: true,
+            ..agent(n, true)
+        }
+    }
+
+    /// An agent another host said failed it.
+    fn demoted(n: u16, complete: bool) -> PeerEntry {
+        PeerEntry {
+            demoted: true,
+            ..agent(n, complete)
         }
     }
 
@@ -215,8 +265,16 @@ mod tests {
     }
 
     #[test]
-    fn completeness_orders_complete_agents_then_origins_then_the_rest() {
-        let peers: Vec<_> = (0..30).map(|n| agent(n, n % 4 == 0)).collect();
+    fn completeness_orders_proven_complete_agents_then_origins_then_the_rest() {
+        let peers: Vec<_> = (0..30)
+            .map(|n| {
+                if n % 4 == 0 {
+                    proven(n)
+                } else {
+                    agent(n, false)
+                }
+            })
+            .collect();
         let origins = [origin(100), origin(101)];
         let policy = HandoutPolicy::new(HandoutPriority::Completeness, 50);
         let mut first_orders = HashSet::new();
@@ -245,9 +303,9 @@ mod tests {
     }
 
     #[test]
-    fn completeness_prefers_complete_agents_when_room_is_short() {
+    fn completeness_prefers_proven_complete_agents_when_room_is_short() {
         let mut peers: Vec<_> = (0..40).map(|n| agent(n, false)).collect();
-        peers.extend((40..45).map(|n| agent(n, true)));
+        peers.extend((40..45).map(proven));
         let policy = HandoutPolicy::new(HandoutPriority::Completeness, 8);
         let handout = policy.select(
             &caller(500),
@@ -259,6 +317,110 @@ mod tests {
         assert!(handout[..5].iter().all(|p| p.complete && !p.origin));
         assert!(handout[5].origin);
         assert!(handout[6..].iter().all(|p| !p.complete && !p.origin));
+    }
+
+    /// Group rank under `completeness`: 0 proven complete agent, 1 origin, 2 other agent,
+    /// 3 demoted agent.
+    fn rank_of(p: &PeerInfo, proven_ids: &HashSet<PeerId>, demoted_ids: &HashSet<PeerId>) -> u8 {
+        if p.origin {
+            1
+        } else if demoted_ids.contains(&p.peer_id) {
+            3
+        } else if proven_ids.contains(&p.peer_id) {
+            0
+        } else {
+            2
+        }
+    }
+
+    #[test]
+    fn a_claim_of_completeness_alone_comes_after_the_origins_and_demoted_peers_last() {
+        // 0..4 proven complete, 4..12 claim completeness unproven (fakes at dead ports, say),
+        // 12..20 incomplete, 20..24 demoted (two of them also proven: the demotion wins).
+        let mut peers: Vec<_> = (0..4).map(proven).collect();
+        peers.extend((4..12).map(|n| agent(n, true)));
+        peers.extend((12..20).map(|n| agent(n, false)));
+        peers.extend((20..22).map(|n| demoted(n, true)));
+        peers.extend((22..24).map(|n| PeerEntry {
+            demoted: true,
+            ..proven(n)
+        }));
+        let proven_ids: HashSet<_> = (0..4).map(id).collect();
+        let demoted_ids: HashSet<_> = (20..24).map(id).collect();
+        let origins = [origin(100), origin(101)];
+        let policy = HandoutPolicy::new(HandoutPriority::Completeness, 50);
+        let mut middle_orders = HashSet::new();
+        for seed in 0..10 {
+            let handout = policy.select(
+                &caller(500),
+                &peers,
+                &origins,
+                &mut StdRng::seed_from_u64(seed),
+            );
+            assert_eq!(handout.len(), 26);
+            let ranks: Vec<u8> = handout
+                .iter()
+                .map(|p| rank_of(p, &proven_ids, &demoted_ids))
+                .collect();
+            assert!(ranks.is_sorted(), "{ranks:?}");
+            assert_eq!(ranks[..6], [0, 0, 0, 0, 1, 1]);
+            assert_eq!(ranks[22..], [3, 3, 3, 3]);
+            // Unproven complete and incomplete agents are one group, in random order.
+            middle_orders.insert(ids(&handout[6..22]));
+        }
+        assert!(middle_orders.len() > 1);
+    }
+
+    #[test]
+    fn demoted_agents_are_the_first_left_out() {
+        let mut peers: Vec<_> = (0..10).map(|n| demoted(n, true)).collect();
+        peers.extend((10..14).map(|n| agent(n, n % 2 == 0)));
+        for priority in [HandoutPriority::Completeness, HandoutPriority::Default] {
+            let policy = HandoutPolicy::new(priority, 6);
+            for seed in 0..10 {
+                let handout = policy.select(
+                    &caller(500),
+                    &peers,
+                    &[origin(100)],
+                    &mut StdRng::seed_from_u64(seed),
+                );
+                assert_eq!(handout.len(), 6, "{priority:?}");
+                // The origin, the 4 others, and one demoted agent, last.
+                let last = handout[5].peer_id;
+                assert!(
+                    (0..10).map(id).any(|d| d == last),
+                    "{priority:?}: {handout:?}"
+                );
+                assert!(
+                    handout[..5]
+                        .iter()
+                        .all(|p| !(0..10).map(id).any(|d| d == p.peer_id)),
+                    "{priority:?}: {handout:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn default_policy_is_random_but_hands_demoted_agents_last() {
+        let mut peers: Vec<_> = (0..10).map(|n| agent(n, n < 5)).collect();
+        peers.extend((10..13).map(|n| demoted(n, false)));
+        let demoted_ids: HashSet<_> = (10..13).map(id).collect();
+        let policy = HandoutPolicy::new(HandoutPriority::Default, 50);
+        let mut orders = HashSet::new();
+        for seed in 0..20 {
+            let handout = policy.select(
+                &caller(500),
+                &peers,
+                &[origin(100)],
+                &mut StdRng::seed_from_u64(seed),
+            );
+            assert_eq!(handout.len(), 14);
+            let tail: HashSet<_> = ids(&handout[11..]).into_iter().collect();
+            assert_eq!(tail, demoted_ids);
+            orders.insert(ids(&handout[..11]));
+        }
+        assert!(orders.len() > 10, "orders vary: {}", orders.len());
     }
 
     #[test]
@@ -284,15 +446,15 @@ mod tests {
         let mut peers = vec![
             agent(1, false),
             agent(1, true),
+            PeerEntry {
+                proven: true,
+                ..agent(1, false)
+            },
             agent(2, false),
             agent(2, false),
         ];
         // An origin that also announced like an agent.
-        peers.push(PeerEntry {
-            peer_id: id(100),
-            addr: addr(100),
-            complete: false,
-        });
+        peers.push(agent(100, false));
         let origins = [origin(100), origin(100)];
         let policy = HandoutPolicy::new(HandoutPriority::Completeness, 50);
         let handout = policy.select(
@@ -306,7 +468,11 @@ mod tests {
         assert!(by_id[&id(1)].complete, "complete ORed across duplicates");
         assert!(!by_id[&id(2)].complete);
         assert!(by_id[&id(100)].origin);
-        assert_eq!(ids(&handout)[0], id(1), "the complete agent comes first");
+        assert_eq!(
+            ids(&handout)[0],
+            id(1),
+            "complete and proven, ORed across duplicates: first"
+        );
     }
 
     #[test]

@@ -39,8 +39,9 @@ pub use handout::HandoutPolicy;
 pub use kraken_proto::wire::RETRY_AFTER_MS;
 pub use origin::{GrpcOriginDirectory, OriginDirectory, OriginError};
 pub use peerstore::{
-    CapExceeded, CertIdentity, Clock, MemoryPeerStore, PeerEntry, PeerLimits, PeerStore,
-    PeerStoreError, RedisPeerStore, SystemClock, build_peer_store,
+    CapExceeded, CertIdentity, Clock, MAX_REPORTED_PEERS, MemoryPeerStore, PeerEntry, PeerLimits,
+    PeerReport, PeerStore, PeerStoreError, RedisPeerStore, ReportOutcome, SystemClock,
+    build_peer_store,
 };
 pub use service::{AddressKind, DEFAULT_RETRY_AFTER, ServiceError, Tracker, TrackerSettings};
 

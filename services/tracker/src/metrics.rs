@@ -7,6 +7,13 @@ pub(crate) const ANNOUNCES: &str = "kraken_tracker_announces_total";
 pub(crate) const ANNOUNCE_REFUSALS: &str = "kraken_tracker_announce_refusals_total";
 /// Announces recorded at their connection's source IP instead of the IP they claimed.
 pub(crate) const ANNOUNCE_ADDRESS_REWRITES: &str = "kraken_tracker_announce_address_rewrites_total";
+/// Peer ids received in announces' reports. Labels: `kind` (served, failed), `result` (ok,
+/// malformed, over_cap; only `ok` ones reach the peer store).
+pub(crate) const PEER_REPORTS: &str = "kraken_tracker_peer_reports_total";
+/// Peers that became proven: another host reported that they served it pieces.
+pub(crate) const PEERS_PROVEN: &str = "kraken_tracker_peers_proven_total";
+/// Peers that became demoted: another host reported that they failed it.
+pub(crate) const PEERS_DEMOTED: &str = "kraken_tracker_peers_demoted_total";
 /// Time to answer an announce.
 pub(crate) const ANNOUNCE_DURATION_SECONDS: &str = "kraken_tracker_announce_duration_seconds";
 /// Peers handed out per announce.

@@ -21,7 +21,9 @@ use kraken_core::error_chain;
 use kraken_transport::health::unavailable_retry_after;
 
 use crate::origin::{OriginDirectory, OriginError};
-use crate::peerstore::{CertIdentity, PeerEntry, PeerLimits, PeerStore, PeerStoreError};
+use crate::peerstore::{
+    CertIdentity, MAX_REPORTED_PEERS, PeerEntry, PeerLimits, PeerReport, PeerStore, PeerStoreError,
+};
 
 /// What agents are told to wait before asking again when the origins gave no hint.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(1000);
@@ -269,11 +271,7 @@ impl Tracker {
 
         // The `origin` flag a caller sends is not stored: being handed out as an origin is
         // decided by the ring (`owners`), not by what a peer claims.
-        let entry = PeerEntry {
-            peer_id: caller.peer_id,
-            addr,
-            complete: caller.complete,
-        };
+        let entry = PeerEntry::new(caller.peer_id, addr, caller.complete);
         if let Err(error) = self
             .store
             .update(&digest, &entry, self.settings.limits)
@@ -284,6 +282,8 @@ impl Tracker {
             }
             return Err(error.into());
         }
+        // Only from a caller the store just recorded, so reports come from swarm members.
+        self.apply_reports(&digest, &caller, &request).await;
 
         let interval = prost_duration(self.settings.announce_interval);
         if caller.complete {
@@ -316,6 +316,41 @@ impl Tracker {
             peers: handout.iter().map(pb::PeerInfo::from).collect(),
             interval: Some(interval),
         })
+    }
+
+    /// Applies the caller's reports about other peers of `digest`. Never fails the announce:
+    /// the reports are advice, and older clients send none. The recorded IP stands for the
+    /// reporter, the address the reported peers are compared with was recorded the same way.
+    async fn apply_reports(&self, digest: &Digest, caller: &PeerInfo, request: &AnnounceRequest) {
+        let served_by = reported_ids(&request.served_by, caller.peer_id, "served");
+        let failed = reported_ids(&request.failed_peers, caller.peer_id, "failed");
+        if served_by.is_empty() && failed.is_empty() {
+            return;
+        }
+        let report = PeerReport {
+            reporter_ip: caller.addr.ip(),
+            served_by: &served_by,
+            failed: &failed,
+        };
+        match self.store.report(digest, &report).await {
+            Ok(outcome) => {
+                if outcome.proven > 0 {
+                    metrics::counter!(crate::metrics::PEERS_PROVEN)
+                        .increment(outcome.proven as u64);
+                }
+                if outcome.demoted > 0 {
+                    metrics::counter!(crate::metrics::PEERS_DEMOTED)
+                        .increment(outcome.demoted as u64);
+                    tracing::debug!(
+                        demoted = outcome.demoted,
+                        "peers reported failing, handed out last"
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "could not record peer reports");
+            }
+        }
     }
 
     async fn handle_get_metainfo(
@@ -425,6 +460,35 @@ fn check_usable(kind: AddressKind, addr: SocketAddr) -> Result<(), ServiceError>
         }),
         None => Ok(()),
     }
+}
+
+/// The first [`MAX_REPORTED_PEERS`] well-formed, distinct peer ids of a report list other than
+/// the caller's own; the rest are counted and dropped, never an error (older or buggy clients
+/// must still be able to announce).
+fn reported_ids<B: AsRef<[u8]>>(wire: &[B], caller: PeerId, kind: &'static str) -> Vec<PeerId> {
+    let mut ids: Vec<PeerId> = Vec::with_capacity(wire.len().min(MAX_REPORTED_PEERS));
+    let (mut malformed, mut over_cap) = (0u64, 0u64);
+    for (index, raw) in wire.iter().enumerate() {
+        if ids.len() >= MAX_REPORTED_PEERS {
+            over_cap = (wire.len() - index) as u64;
+            break;
+        }
+        match PeerId::from_slice(raw.as_ref()) {
+            Ok(id) if id != caller && !ids.contains(&id) => ids.push(id),
+            Ok(_) => {}
+            Err(_) => malformed += 1,
+        }
+    }
+    let counter = |result: &'static str, n: u64| {
+        if n > 0 {
+            metrics::counter!(crate::metrics::PEER_REPORTS, "kind" => kind, "result" => result)
+                .increment(n);
+        }
+    };
+    counter("ok", ids.len() as u64);
+    counter("malformed", malformed);
+    counter("over_cap", over_cap);
+    ids
 }
 
 fn prost_duration(duration: Duration) -> prost_types::Duration {
@@ -627,6 +691,7 @@ mod tests {
                 complete: false,
                 origin: false,
             })),
+            ..AnnounceRequest::default()
         }
     }
 
@@ -793,5 +858,138 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reply.peers.len(), 2);
+    }
+
+    /// Origins owning every blob, for the hand-out tests.
+    #[derive(Debug)]
+    struct Origins(Vec<PeerInfo>);
+
+    #[async_trait::async_trait]
+    impl OriginDirectory for Origins {
+        async fn owners(&self, _digest: &Digest) -> Result<Vec<PeerInfo>, OriginError> {
+            Ok(self.0.clone())
+        }
+
+        async fn metainfo(
+            &self,
+            _namespace: &Namespace,
+            digest: &Digest,
+        ) -> Result<kraken_core::MetaInfo, OriginError> {
+            Err(OriginError::NoOwners { digest: *digest })
+        }
+    }
+
+    /// Peer `n`'s announce from 10.0.0.`ip` (its own host unless a sybil shares one).
+    fn announce_at(
+        digest: &Digest,
+        n: u8,
+        ip: u8,
+        complete: bool,
+    ) -> (AnnounceRequest, Connection) {
+        let mut request = announce_of(digest, n, &format!("10.0.0.{ip}:16001"));
+        if let Some(peer) = request.peer.as_mut() {
+            peer.complete = complete;
+        }
+        (request, from(&format!("10.0.0.{ip}"), &[n]))
+    }
+
+    fn id_bytes(n: u8) -> bytes::Bytes {
+        bytes::Bytes::copy_from_slice(PeerId::from_array([n; 20]).as_bytes())
+    }
+
+    /// The peer ids of a hand-out, origins as 0.
+    fn handed(reply: &AnnounceResponse) -> Vec<u8> {
+        reply
+            .peers
+            .iter()
+            .map(|p| if p.origin { 0 } else { p.peer_id[0] })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_complete_claim_earns_priority_only_once_another_host_reports_it_served() {
+        let origin = PeerInfo {
+            peer_id: PeerId::from_array([200; 20]),
+            addr: "10.0.1.1:15001".parse().unwrap(),
+            complete: true,
+            origin: true,
+        };
+        let tracker = Tracker::new(
+            Arc::new(crate::MemoryPeerStore::new(Duration::from_secs(60))),
+            Arc::new(Origins(vec![origin])),
+            TrackerSettings {
+                policy: HandoutPolicy::new(
+                    kraken_config::tracker::HandoutPriority::Completeness,
+                    50,
+                ),
+                ..TrackerSettings::default()
+            },
+        );
+        let blob = Digest::of(b"blob");
+        let announce = |n: u8, ip: u8, complete: bool, served: &[u8], failed: &[u8]| {
+            let (mut request, connection) = announce_at(&blob, n, ip, complete);
+            request.served_by = served.iter().map(|n| id_bytes(*n)).collect();
+            request.failed_peers = failed.iter().map(|n| id_bytes(*n)).collect();
+            let tracker = &tracker;
+            async move { tracker.handle_announce(request, connection).await.unwrap() }
+        };
+
+        // A certificate holder announces a fake seeder (9) and a sybil (8) on its host; an
+        // honest leecher (4) is downloading.
+        announce(9, 9, true, &[], &[]).await;
+        announce(4, 4, false, &[], &[]).await;
+        // The sybil vouches for the fake from the same IP: ignored.
+        announce(8, 9, false, &[9], &[]).await;
+        let reply = announce(2, 2, false, &[], &[]).await;
+        assert_eq!(handed(&reply)[0], 0, "the origin before an unproven claim");
+        assert_eq!(handed(&reply).len(), 4);
+
+        // Another host got verified pieces from 9: now it goes first.
+        announce(2, 2, false, &[9], &[]).await;
+        let reply = announce(3, 3, false, &[], &[]).await;
+        assert_eq!(handed(&reply)[..2], [9, 0], "{:?}", handed(&reply));
+
+        // Another host could not reach it: demoted, last, and no longer proven.
+        announce(3, 3, false, &[], &[9]).await;
+        let reply = announce(5, 5, false, &[], &[]).await;
+        let order = handed(&reply);
+        assert_eq!(order[0], 0, "{order:?}");
+        assert_eq!(order.last(), Some(&9), "{order:?}");
+        // A served report during the demotion does not lift it.
+        announce(2, 2, false, &[9], &[]).await;
+        let reply = announce(5, 5, false, &[], &[]).await;
+        assert_eq!(handed(&reply).last(), Some(&9));
+    }
+
+    #[tokio::test]
+    async fn malformed_and_excess_reports_never_fail_an_announce() {
+        let tracker = tracker(TrackerSettings::default());
+        let blob = Digest::of(b"blob");
+        let (mut request, connection) = announce_at(&blob, 1, 1, false);
+        request.served_by = vec![
+            bytes::Bytes::from_static(b"short"),
+            bytes::Bytes::new(),
+            id_bytes(1),
+        ];
+        request.failed_peers = (0..=255u8).map(id_bytes).collect();
+        tracker.handle_announce(request, connection).await.unwrap();
+
+        let ids = reported_ids(
+            &(0..100u8).map(id_bytes).collect::<Vec<_>>(),
+            PeerId::from_array([0; 20]),
+            "served",
+        );
+        assert_eq!(
+            ids.len(),
+            MAX_REPORTED_PEERS,
+            "the caller itself is skipped, the rest capped"
+        );
+        assert_eq!(ids[0], PeerId::from_array([1; 20]));
+        let ids = reported_ids(
+            &[id_bytes(3), id_bytes(3), bytes::Bytes::from_static(b"x")],
+            PeerId::from_array([0; 20]),
+            "failed",
+        );
+        assert_eq!(ids, vec![PeerId::from_array([3; 20])]);
     }
 }

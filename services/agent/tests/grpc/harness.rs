@@ -67,6 +67,8 @@ pub(crate) struct TrackerState {
     /// Handed out on every announce (origins).
     pub(crate) seeders: Vec<PeerInfo>,
     pub(crate) announces: Vec<(Digest, PeerInfo)>,
+    /// Each announce's `failed_peers` and `served_by`, as sent.
+    pub(crate) reports: Vec<(Vec<bytes::Bytes>, Vec<bytes::Bytes>)>,
     pub(crate) metainfo_calls: HashMap<Digest, u32>,
     /// `UNAVAILABLE` answers to `GetMetaInfo` before the metainfo, per digest (an origin
     /// fetching from its backend).
@@ -129,6 +131,9 @@ impl TrackerService for FakeTracker {
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut state = self.state.lock().unwrap();
         state.announces.push((digest, me));
+        state
+            .reports
+            .push((request.failed_peers.clone(), request.served_by.clone()));
         let mut peers: Vec<kraken_proto::common::v1::PeerInfo> =
             state.seeders.iter().map(Into::into).collect();
         let mut seen = HashSet::from([me.peer_id]);

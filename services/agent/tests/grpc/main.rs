@@ -692,3 +692,39 @@ async fn an_agent_refuses_to_advertise_loopback_to_a_tracker_on_another_host() {
     );
     assert!(message.contains("peer_ip"), "says what to set: {message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announces_carry_the_schedulers_peer_reports() {
+    use kraken_scheduler::{Announcer, PeerReports};
+    let pki = Pki::new();
+    let tracker = RunningTracker::start(&pki, FakeTracker::default()).await;
+    let upstream = UpstreamConfig::of([tracker.addr.to_string()]);
+    let client = TrackerClient::new(&upstream, &pki.tls(Role::Agent), Default::default()).unwrap();
+    let namespace: Namespace = NS.parse().unwrap();
+    let digest = Digest::of(b"blob");
+    let me = PeerInfo {
+        peer_id: PeerId::random(),
+        addr: "127.0.0.1:16001".parse().unwrap(),
+        complete: false,
+        origin: false,
+    };
+    let (failed, served) = (PeerId::random(), PeerId::random());
+    let reports = PeerReports {
+        failed: vec![failed],
+        served: vec![served],
+    };
+    Announcer::announce_reporting(&client, &namespace, &digest, &me, &reports)
+        .await
+        .unwrap();
+    client.announce(&namespace, &digest, &me).await.unwrap();
+    let sent = tracker.fake.state.lock().unwrap().reports.clone();
+    let bytes = |id: PeerId| bytes::Bytes::copy_from_slice(id.as_bytes());
+    assert_eq!(
+        sent,
+        vec![
+            (vec![bytes(failed)], vec![bytes(served)]),
+            (Vec::new(), Vec::new())
+        ]
+    );
+    tracker.stop().await;
+}

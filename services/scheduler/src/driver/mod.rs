@@ -182,6 +182,68 @@ pub trait Announcer: Send + Sync + 'static {
         digest: &Digest,
         me: &PeerInfo,
     ) -> Result<AnnounceReply, AnnounceError>;
+
+    /// [`Announcer::announce`], passing on what the torrent learnt about other peers since
+    /// its last announce, so that the tracker ranks peers by what they did rather than what
+    /// they claim. The driver always calls this one; announcers that cannot pass reports on
+    /// (test doubles, fixed peer lists) need not implement it.
+    async fn announce_reporting(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+        me: &PeerInfo,
+        reports: &PeerReports,
+    ) -> Result<AnnounceReply, AnnounceError> {
+        let _ = reports;
+        self.announce(namespace, digest, me).await
+    }
+}
+
+/// What one torrent learnt about other peers since its last announce. Each list holds at
+/// most [`PeerReports::MAX`] distinct peers (the tracker reads no more); origins are left out,
+/// as the tracker ranks them by the ring rather than by reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerReports {
+    /// Peers we could not connect to, whose handshake failed, or that sent bad data.
+    pub failed: Vec<PeerId>,
+    /// Peers that delivered at least one piece that verified.
+    pub served: Vec<PeerId>,
+}
+
+impl PeerReports {
+    /// Most peers per list.
+    pub const MAX: usize = 32;
+
+    /// Whether there is nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.failed.is_empty() && self.served.is_empty()
+    }
+
+    pub(crate) fn failed(&mut self, peer: PeerId) {
+        note(&mut self.failed, peer);
+    }
+
+    pub(crate) fn served(&mut self, peer: PeerId) {
+        note(&mut self.served, peer);
+    }
+
+    /// Puts back reports an announce that failed could not deliver, behind newer ones.
+    pub(crate) fn restore(&mut self, older: PeerReports) {
+        for peer in older.failed {
+            self.failed(peer);
+        }
+        for peer in older.served {
+            self.served(peer);
+        }
+    }
+}
+
+/// Adds `peer` to a report list unless it is there or the list is full (a linear scan of at
+/// most 32 ids: cheaper than a set).
+fn note(list: &mut Vec<PeerId>, peer: PeerId) {
+    if list.len() < PeerReports::MAX && !list.contains(&peer) {
+        list.push(peer);
+    }
 }
 
 /// The tracker's answer to an announce.
@@ -938,5 +1000,25 @@ mod tests {
         assert_eq!(addr(None, "10.4.4.4:15001"), "10.4.4.4:15001");
         assert_eq!(addr(None, "0.0.0.0:15001"), "127.0.0.1:15001");
         assert_eq!(addr(None, "[::]:15001"), "127.0.0.1:15001");
+    }
+
+    #[test]
+    fn peer_reports_are_distinct_bounded_and_restored_behind_newer_ones() {
+        let ids: Vec<PeerId> = (0..40u8).map(|n| PeerId::from_array([n; 20])).collect();
+        let mut reports = PeerReports::default();
+        assert!(reports.is_empty());
+        for id in ids.iter().chain(&ids) {
+            reports.failed(*id);
+        }
+        reports.served(ids[0]);
+        reports.served(ids[0]);
+        assert_eq!(reports.failed, ids[..PeerReports::MAX]);
+        assert_eq!(reports.served, vec![ids[0]]);
+
+        let mut newer = PeerReports::default();
+        newer.served(ids[1]);
+        newer.restore(reports);
+        assert_eq!(newer.served, vec![ids[1], ids[0]]);
+        assert_eq!(newer.failed.len(), PeerReports::MAX);
     }
 }

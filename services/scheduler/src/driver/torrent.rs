@@ -28,7 +28,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::link::{self, DialError, LinkTasks, PeerHandshake, PendingLink};
 use super::{
-    AnnounceError, AnnounceReply, DownloadError, Inner, Status, UploadTarget, dialable, short,
+    AnnounceError, AnnounceReply, DownloadError, Inner, PeerReports, Status, UploadTarget,
+    dialable, short,
 };
 use crate::core::{Action, LinkId, Reveal, SlotDecision, SuperSeeder, Swarm, slot_decision};
 
@@ -82,7 +83,8 @@ pub(super) enum Event {
         piece: u32,
     },
     Committed(Result<(), StoreError>),
-    Announced(Result<AnnounceReply, AnnounceError>),
+    /// An announce finished; the reports it carried come back to be sent again if it failed.
+    Announced(Result<AnnounceReply, AnnounceError>, PeerReports),
 }
 
 struct Link {
@@ -126,6 +128,8 @@ pub(super) struct Torrent {
     announce_at: Instant,
     announce_interval: Duration,
     announcing: bool,
+    /// What other peers did since the last announce, passed on with the next one.
+    reports: PeerReports,
     done: bool,
     /// A failed or removed download's staging, dropped before the task ends.
     aborting: Option<DownloadHandle>,
@@ -199,6 +203,7 @@ impl Torrent {
             announce_at: now,
             announce_interval,
             announcing: false,
+            reports: PeerReports::default(),
             done: false,
             aborting: None,
             remove,
@@ -304,7 +309,7 @@ impl Torrent {
                 }
             }
             Event::Committed(result) => self.on_committed(result),
-            Event::Announced(result) => self.on_announced(result),
+            Event::Announced(result, reports) => self.on_announced(result, reports),
         }
     }
 
@@ -404,6 +409,11 @@ impl Torrent {
                 tracing::debug!(digest = %self.digest, peer = %short(&peer.peer_id), %why, "dial failed");
                 metrics::counter!(crate::metrics::DIAL_FAILURES).increment(1);
                 lock(&self.inner.conns).dial_failed(&self.digest, peer.peer_id, now);
+                // The tracker hands out last the peers other hosts cannot reach (a certificate
+                // holder's fake seeders at dead ports, say).
+                if !peer.origin {
+                    self.reports.failed(peer.peer_id);
+                }
             }
         }
     }
@@ -625,6 +635,12 @@ impl Torrent {
                 self.last_piece = now;
                 self.last_activity = now;
                 metrics::counter!(crate::metrics::PIECES_RECEIVED).increment(1);
+                // The piece verified: the tracker may trust the sender's claims from now on.
+                if let Some(l) = self.links.get(&link)
+                    && !l.origin
+                {
+                    self.reports.served(l.peer);
+                }
                 swarm.piece_received(link, piece, true, now.into_std());
                 let held = swarm.have().count();
                 self.status.send_replace(Status::Downloading {
@@ -694,6 +710,9 @@ impl Torrent {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     lock(&self.inner.conns)
                         .blacklist_misbehaving(l.peer, Instant::now().into_std());
+                    if !l.origin {
+                        self.reports.failed(l.peer);
+                    }
                     // The peer lied: it is not trusted for any blob.
                     l.connection.close(2u32.into(), b"sent bad data");
                     self.remove_link(link);
@@ -856,14 +875,21 @@ impl Torrent {
         };
         let (namespace, digest, events) =
             (self.namespace.clone(), self.digest, self.events_tx.clone());
+        let reports = std::mem::take(&mut self.reports);
         self.inner.spawn_until_shutdown(async move {
-            let result = announcer.announce(&namespace, &digest, &me).await;
-            let _ = events.send(Event::Announced(result)).await;
+            let result = announcer
+                .announce_reporting(&namespace, &digest, &me, &reports)
+                .await;
+            let _ = events.send(Event::Announced(result, reports)).await;
         });
     }
 
-    fn on_announced(&mut self, result: Result<AnnounceReply, AnnounceError>) {
+    fn on_announced(&mut self, result: Result<AnnounceReply, AnnounceError>, reports: PeerReports) {
         self.announcing = false;
+        if result.is_err() {
+            // Not delivered: sent with the next announce, within the same bounds.
+            self.reports.restore(reports);
+        }
         match result {
             Ok(reply) => {
                 // Kraken resets absurd intervals; clamp instead.

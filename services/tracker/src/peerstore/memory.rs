@@ -11,7 +11,10 @@ use kraken_core::{Digest, PeerId};
 use rand::seq::{IteratorRandom, SliceRandom};
 use tokio::time::Instant;
 
-use super::{CapExceeded, CertIdentity, PeerEntry, PeerLimits, PeerStore, PeerStoreError};
+use super::{
+    CapExceeded, CertIdentity, MAX_REPORTED_PEERS, PeerEntry, PeerLimits, PeerReport, PeerStore,
+    PeerStoreError, ReportOutcome,
+};
 
 /// Expired entries are swept at most this often (and at least once per TTL), so memory stays
 /// bounded by the announces of the last TTL without a scan on every call.
@@ -52,7 +55,18 @@ struct Blob {
 struct Stored {
     addr: SocketAddr,
     complete: bool,
+    /// Another host reported that it served pieces; see [`PeerEntry::proven`].
+    proven: bool,
+    /// Until when another host's failure report holds; see [`PeerEntry::demoted`]. Kept on
+    /// its own clock rather than the entry's, so that re-announcing does not shorten it.
+    demoted_until: Option<Instant>,
     expires: Instant,
+}
+
+impl Stored {
+    fn demoted(&self, now: Instant) -> bool {
+        self.demoted_until.is_some_and(|until| until > now)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +154,19 @@ impl Blob {
         before - self.peers.len()
     }
 
+    /// The live entry of a peer another host reports about: none if the reporter shares its
+    /// IP (see `PeerReport::reporter_ip`).
+    fn reported(
+        &mut self,
+        peer_id: &PeerId,
+        reporter_ip: IpAddr,
+        now: Instant,
+    ) -> Option<&mut Stored> {
+        self.peers
+            .get_mut(peer_id)
+            .filter(|stored| stored.expires > now && stored.addr.ip() != reporter_ip)
+    }
+
     fn at_ip(&self, ip: IpAddr) -> usize {
         self.per_ip.get(&ip).copied().unwrap_or(0)
     }
@@ -188,9 +215,11 @@ impl PeerStore for MemoryPeerStore {
         if let Some(blob) = state.blobs.get_mut(digest)
             && let Some(stored) = blob.peers.get_mut(&peer.peer_id)
         {
-            // A peer that expired keeps no memory of having been complete: it may have
-            // restarted with an empty cache under the same id.
-            stored.complete = peer.complete || (stored.complete && stored.expires > now);
+            // A peer that expired keeps no memory of having been complete (it may have
+            // restarted with an empty cache under the same id), nor of having served.
+            let live = stored.expires > now;
+            stored.complete = peer.complete || (stored.complete && live);
+            stored.proven &= live;
             let old_ip = stored.addr.ip();
             stored.addr = peer.addr;
             stored.expires = expires;
@@ -225,6 +254,8 @@ impl PeerStore for MemoryPeerStore {
             Stored {
                 addr: peer.addr,
                 complete: peer.complete,
+                proven: false,
+                demoted_until: None,
                 expires,
             },
         );
@@ -254,12 +285,46 @@ impl PeerStore for MemoryPeerStore {
                     peer_id: *peer_id,
                     addr: stored.addr,
                     complete: stored.complete,
+                    proven: stored.proven,
+                    demoted: stored.demoted(now),
                 })
                 .choose_multiple(&mut rng, limit)
         };
         // The reservoir is a uniform sample but not in random order.
         sample.shuffle(&mut rng);
         Ok(sample)
+    }
+
+    async fn report(
+        &self,
+        digest: &Digest,
+        report: &PeerReport<'_>,
+    ) -> Result<ReportOutcome, PeerStoreError> {
+        let now = Instant::now();
+        let mut outcome = ReportOutcome::default();
+        let mut state = self.lock();
+        let Some(blob) = state.blobs.get_mut(digest) else {
+            return Ok(outcome);
+        };
+        for peer_id in report.served_by.iter().take(MAX_REPORTED_PEERS) {
+            if let Some(stored) = blob.reported(peer_id, report.reporter_ip, now)
+                && !stored.proven
+                && !stored.demoted(now)
+            {
+                stored.proven = true;
+                outcome.proven += 1;
+            }
+        }
+        for peer_id in report.failed.iter().take(MAX_REPORTED_PEERS) {
+            if let Some(stored) = blob.reported(peer_id, report.reporter_ip, now) {
+                if !stored.demoted(now) {
+                    outcome.demoted += 1;
+                }
+                stored.proven = false;
+                stored.demoted_until = Some(now + self.ttl);
+            }
+        }
+        Ok(outcome)
     }
 
     async fn bind_identity(
@@ -304,11 +369,11 @@ mod tests {
     use super::*;
 
     fn entry(n: u8, complete: bool) -> PeerEntry {
-        PeerEntry {
-            peer_id: PeerId::from_array([n; 20]),
-            addr: format!("10.0.0.{n}:16001").parse().unwrap(),
+        PeerEntry::new(
+            PeerId::from_array([n; 20]),
+            format!("10.0.0.{n}:16001").parse().unwrap(),
             complete,
-        }
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -430,11 +495,11 @@ mod tests {
     }
 
     fn at(n: u8, ip: [u8; 4]) -> PeerEntry {
-        PeerEntry {
-            peer_id: PeerId::from_array([n; 20]),
-            addr: SocketAddr::from((ip, 16000 + u16::from(n))),
-            complete: false,
-        }
+        PeerEntry::new(
+            PeerId::from_array([n; 20]),
+            SocketAddr::from((ip, 16000 + u16::from(n))),
+            false,
+        )
     }
 
     fn refused(result: Result<(), PeerStoreError>) -> CapExceeded {
@@ -586,5 +651,151 @@ mod tests {
                 .await,
             Err(PeerStoreError::Full(CapExceeded::Store { limit: 2 }))
         ));
+    }
+
+    fn standing(peers: &[PeerEntry], n: u8) -> (bool, bool) {
+        let peer = peers
+            .iter()
+            .find(|p| p.peer_id == PeerId::from_array([n; 20]))
+            .unwrap();
+        (peer.proven, peer.demoted)
+    }
+
+    fn report<'a>(ip: &str, served_by: &'a [PeerId], failed: &'a [PeerId]) -> PeerReport<'a> {
+        PeerReport {
+            reporter_ip: ip.parse().unwrap(),
+            served_by,
+            failed,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_from_another_ip_prove_and_demote_peers() {
+        let store = MemoryPeerStore::new(Duration::from_secs(10));
+        let digest = Digest::of(b"blob");
+        let one = PeerId::from_array([1; 20]);
+        let unknown = PeerId::from_array([77; 20]);
+        store
+            .update(&digest, &entry(1, true), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
+
+        // From its own IP: no proof. Unknown peers and other blobs are left alone.
+        let outcome = store
+            .report(&digest, &report("10.0.0.1", &[one], &[]))
+            .await
+            .unwrap();
+        assert_eq!(outcome, ReportOutcome::default());
+        let outcome = store
+            .report(&digest, &report("10.0.0.2", &[unknown], &[unknown]))
+            .await
+            .unwrap();
+        assert_eq!(outcome, ReportOutcome::default());
+        let peers = store.get_peers(&digest, 10).await.unwrap();
+        assert_eq!(standing(&peers, 1), (false, false));
+
+        // From another host: proven, once.
+        let outcome = store
+            .report(&digest, &report("10.0.0.2", &[one], &[]))
+            .await
+            .unwrap();
+        assert_eq!(outcome.proven, 1);
+        let outcome = store
+            .report(&digest, &report("10.0.0.3", &[one], &[]))
+            .await
+            .unwrap();
+        assert_eq!(outcome.proven, 0, "already proven");
+        // Refreshed with the entry, whatever the peer's announce says.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        store
+            .update(&digest, &entry(1, false), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(8)).await;
+        let peers = store.get_peers(&digest, 10).await.unwrap();
+        assert_eq!(standing(&peers, 1), (true, false));
+
+        // A failure report from its own IP changes nothing; from another host it demotes and
+        // takes the proof away, and a served report does not lift the demotion.
+        store
+            .report(&digest, &report("10.0.0.1", &[], &[one]))
+            .await
+            .unwrap();
+        assert_eq!(
+            standing(&store.get_peers(&digest, 10).await.unwrap(), 1),
+            (true, false)
+        );
+        let outcome = store
+            .report(&digest, &report("10.0.0.2", &[one], &[one]))
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            ReportOutcome {
+                proven: 0,
+                demoted: 1
+            }
+        );
+        store
+            .report(&digest, &report("10.0.0.3", &[one], &[]))
+            .await
+            .unwrap();
+        assert_eq!(
+            standing(&store.get_peers(&digest, 10).await.unwrap(), 1),
+            (false, true)
+        );
+
+        // The demotion lapses after a TTL even while the peer keeps announcing; then it can
+        // be proven again.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        store
+            .update(&digest, &entry(1, true), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            standing(&store.get_peers(&digest, 10).await.unwrap(), 1),
+            (false, false)
+        );
+        let outcome = store
+            .report(&digest, &report("10.0.0.2", &[one], &[]))
+            .await
+            .unwrap();
+        assert_eq!(outcome.proven, 1);
+
+        // A peer that expired forgets its proof with the rest of its entry.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        store
+            .update(&digest, &entry(1, true), PeerLimits::UNLIMITED)
+            .await
+            .unwrap();
+        assert_eq!(
+            standing(&store.get_peers(&digest, 10).await.unwrap(), 1),
+            (false, false)
+        );
+    }
+
+    #[tokio::test]
+    async fn at_most_32_reported_ids_are_read() {
+        let store = MemoryPeerStore::new(Duration::from_secs(60));
+        let digest = Digest::of(b"blob");
+        let ids: Vec<PeerId> = (1..=40u8).map(|n| PeerId::from_array([n; 20])).collect();
+        for n in 1..=40u8 {
+            store
+                .update(&digest, &entry(n, true), PeerLimits::UNLIMITED)
+                .await
+                .unwrap();
+        }
+        let outcome = store
+            .report(&digest, &report("10.9.9.9", &ids, &ids))
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            ReportOutcome {
+                proven: 32,
+                demoted: 32
+            }
+        );
     }
 }

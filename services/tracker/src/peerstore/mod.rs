@@ -20,8 +20,57 @@ pub struct PeerEntry {
     pub peer_id: PeerId,
     /// Where other peers dial it (QUIC).
     pub addr: SocketAddr,
-    /// Whether it holds the whole blob.
+    /// Whether it holds the whole blob (its own claim).
     pub complete: bool,
+    /// Whether a peer at another IP reported that it delivered verified pieces of the blob:
+    /// only then does a claim of completeness earn priority. Set by [`PeerStore::report`] and
+    /// ignored by [`PeerStore::update`]; like `complete`, it only goes from false to true while
+    /// the entry lives, except that a demotion clears it.
+    pub proven: bool,
+    /// Whether a peer at another IP recently reported that it could not reach it or that it
+    /// failed to deliver: handed out last. Set by [`PeerStore::report`], ignored by
+    /// [`PeerStore::update`]; lapses after the lifetime of an announce.
+    pub demoted: bool,
+}
+
+impl PeerEntry {
+    /// An announce of `peer_id` at `addr`, neither proven nor demoted.
+    pub fn new(peer_id: PeerId, addr: SocketAddr, complete: bool) -> Self {
+        Self {
+            peer_id,
+            addr,
+            complete,
+            proven: false,
+            demoted: false,
+        }
+    }
+}
+
+/// Most peer ids read from each list of an announce's reports; the rest are ignored, so a
+/// report costs the store a bounded amount of work.
+pub const MAX_REPORTED_PEERS: usize = 32;
+
+/// What one announcer said about other peers of a blob since its last announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerReport<'a> {
+    /// The IP the announcer was recorded at. Reports about peers recorded at the same IP are
+    /// ignored: a certificate holder must not vouch for (nor, by mistake, demote) peers on its
+    /// own host.
+    pub reporter_ip: IpAddr,
+    /// Peers that delivered at least one verified piece.
+    pub served_by: &'a [PeerId],
+    /// Peers it could not connect to, that failed the handshake or sent bad data. Applied
+    /// after `served_by`, so a peer in both is demoted.
+    pub failed: &'a [PeerId],
+}
+
+/// What a report changed in the store, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportOutcome {
+    /// Peers that became proven.
+    pub proven: usize,
+    /// Peers that became demoted (peers already demoted only have the demotion renewed).
+    pub demoted: usize,
 }
 
 /// Caps on one blob's swarm, checked when a peer the store does not know yet announces;
@@ -153,6 +202,17 @@ pub trait PeerStore: Send + Sync + fmt::Debug {
         digest: &Digest,
         limit: usize,
     ) -> Result<Vec<PeerEntry>, PeerStoreError>;
+
+    /// Applies `report` to the live entries of `digest`: a peer in `served_by` becomes proven
+    /// unless it is demoted; a peer in `failed` is demoted for the lifetime of an announce and
+    /// loses its proof. Peers the store does not hold for `digest`, or holds at
+    /// `report.reporter_ip`, are left alone. At most [`MAX_REPORTED_PEERS`] of each list are
+    /// read.
+    async fn report(
+        &self,
+        digest: &Digest,
+        report: &PeerReport<'_>,
+    ) -> Result<ReportOutcome, PeerStoreError>;
 
     /// Binds `peer_id` to the certificate `identity` if no other identity holds it, and
     /// restarts the binding's expiry (the lifetime of an announce), so that nobody else can

@@ -14,6 +14,16 @@
 //! when the current window already holds `per_blob` ids or `per_address` ids at its IP. The
 //! check and the writes are one Lua script, so trackers sharing the server cannot overshoot.
 //!
+//! Reports from other peers live in per-window keys too: `peerips:<digest hex>:<window start>`
+//! maps each peer id that announced in the window to its IP (so that a report can tell whether
+//! the reporter shares the reported peer's host), `peerproven:<digest hex>:<window start>` is
+//! the set of peer ids another host said served it, and `peerdemoted:<digest hex>:<window
+//! start>` the set of peer ids another host said failed it. A peer is proven or demoted if any
+//! live window's set holds it; each announce of a proven peer copies the proof into the
+//! current window, so it lives as long as the peer keeps announcing, while a demotion lapses
+//! with the window it was made in (renewed by each new failure report). Reports are one Lua
+//! script reading at most [`MAX_REPORTED_PEERS`] ids of each list.
+//!
 //! `peerowner:<peer id hex>` holds the hex SHA-256 of the certificate that announced that peer
 //! id, with the lifetime of an announce, restarted by each of its announces.
 
@@ -29,20 +39,26 @@ use rand::seq::SliceRandom;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
-use super::{CapExceeded, CertIdentity, PeerEntry, PeerLimits, PeerStore, PeerStoreError};
+use super::{
+    CapExceeded, CertIdentity, MAX_REPORTED_PEERS, PeerEntry, PeerLimits, PeerReport, PeerStore,
+    PeerStoreError, ReportOutcome,
+};
 
 /// Records an announce under the caps; see the module documentation. KEYS: the current
-/// window's member set, id set and address hash, then the id sets of the earlier live windows.
-/// ARGV: member, peer id, IP, TTL in ms, per-blob cap, per-address cap. Returns 0 (recorded),
-/// 1 (blob full) or 2 (address full).
+/// window's member set, id set, address hash, IP hash and proven set, then the id set and the
+/// proven set of each earlier live window. ARGV: member, peer id, IP, TTL in ms, per-blob cap,
+/// per-address cap. Returns 0 (recorded), 1 (blob full) or 2 (address full).
 static ANNOUNCE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-local known = false
-for i = 2, #KEYS do
-  if i ~= 3 and redis.call('SISMEMBER', KEYS[i], ARGV[2]) == 1 then
+local known = redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1
+local proven = redis.call('SISMEMBER', KEYS[5], ARGV[2]) == 1
+for i = 6, #KEYS - 1, 2 do
+  if not known and redis.call('SISMEMBER', KEYS[i], ARGV[2]) == 1 then
     known = true
-    break
+  end
+  if not proven and redis.call('SISMEMBER', KEYS[i + 1], ARGV[2]) == 1 then
+    proven = true
   end
 end
 if not known then
@@ -57,10 +73,69 @@ if redis.call('SADD', KEYS[2], ARGV[2]) == 1 then
   redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 end
 redis.call('SADD', KEYS[1], ARGV[1])
-for i = 1, 3 do
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+if proven then
+  -- Carried into the current window so that the proof lives as long as the peer announces.
+  redis.call('SADD', KEYS[5], ARGV[2])
+  redis.call('PEXPIRE', KEYS[5], ARGV[4])
+end
+for i = 1, 4 do
   redis.call('PEXPIRE', KEYS[i], ARGV[4])
 end
 return 0
+",
+    )
+});
+
+/// Applies one announcer's reports; see the module documentation. KEYS: for each live window,
+/// current first, its IP hash, proven set and demoted set. ARGV: the reporter's IP, TTL in ms,
+/// how many served ids follow, the served ids, then the failed ids. Returns {newly proven,
+/// newly demoted}.
+static REPORT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local windows = math.floor(#KEYS / 3)
+local function ip_of(id)
+  for w = 0, windows - 1 do
+    local ip = redis.call('HGET', KEYS[w * 3 + 1], id)
+    if ip then
+      return ip
+    end
+  end
+  return false
+end
+local function held(offset, id)
+  for w = 0, windows - 1 do
+    if redis.call('SISMEMBER', KEYS[w * 3 + offset], id) == 1 then
+      return true
+    end
+  end
+  return false
+end
+local reporter, ttl, served = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local proven, demoted = 0, 0
+for i = 4, 3 + served do
+  local ip = ip_of(ARGV[i])
+  if ip and ip ~= reporter and not held(3, ARGV[i]) and not held(2, ARGV[i]) then
+    redis.call('SADD', KEYS[2], ARGV[i])
+    redis.call('PEXPIRE', KEYS[2], ttl)
+    proven = proven + 1
+  end
+end
+for i = 4 + served, #ARGV do
+  local ip = ip_of(ARGV[i])
+  if ip and ip ~= reporter then
+    if not held(3, ARGV[i]) then
+      demoted = demoted + 1
+    end
+    for w = 0, windows - 1 do
+      redis.call('SREM', KEYS[w * 3 + 2], ARGV[i])
+    end
+    redis.call('SADD', KEYS[3], ARGV[i])
+    redis.call('PEXPIRE', KEYS[3], ttl)
+  end
+end
+return {proven, demoted}
 ",
     )
 });
@@ -212,10 +287,14 @@ impl PeerStore for RedisPeerStore {
         invocation
             .key(self.key(digest, current))
             .key(self.window_key("peerids", digest, current))
-            .key(self.window_key("peeraddrs", digest, current));
+            .key(self.window_key("peeraddrs", digest, current))
+            .key(self.window_key("peerips", digest, current))
+            .key(self.window_key("peerproven", digest, current));
         for back in 1..self.max_windows {
             if let Some(window) = current.checked_sub(back) {
-                invocation.key(self.window_key("peerids", digest, window));
+                invocation
+                    .key(self.window_key("peerids", digest, window))
+                    .key(self.window_key("peerproven", digest, window));
             }
         }
         invocation
@@ -288,8 +367,58 @@ impl PeerStore for RedisPeerStore {
             }
         }
         let mut result: Vec<PeerEntry> = order.iter().filter_map(|id| peers.remove(id)).collect();
+        if !result.is_empty() {
+            self.add_standing(digest, &windows, &mut result).await?;
+        }
         result.shuffle(&mut rand::rng());
         Ok(result)
+    }
+
+    async fn report(
+        &self,
+        digest: &Digest,
+        report: &PeerReport<'_>,
+    ) -> Result<ReportOutcome, PeerStoreError> {
+        let served: Vec<String> = report
+            .served_by
+            .iter()
+            .take(MAX_REPORTED_PEERS)
+            .map(PeerId::to_string)
+            .collect();
+        let failed: Vec<String> = report
+            .failed
+            .iter()
+            .take(MAX_REPORTED_PEERS)
+            .map(PeerId::to_string)
+            .collect();
+        if served.is_empty() && failed.is_empty() {
+            return Ok(ReportOutcome::default());
+        }
+        let current = self.current_window();
+        let mut invocation = REPORT.prepare_invoke();
+        for back in 0..self.max_windows {
+            if let Some(window) = current.checked_sub(back) {
+                invocation
+                    .key(self.window_key("peerips", digest, window))
+                    .key(self.window_key("peerproven", digest, window))
+                    .key(self.window_key("peerdemoted", digest, window));
+            }
+        }
+        invocation
+            .arg(report.reporter_ip.to_string())
+            .arg(self.ttl_ms())
+            .arg(served.len())
+            .arg(served)
+            .arg(failed);
+        let mut connection = self.connection.clone();
+        let (proven, demoted): (i64, i64) = invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(ReportOutcome {
+            proven: usize::try_from(proven).unwrap_or(0),
+            demoted: usize::try_from(demoted).unwrap_or(0),
+        })
     }
 
     async fn bind_identity(
@@ -306,6 +435,45 @@ impl PeerStore for RedisPeerStore {
             .await
             .map_err(|e| self.redis_error(e))?;
         Ok(bound == 1)
+    }
+}
+
+impl RedisPeerStore {
+    /// Marks the sampled `peers` proven or demoted from the `windows`' report sets, in one
+    /// pipeline of two `SMISMEMBER`s per window (bounded by the sample, not the swarm).
+    async fn add_standing(
+        &self,
+        digest: &Digest,
+        windows: &[u64],
+        peers: &mut [PeerEntry],
+    ) -> Result<(), PeerStoreError> {
+        let ids: Vec<String> = peers.iter().map(|p| p.peer_id.to_string()).collect();
+        let mut pipe = redis::pipe();
+        for window in windows {
+            for kind in ["peerproven", "peerdemoted"] {
+                pipe.cmd("SMISMEMBER")
+                    .arg(self.window_key(kind, digest, *window))
+                    .arg(&ids);
+            }
+        }
+        let mut connection = self.connection.clone();
+        let replies: Vec<Vec<bool>> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        for pair in replies.chunks(2) {
+            let [proven, demoted] = pair else { continue };
+            for (index, peer) in peers.iter_mut().enumerate() {
+                peer.proven |= proven.get(index).copied().unwrap_or(false);
+                peer.demoted |= demoted.get(index).copied().unwrap_or(false);
+            }
+        }
+        // A demotion outranks a proof made in another window (the report script clears the
+        // proof, but a window read here may predate that).
+        for peer in peers.iter_mut() {
+            peer.proven &= !peer.demoted;
+        }
+        Ok(())
     }
 }
 
@@ -339,11 +507,11 @@ fn decode_member(member: &str) -> Option<PeerEntry> {
         "1" => true,
         _ => return None,
     };
-    Some(PeerEntry {
-        peer_id: peer_id.parse().ok()?,
-        addr: SocketAddr::new(ip.parse::<IpAddr>().ok()?, port.parse().ok()?),
+    Some(PeerEntry::new(
+        peer_id.parse().ok()?,
+        SocketAddr::new(ip.parse::<IpAddr>().ok()?, port.parse().ok()?),
         complete,
-    })
+    ))
 }
 
 #[cfg(test)]
@@ -354,21 +522,13 @@ mod tests {
     fn members_round_trip_for_ipv4_and_ipv6() {
         for addr in ["10.1.2.3:16001", "[2001:db8::7]:443", "[::1]:1"] {
             for complete in [false, true] {
-                let entry = PeerEntry {
-                    peer_id: PeerId::random(),
-                    addr: addr.parse().unwrap(),
-                    complete,
-                };
+                let entry = PeerEntry::new(PeerId::random(), addr.parse().unwrap(), complete);
                 assert_eq!(decode_member(&encode_member(&entry)), Some(entry));
             }
         }
         let id = PeerId::random();
         assert_eq!(
-            encode_member(&PeerEntry {
-                peer_id: id,
-                addr: "10.0.0.1:5".parse().unwrap(),
-                complete: true
-            }),
+            encode_member(&PeerEntry::new(id, "10.0.0.1:5".parse().unwrap(), true)),
             format!("{id}:10.0.0.1:5:1")
         );
         for bad in [

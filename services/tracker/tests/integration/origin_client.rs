@@ -412,6 +412,7 @@ fn announce(digest: &Digest, me: &PeerInfo) -> AnnounceRequest {
         namespace: "library/ubuntu".into(),
         digest: digest.to_string(),
         peer: Some(wire(me)),
+        ..AnnounceRequest::default()
     }
 }
 

@@ -7,8 +7,8 @@ use kraken_config::Secret;
 use kraken_config::tracker::{PeerStoreBackend, PeerStoreConfig, RedisPeerStoreConfig};
 use kraken_core::{Digest, PeerId};
 use kraken_tracker::{
-    CapExceeded, CertIdentity, PeerEntry, PeerLimits, PeerStore, PeerStoreError, RedisPeerStore,
-    build_peer_store,
+    CapExceeded, CertIdentity, PeerEntry, PeerLimits, PeerReport, PeerStore, PeerStoreError,
+    RedisPeerStore, ReportOutcome, build_peer_store,
 };
 use redis::AsyncCommands;
 
@@ -27,13 +27,13 @@ fn config(addr: String, window: Duration, windows: u32) -> RedisPeerStoreConfig 
 const UNLIMITED: PeerLimits = PeerLimits::UNLIMITED;
 
 fn entry(n: u8, complete: bool) -> PeerEntry {
-    PeerEntry {
-        peer_id: PeerId::from_array([n; 20]),
-        addr: format!("10.0.0.{n}:{}", 16000 + u16::from(n))
+    PeerEntry::new(
+        PeerId::from_array([n; 20]),
+        format!("10.0.0.{n}:{}", 16000 + u16::from(n))
             .parse()
             .unwrap(),
         complete,
-    }
+    )
 }
 
 fn sorted(mut peers: Vec<PeerEntry>) -> Vec<PeerEntry> {
@@ -48,11 +48,11 @@ async fn announces_are_returned_by_digest() {
         .await
         .unwrap();
     let blob = Digest::of(b"blob");
-    let ipv6 = PeerEntry {
-        peer_id: PeerId::from_array([9; 20]),
-        addr: "[2001:db8::9]:16009".parse().unwrap(),
-        complete: true,
-    };
+    let ipv6 = PeerEntry::new(
+        PeerId::from_array([9; 20]),
+        "[2001:db8::9]:16009".parse().unwrap(),
+        true,
+    );
     for peer in [entry(1, false), entry(2, true), ipv6] {
         store.update(&blob, &peer, UNLIMITED).await.unwrap();
     }
@@ -340,11 +340,11 @@ async fn build_peer_store_selects_the_backend() {
 }
 
 fn at(n: u8, ip: [u8; 4], complete: bool) -> PeerEntry {
-    PeerEntry {
-        peer_id: PeerId::from_array([n; 20]),
-        addr: std::net::SocketAddr::from((ip, 16000 + u16::from(n))),
+    PeerEntry::new(
+        PeerId::from_array([n; 20]),
+        std::net::SocketAddr::from((ip, 16000 + u16::from(n))),
         complete,
-    }
+    )
 }
 
 fn refusal(result: Result<(), PeerStoreError>) -> CapExceeded {
@@ -504,4 +504,188 @@ async fn peer_ids_are_bound_to_one_certificate_across_trackers() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(second.bind_identity(&id, &theirs).await.unwrap());
     assert!(!first.bind_identity(&id, &mine).await.unwrap());
+}
+
+fn standing(peers: &[PeerEntry], n: u8) -> (bool, bool) {
+    let peer = peers
+        .iter()
+        .find(|p| p.peer_id == PeerId::from_array([n; 20]))
+        .unwrap();
+    (peer.proven, peer.demoted)
+}
+
+fn report<'a>(ip: &str, served_by: &'a [PeerId], failed: &'a [PeerId]) -> PeerReport<'a> {
+    PeerReport {
+        reporter_ip: ip.parse().unwrap(),
+        served_by,
+        failed,
+    }
+}
+
+#[tokio::test]
+async fn reports_from_another_ip_prove_and_demote_peers_across_windows() {
+    let redis = RedisServer::start().await;
+    let window = Duration::from_secs(60);
+    let clock = ManualClock::at_window_start(window);
+    let store = RedisPeerStore::connect_with_clock(&config(redis.addr(), window, 3), clock.clone())
+        .await
+        .unwrap();
+    let blob = Digest::of(b"blob");
+    let one = PeerId::from_array([1; 20]);
+    let unknown = PeerId::from_array([77; 20]);
+    store
+        .update(&blob, &entry(1, true), UNLIMITED)
+        .await
+        .unwrap();
+    store
+        .update(&blob, &entry(2, false), UNLIMITED)
+        .await
+        .unwrap();
+
+    // From the peer's own IP (10.0.0.1): no proof, no demotion. Unknown peers: nothing.
+    let outcome = store
+        .report(&blob, &report("10.0.0.1", &[one], &[]))
+        .await
+        .unwrap();
+    assert_eq!(outcome, ReportOutcome::default());
+    store
+        .report(&blob, &report("10.0.0.1", &[], &[one]))
+        .await
+        .unwrap();
+    let outcome = store
+        .report(&blob, &report("10.0.0.2", &[unknown], &[unknown]))
+        .await
+        .unwrap();
+    assert_eq!(outcome, ReportOutcome::default());
+    let peers = store.get_peers(&blob, 10).await.unwrap();
+    assert_eq!(standing(&peers, 1), (false, false));
+
+    // From another host: proven, once; another blob is unaffected.
+    let outcome = store
+        .report(&blob, &report("10.0.0.2", &[one], &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        ReportOutcome {
+            proven: 1,
+            demoted: 0
+        }
+    );
+    let outcome = store
+        .report(&blob, &report("10.0.0.3", &[one], &[]))
+        .await
+        .unwrap();
+    assert_eq!(outcome.proven, 0, "already proven");
+    assert!(
+        store
+            .report(&Digest::of(b"other"), &report("10.0.0.2", &[one], &[]))
+            .await
+            .unwrap()
+            == ReportOutcome::default()
+    );
+
+    // The proof follows the peer's announces from window to window, after the window it was
+    // made in has rolled out of reach.
+    for _ in 0..3 {
+        clock.advance(window);
+        store
+            .update(&blob, &entry(1, false), UNLIMITED)
+            .await
+            .unwrap();
+        store
+            .update(&blob, &entry(2, false), UNLIMITED)
+            .await
+            .unwrap();
+    }
+    let peers = store.get_peers(&blob, 10).await.unwrap();
+    assert_eq!(standing(&peers, 1), (true, false));
+    assert_eq!(standing(&peers, 2), (false, false));
+
+    // A failure report from another host demotes it and takes the proof away; a served report
+    // does not lift the demotion.
+    let outcome = store
+        .report(&blob, &report("10.0.0.2", &[one], &[one]))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        ReportOutcome {
+            proven: 0,
+            demoted: 1
+        }
+    );
+    store
+        .report(&blob, &report("10.0.0.3", &[one], &[]))
+        .await
+        .unwrap();
+    let peers = store.get_peers(&blob, 10).await.unwrap();
+    assert_eq!(standing(&peers, 1), (false, true));
+
+    // The demotion lapses with its window even though the peer keeps announcing; then a
+    // served report proves it again.
+    for _ in 0..3 {
+        clock.advance(window);
+        store
+            .update(&blob, &entry(1, true), UNLIMITED)
+            .await
+            .unwrap();
+    }
+    let peers = store.get_peers(&blob, 10).await.unwrap();
+    assert_eq!(standing(&peers, 1), (false, false));
+    let outcome = store
+        .report(&blob, &report("10.0.0.2", &[one], &[]))
+        .await
+        .unwrap();
+    assert_eq!(outcome.proven, 1);
+
+    // Every key the reports wrote expires with the windows.
+    let mut raw = redis.raw(None).await;
+    let keys: Vec<String> = raw.keys("peer*").await.unwrap();
+    for key in keys.iter().filter(|k| !k.starts_with("peerowner")) {
+        let ttl_ms: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(ttl_ms > 0, "{key} has no expiry ({ttl_ms})");
+    }
+    assert!(
+        keys.iter().any(|k| k.starts_with("peerdemoted:")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.starts_with("peerproven:")),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn at_most_32_reported_ids_are_read_by_redis() {
+    let redis = RedisServer::start().await;
+    let store = RedisPeerStore::connect(&config(redis.addr(), Duration::from_secs(60), 2))
+        .await
+        .unwrap();
+    let blob = Digest::of(b"blob");
+    let ids: Vec<PeerId> = (1..=40u8).map(|n| PeerId::from_array([n; 20])).collect();
+    for n in 1..=40u8 {
+        store
+            .update(&blob, &entry(n, true), UNLIMITED)
+            .await
+            .unwrap();
+    }
+    let outcome = store
+        .report(&blob, &report("10.9.9.9", &ids, &ids))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        ReportOutcome {
+            proven: 32,
+            demoted: 32
+        }
+    );
+    let peers = store.get_peers(&blob, 50).await.unwrap();
+    assert_eq!(peers.iter().filter(|p| p.demoted).count(), 32);
+    assert_eq!(peers.iter().filter(|p| p.proven).count(), 0);
 }

@@ -75,6 +75,7 @@ fn announce(digest: &Digest, me: &PeerInfo) -> AnnounceRequest {
         namespace: NAMESPACE.into(),
         digest: digest.to_string(),
         peer: Some(wire(me)),
+        ..AnnounceRequest::default()
     }
 }
 
@@ -173,16 +174,9 @@ async fn the_limit_holds_and_complete_callers_get_nothing() {
         2,
         "origins always fit"
     );
-    // Completeness order: complete agents, origins, incomplete agents.
-    let ranks: Vec<u8> = handout
-        .iter()
-        .map(|p| match (p.origin, p.complete) {
-            (false, true) => 0,
-            (true, _) => 1,
-            (false, false) => 2,
-        })
-        .collect();
-    assert!(ranks.is_sorted(), "{handout:?}");
+    // Completeness order: no agent here has been reported serving by another host, so a
+    // claim of completeness earns nothing and the origins come first.
+    assert!(handout[..2].iter().all(|p| p.origin), "{handout:?}");
 
     let fresh = Digest::of(b"fresh");
     let seeder = peer(30, 16030, true);
@@ -196,7 +190,8 @@ async fn the_limit_holds_and_complete_callers_get_nothing() {
         "a complete caller waits to be dialled"
     );
     assert!(reply.interval.is_some());
-    // ... but it was recorded, and leechers are sent to it before the origins.
+    // ... but it was recorded, and leechers are sent to it after the origins until another
+    // host reports that it served (see `a_fake_seeder_comes_after_the_origins_...`).
     let handout = client
         .announce(announce(&fresh, &peer(21, 16021, false)))
         .await
@@ -204,8 +199,8 @@ async fn the_limit_holds_and_complete_callers_get_nothing() {
         .into_inner()
         .peers;
     assert_eq!(handout.len(), 3);
-    assert_eq!(ids(&handout[..1]), vec![seeder.peer_id]);
-    assert!(handout[0].complete && !handout[0].origin);
+    assert_eq!(ids(&handout[2..]), vec![seeder.peer_id]);
+    assert!(handout[2].complete && !handout[2].origin);
 }
 
 #[tokio::test]
@@ -679,4 +674,124 @@ async fn the_per_address_cap_refuses_the_33rd_fake_while_known_peers_refresh() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+}
+
+/// Who a hand-out names, in order: origins as 0, agents by their first peer-id byte.
+fn handout_order(reply: &kraken_proto::tracker::v1::AnnounceResponse) -> Vec<u8> {
+    reply
+        .peers
+        .iter()
+        .map(|p| if p.origin { 0 } else { p.peer_id[0] })
+        .collect()
+}
+
+/// `me`'s announce, reporting the peers numbered `served` and `failed`.
+fn reporting(digest: &Digest, me: &PeerInfo, served: &[u8], failed: &[u8]) -> AnnounceRequest {
+    let id = |n: &u8| bytes::Bytes::copy_from_slice(PeerId::from_array([*n; 20]).as_bytes());
+    AnnounceRequest {
+        served_by: served.iter().map(id).collect(),
+        failed_peers: failed.iter().map(id).collect(),
+        ..announce(digest, me)
+    }
+}
+
+#[tokio::test]
+async fn a_fake_seeder_comes_after_the_origins_until_another_host_says_it_served() {
+    // Trusted claimed addresses give each peer its own host (127.0.0.n) over one loopback.
+    let fixture = Fixture::start_with(
+        FakeOrigins::with_owners(origins()),
+        50,
+        TrackerSettings {
+            trust_claimed_address_from: vec!["127.0.0.0/8".parse().unwrap()],
+            ..TrackerSettings::default()
+        },
+    )
+    .await;
+    let mut client = fixture.client(Role::Agent);
+    let blob = Digest::of(b"layer");
+    // A "complete" peer at a dead port, and an honest leecher.
+    client
+        .announce(announce(&blob, &peer(9, 16009, true)))
+        .await
+        .unwrap();
+    client
+        .announce(announce(&blob, &peer(4, 16004, false)))
+        .await
+        .unwrap();
+
+    let reply = client
+        .announce(announce(&blob, &peer(2, 16002, false)))
+        .await
+        .unwrap()
+        .into_inner();
+    let order = handout_order(&reply);
+    assert_eq!(order[..2], [0, 0], "origins before a bare claim: {order:?}");
+    assert_eq!(order.len(), 4);
+
+    // The fake vouching for itself from its own host earns nothing.
+    client
+        .announce(reporting(&blob, &peer(9, 16009, true), &[9], &[]))
+        .await
+        .unwrap();
+    let reply = client
+        .announce(announce(&blob, &peer(3, 16003, false)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(handout_order(&reply)[..2], [0, 0]);
+
+    // Another host got verified pieces from peer 9: it now goes first (were it honest).
+    client
+        .announce(reporting(&blob, &peer(2, 16002, false), &[9], &[]))
+        .await
+        .unwrap();
+    let reply = client
+        .announce(announce(&blob, &peer(3, 16003, false)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(handout_order(&reply)[..3], [9, 0, 0]);
+
+    // Another host could not reach it: last, behind every other agent.
+    client
+        .announce(reporting(&blob, &peer(3, 16003, false), &[], &[9]))
+        .await
+        .unwrap();
+    let reply = client
+        .announce(announce(&blob, &peer(5, 16005, false)))
+        .await
+        .unwrap()
+        .into_inner();
+    let order = handout_order(&reply);
+    assert_eq!(order[..2], [0, 0], "{order:?}");
+    assert_eq!(order.last(), Some(&9), "{order:?}");
+
+    // Malformed and excess reports are ignored, never refused.
+    let mut request = reporting(&blob, &peer(6, 16006, false), &[], &[]);
+    request.served_by = vec![bytes::Bytes::from_static(b"short"); 100];
+    request.failed_peers = vec![bytes::Bytes::new(); 100];
+    client.announce(request).await.unwrap();
+}
+
+#[tokio::test]
+async fn reports_from_the_reported_peers_own_source_address_are_ignored() {
+    // Every client connects from 127.0.0.1 and is recorded there: one host.
+    let fixture = Fixture::start(FakeOrigins::with_owners(origins()), 50).await;
+    let mut client = fixture.client(Role::Agent);
+    let blob = Digest::of(b"layer");
+    client
+        .announce(announce(&blob, &peer(9, 16009, true)))
+        .await
+        .unwrap();
+    client
+        .announce(reporting(&blob, &peer(2, 16002, false), &[9], &[]))
+        .await
+        .unwrap();
+    let reply = client
+        .announce(announce(&blob, &peer(3, 16003, false)))
+        .await
+        .unwrap()
+        .into_inner();
+    let order = handout_order(&reply);
+    assert_eq!(order[..2], [0, 0], "a sybil cannot vouch: {order:?}");
 }
