@@ -10,6 +10,14 @@
 //! | a client talks to a server of the wrong role | `transport/tests/grpc_server.rs` `a_client_refuses_a_server_of_the_wrong_role` |
 //! | a silent QUIC Initial blocks the accept loop | `transport/tests/quic.rs` `a_silent_quic_initial_does_not_hold_up_other_peers`, `a_handshake_that_never_completes_is_dropped_after_the_handshake_timeout`, `connections_from_one_address_are_capped` |
 //! | an oversized piece stream is buffered whole | `transport/tests/quic.rs` `an_oversized_piece_is_refused_before_its_body_is_read`, `malformed_piece_streams_are_rejected` |
+//! | anyone who reaches the proxy can push and re-tag | `services/proxy/tests/auth.rs` `anonymous_pushes_are_challenged_and_logins_are_checked`, `tokens_carry_what_each_user_may_do`; real clients: `interop/tests/registry_auth.rs` (skopeo refused anonymously, with a wrong password and as a pull-only user; Docker logs in over TLS and pushes) |
+//! | fake "complete" peers win the hand-out | `services/tracker/tests/integration/service.rs` `a_fake_seeder_comes_after_the_origins_until_another_host_says_it_served`, `reports_from_the_reported_peers_own_source_address_are_ignored` |
+//! | unbounded upload sessions, no maximum blob size, files held for hours | `services/proxy/tests/uploads.rs` `thousands_of_sessions_opened_at_once_stop_at_the_cap` (10,000 POSTs), `session_caps_answer_429_and_slots_free_when_sessions_end`, `a_blob_past_max_blob_size_is_413_size_invalid_and_nothing_is_stored`, `an_idle_session_expires_and_its_slot_and_file_are_freed` |
+//! | a manifest check stats every reference after one is missing | `services/originclient/src/references.rs` `the_check_stops_at_the_first_missing_reference`, `a_missing_reference_cancels_the_stats_in_flight` |
+//! | a client floods a registry port | `transport/tests/http_server.rs` `a_client_over_its_rate_gets_429_and_others_do_not` |
+//! | the tracker's peer store has no caps | `services/tracker/tests/integration/service.rs` `the_per_address_cap_refuses_the_33rd_fake_while_known_peers_refresh`; Redis: `services/tracker/tests/integration/redis_store.rs` |
+//! | `Content-Range: 0-18446744073709551615` wraps | `services/oci/src/range.rs` `a_content_range_of_two_to_the_64_bytes_is_refused_not_wrapped` |
+//! | blobs and metadata world-readable | `services/store/tests/store.rs` `blobs_metadata_and_directories_are_not_world_readable` |
 //!
 //! Every wait here has a generous upper bound so that a regression fails instead of hanging;
 //! no test asserts how long anything took.
