@@ -44,6 +44,8 @@ enum Command {
     Pull(cmd::blob::PullArgs),
     /// Have an origin fetch a blob from its storage backend ahead of use.
     Prefetch(cmd::blob::PrefetchArgs),
+    /// Ask a component's gRPC health service (over mTLS) whether it serves; exit 0 if so.
+    Health(cmd::health::HealthArgs),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Push(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::push(args))),
         Command::Pull(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::pull(args))),
         Command::Prefetch(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::prefetch(args))),
+        Command::Health(args) => runtime().and_then(|rt| rt.block_on(cmd::health::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

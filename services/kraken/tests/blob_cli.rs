@@ -198,3 +198,40 @@ async fn check_errors(cluster: &DevCluster, dir: &Path) {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_serving_and_refuses_a_server_of_another_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = DevCluster::builder(dir.path().join("cluster"))
+        .ports(Ports::Ephemeral)
+        .agents(1)
+        .start()
+        .await
+        .unwrap();
+    let pki = cluster.pki.dir().display().to_string();
+    let origin = cluster.origins[0].grpc_addr().to_string();
+    let tracker = cluster.tracker_addr.to_string();
+    let (serving, wrong_role, nobody) = blocking(move || {
+        let serving = kraken(&["health", &origin, "--role", "origin", "--pki", &pki]);
+        // The tracker answers, but it is not the origin this probe was told to expect.
+        let wrong_role = kraken(&["health", &tracker, "--role", "origin", "--pki", &pki]);
+        let nobody = kraken(&[
+            "health",
+            "127.0.0.1:1",
+            "--role",
+            "origin",
+            "--pki",
+            &pki,
+            "--timeout",
+            "2s",
+        ]);
+        (serving, wrong_role, nobody)
+    })
+    .await;
+    assert_eq!(ok(serving).trim(), "SERVING");
+    assert!(!wrong_role.status.success());
+    let stderr = String::from_utf8_lossy(&wrong_role.stderr);
+    assert!(stderr.contains("RoleNotAllowed"), "{stderr}");
+    assert!(!nobody.status.success());
+    cluster.shutdown().await;
+}

@@ -34,7 +34,7 @@ pub(crate) struct ClientTls {
 }
 
 impl ClientTls {
-    fn load(&self) -> anyhow::Result<TlsMaterial> {
+    pub(crate) fn load(&self) -> anyhow::Result<TlsMaterial> {
         let config = TlsConfig {
             ca: self.ca.clone().unwrap_or_else(|| self.pki.join("ca.pem")),
             cert: self

@@ -6,6 +6,7 @@ pub(crate) mod build_index;
 pub(crate) mod certs;
 pub(crate) mod config;
 pub(crate) mod devcluster;
+pub(crate) mod health;
 pub(crate) mod origin;
 pub(crate) mod preflight;
 pub(crate) mod proxy;
