@@ -96,11 +96,19 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn unlimited_never_waits() {
+        // On a paused clock any sleep would advance time (and a hang would show as a huge
+        // jump), so "no time passed" proves the limiter never waited.
+        let started = tokio::time::Instant::now();
         let limiter = BandwidthLimiter::unlimited();
         limiter.egress(usize::MAX / 2).await;
         limiter.ingress(1 << 30).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // The same on a limited direction's opposite side.
+        let limiter = BandwidthLimiter::new(Some(8_000), None);
+        limiter.ingress(1 << 30).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test]

@@ -289,8 +289,16 @@ mod tests {
     #[test]
     fn init_for_tests_is_repeatable() {
         init_for_tests();
+        // The second call finds a subscriber in place and leaves it; it must not panic.
         init_for_tests();
-        tracing::info!("still alive");
+        assert!(
+            tracing::dispatcher::has_been_set(),
+            "a global subscriber is installed"
+        );
+        assert!(
+            tracing::enabled!(tracing::Level::ERROR),
+            "the installed subscriber records errors"
+        );
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub(crate) struct Outcome {
     pub(crate) client: Result<PeerIdentity, String>,
     /// The cipher suite the client negotiated, when the handshake got that far.
     pub(crate) suite: Option<rustls::CipherSuite>,
+    /// The application protocol the client negotiated (TCP exchanges), if any.
+    pub(crate) alpn: Option<Vec<u8>>,
 }
 
 impl Outcome {
@@ -155,22 +157,24 @@ pub(crate) async fn tcp_exchange(
             .map_err(|e| e.to_string())?;
         let identity = peer_identity_from_rustls(tls.get_ref().1).map_err(|e| e.to_string())?;
         let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
         let mut pong = [0u8; 4];
         tls.read_exact(&mut pong).await.map_err(|e| e.to_string())?;
         assert_eq!(&pong, b"pong");
-        Ok((identity, suite))
+        Ok((identity, suite, alpn))
     })
     .await;
     let server = server_task.await.unwrap();
-    let (client, suite) = match client {
-        Ok((identity, suite)) => (Ok(identity), suite),
-        Err(e) => (Err(e), None),
+    let (client, suite, alpn) = match client {
+        Ok((identity, suite, alpn)) => (Ok(identity), suite, alpn),
+        Err(e) => (Err(e), None, None),
     };
     Outcome {
         server,
         client,
         suite,
+        alpn,
     }
 }
 
@@ -224,6 +228,7 @@ pub(crate) async fn quic_exchange(
         server,
         client,
         suite: None,
+        alpn: None,
     }
 }
 

@@ -156,8 +156,8 @@ fn certificate_from_another_ca() {
     );
 }
 
-#[test]
-fn ca_bundle_with_several_cas_trusts_each() {
+#[tokio::test]
+async fn ca_bundle_with_several_cas_trusts_each() {
     let f = files();
     let other_ca = DevCa::new().unwrap();
     let bundle = format!("{}{}", other_ca.cert_pem(), f.ca.cert_pem());
@@ -165,7 +165,46 @@ fn ca_bundle_with_several_cas_trusts_each() {
         ca: write(&f.dir, "bundle.pem", &bundle),
         ..f.config.clone()
     };
-    TlsMaterial::load(&config).unwrap();
+    let ours = TlsMaterial::load(&config).unwrap();
+    // A peer certified by the other CA, trusting the same bundle: during a CA rotation both
+    // generations must accept each other, in both directions.
+    let issued = other_ca
+        .issue(Role::Origin, &LeafOptions::default())
+        .unwrap();
+    let theirs = TlsMaterial::from_pem(&bundle, &issued.cert_pem, &issued.key_pem).unwrap();
+    let ours_role = ours.role().unwrap();
+    for (server, client, server_role, client_role) in [
+        (&theirs, &ours, Role::Origin, ours_role),
+        (&ours, &theirs, ours_role, Role::Origin),
+    ] {
+        crate::common::tcp_exchange(
+            server.server_config(&[]).unwrap(),
+            client
+                .client_config(&[], kraken_tls::ServerCheck::Hostname)
+                .unwrap(),
+            "localhost",
+        )
+        .await
+        .assert_ok(client_role, server_role);
+    }
+    // Without the other CA in the bundle, its certificate is refused.
+    let theirs_alone =
+        TlsMaterial::from_pem(other_ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
+    let only_ours = TlsMaterial::from_pem(
+        f.ca.cert_pem(),
+        &std::fs::read_to_string(&f.config.cert).unwrap(),
+        &std::fs::read_to_string(&f.config.key).unwrap(),
+    )
+    .unwrap();
+    crate::common::tcp_exchange(
+        theirs_alone.server_config(&[]).unwrap(),
+        only_ours
+            .client_config(&[], kraken_tls::ServerCheck::Hostname)
+            .unwrap(),
+        "localhost",
+    )
+    .await
+    .assert_refused_by_client("UnknownIssuer");
 }
 
 #[test]

@@ -231,6 +231,10 @@ async fn alpn_is_negotiated() {
     let mut client = valid(&ca, Role::Agent)
         .client_config(&[ALPN_TEST], ServerCheck::Hostname)
         .unwrap();
+    // The protocol both offer is the one agreed.
+    let outcome = tcp_exchange(server.clone(), client.clone(), "localhost").await;
+    outcome.assert_ok(Role::Agent, Role::Origin);
+    assert_eq!(outcome.alpn.as_deref(), Some(ALPN_TEST));
     client.alpn_protocols = vec![b"nope".to_vec()];
     // A server with ALPN configured refuses a client offering none of its protocols.
     tcp_exchange(server, client, "localhost")
