@@ -192,8 +192,8 @@ async fn ca_bundle_with_several_cas_trusts_each() {
         TlsMaterial::from_pem(other_ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
     let only_ours = TlsMaterial::from_pem(
         f.ca.cert_pem(),
-        &std::fs::read_to_string(&f.config.cert).unwrap(),
-        &std::fs::read_to_string(&f.config.key).unwrap(),
+        std::fs::read_to_string(&f.config.cert).unwrap(),
+        std::fs::read_to_string(&f.config.key).unwrap(),
     )
     .unwrap();
     crate::common::tcp_exchange(
