@@ -30,8 +30,8 @@ pub use configs::{ALPN_P2P, ServerCheck};
 pub use error::{PemFile, TlsError};
 pub use material::{TlsConfig, TlsMaterial};
 pub use peer::{
-    peer_identity_from_quinn, peer_identity_from_request, peer_identity_from_rustls,
-    peer_role_from_quinn, peer_role_from_request, require_role,
+    identity_from_verified_chain, peer_identity_from_quinn, peer_identity_from_request,
+    peer_identity_from_rustls, peer_role_from_quinn, peer_role_from_request, require_role,
 };
 pub use pki::{
     DEFAULT_LEAF_VALIDITY, DevCa, DevPki, DevPkiOptions, IssuedCert, LeafOptions, generate_dev_pki,

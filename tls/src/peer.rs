@@ -13,12 +13,21 @@ use crate::role::{PeerIdentity, Role, display_roles};
 pub fn peer_identity_from_request<T>(
     request: &tonic::Request<T>,
 ) -> Result<PeerIdentity, tonic::Status> {
-    let Some(chain) = request.peer_certs() else {
+    identity_from_verified_chain(request.peer_certs().as_deref().map(Vec::as_slice))
+}
+
+/// The identity in a connection's verified client chain (`None`: the connection has none),
+/// as the status a gRPC caller gets when it is unusable: `UNAUTHENTICATED` without a
+/// certificate, `PERMISSION_DENIED` for a certificate without a usable role.
+pub fn identity_from_verified_chain(
+    chain: Option<&[CertificateDer<'_>]>,
+) -> Result<PeerIdentity, tonic::Status> {
+    let Some(chain) = chain else {
         return Err(tonic::Status::unauthenticated(
             "no verified client certificate on this connection",
         ));
     };
-    PeerIdentity::from_chain(&chain).map_err(|e| match e {
+    PeerIdentity::from_chain(chain).map_err(|e| match e {
         TlsError::NoPeerCertificate => tonic::Status::unauthenticated(e.to_string()),
         e => tonic::Status::permission_denied(format!("client certificate rejected: {e}")),
     })

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use kraken_tls::{PeerIdentity, Role, TlsError};
+use kraken_tls::Role;
 use rustls_pki_types::CertificateDer;
 use tonic::codegen::{Service, http};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -114,22 +114,7 @@ pub fn allowed_roles(path: &str) -> Option<&'static [Role]> {
 /// `PERMISSION_DENIED` when the certificate has no usable role, its role may not call the
 /// method, or the method is not in the table.
 pub fn check(path: &str, chain: Option<&[CertificateDer<'_>]>) -> Result<Role, tonic::Status> {
-    let Some(chain) = chain else {
-        return Err(tonic::Status::unauthenticated(
-            "no verified client certificate on this connection",
-        ));
-    };
-    let role = match PeerIdentity::from_chain(chain) {
-        Ok(identity) => identity.role,
-        Err(error @ TlsError::NoPeerCertificate) => {
-            return Err(tonic::Status::unauthenticated(error.to_string()));
-        }
-        Err(error) => {
-            return Err(tonic::Status::permission_denied(format!(
-                "client certificate rejected: {error}"
-            )));
-        }
-    };
+    let role = kraken_tls::identity_from_verified_chain(chain)?.role;
     let Some(allowed) = allowed_roles(path) else {
         return Err(tonic::Status::permission_denied(format!(
             "`{}` is not in the access table; no role may call it",

@@ -140,6 +140,17 @@ pub fn tls_server_config(
     Ok(Arc::new(config))
 }
 
+/// The server config a `registry_tls:` section asks for: `None` (plain HTTP) when it names no
+/// files.
+pub fn registry_tls(
+    section: &kraken_config::registry_auth::RegistryTlsConfig,
+) -> Result<Option<Arc<rustls::ServerConfig>>, HttpTlsError> {
+    section
+        .files()
+        .map(|(cert, key)| tls_server_config(cert, key))
+        .transpose()
+}
+
 /// Serves `router` on `listener` until `shutdown` completes; then stops accepting and lets
 /// requests in flight finish. Run it in a task stopped with [`crate::lifecycle::drain`], which
 /// gives them the grace period and then cuts what is left.

@@ -148,12 +148,7 @@ impl Agent {
     /// `listen.registry` in production) until shutdown; returns the bound address.
     pub fn serve_registry(&mut self, listener: TcpListener) -> Result<SocketAddr, AgentError> {
         let addr = listener.local_addr().map_err(AgentError::ListenerAddr)?;
-        let tls = self
-            .config
-            .registry_tls
-            .files()
-            .map(|(cert, key)| kraken_transport::http::tls_server_config(cert, key))
-            .transpose()
+        let tls = kraken_transport::http::registry_tls(&self.config.registry_tls)
             .map_err(AgentError::RegistryTls)?;
         let state = RegistryState {
             fetcher: self.fetcher.clone(),

@@ -265,6 +265,8 @@ pub struct DevCluster {
     builder: DevClusterBuilder,
     tracker_stop: CancellationToken,
     tracker_task: JoinHandle<()>,
+    /// The registry login (`user`, `password`) of a secure registry.
+    registry_login: Option<(String, String)>,
 }
 
 impl DevCluster {
@@ -426,6 +428,11 @@ impl DevClusterBuilder {
                 .await
                 .map_err(DevClusterError::BuildIndex)?
         };
+        let registry_login = if self.secure_registry {
+            Some(registry_credentials(&dir)?)
+        } else {
+            None
+        };
         let proxy = {
             let registry = bind(self.addr(Slot::ProxyRegistry), "proxy registry").await?;
             let grpc = bind(self.addr(Slot::ProxyGrpc), "proxy gRPC").await?;
@@ -437,11 +444,10 @@ impl DevClusterBuilder {
             };
             config.hashring.max_replica = self.max_replica.min(origin_labels.len());
             config.store.dir = dir.join("proxy");
-            if self.secure_registry {
-                let (user, password) = registry_credentials(&dir)?;
-                let hash = bcrypt::hash(&password, BCRYPT_COST)
+            if let Some((user, password)) = &registry_login {
+                let hash = bcrypt::hash(password, BCRYPT_COST)
                     .map_err(|e| DevClusterError::Check(format!("hashing a password: {e}")))?;
-                config.auth.users.insert(user, hash);
+                config.auth.users.insert(user.clone(), hash);
                 // Docker (certs.d) and skopeo (--cert-dir) look for the CA as `*.crt`.
                 let certs = dir.join(REGISTRY_CERTS_DIR);
                 std::fs::create_dir_all(&certs)
@@ -491,6 +497,7 @@ impl DevClusterBuilder {
             builder: self,
             tracker_stop,
             tracker_task,
+            registry_login,
         })
     }
 
@@ -835,10 +842,7 @@ impl DevCluster {
     /// The registry login (`user`, `password`) when the cluster was built with
     /// [`DevClusterBuilder::secure_registry`].
     pub fn registry_credentials(&self) -> Option<(String, String)> {
-        let path = self.dir.join(CREDENTIALS_FILE);
-        let text = std::fs::read_to_string(path).ok()?;
-        let (user, password) = text.trim().split_once(':')?;
-        Some((user.to_owned(), password.to_owned()))
+        self.registry_login.clone()
     }
 
     /// Addresses and example commands, for people.

@@ -116,12 +116,7 @@ pub(crate) enum Caller {
 impl Caller {
     /// The user name for logs and metrics (`anonymous` without one).
     pub(crate) fn name(&self) -> &str {
-        match self {
-            Caller::Anonymous => "anonymous",
-            Caller::User(user) => user,
-            Caller::Token(claims) if claims.sub.is_empty() => "anonymous",
-            Caller::Token(claims) => &claims.sub,
-        }
+        self.user().unwrap_or("anonymous")
     }
 
     fn user(&self) -> Option<&str> {

@@ -78,7 +78,8 @@ impl Proxy {
             .await
             .map_err(|error| ProxyError::Staging(StagingErrorSource(error)))?;
         let auth = RegistryAuth::from_config(&config)?;
-        let registry_tls = registry_tls(&config)?;
+        let registry_tls = kraken_transport::http::registry_tls(&config.registry_tls)
+            .map_err(ProxyError::RegistryTls)?;
         let registry = Arc::new(Registry {
             origins: origins.clone(),
             tags: tags.clone(),
@@ -189,14 +190,4 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
-}
-
-/// The registry port's rustls config from `registry_tls:`, if set.
-fn registry_tls(config: &ProxyConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ProxyError> {
-    config
-        .registry_tls
-        .files()
-        .map(|(cert, key)| kraken_transport::http::tls_server_config(cert, key))
-        .transpose()
-        .map_err(ProxyError::RegistryTls)
 }
