@@ -9,20 +9,17 @@ use std::time::Duration;
 use kraken_tls::{Role, ServerCheck, TlsMaterial};
 use rustls_pki_types::ServerName;
 use std::convert::Infallible;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_stream::Stream;
 
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::access::AccessLayer;
+use crate::capped::CappedIncoming;
 
 /// Limits applied to every server.
 #[derive(Debug, Clone)]
@@ -188,116 +185,6 @@ impl GrpcServer {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .map_err(GrpcError::Serve)
-    }
-}
-
-/// Accepts from a listener while fewer than `max` accepted connections are open.
-struct CappedIncoming {
-    listener: TcpListener,
-    slots: Arc<Semaphore>,
-    /// A slot taken for the next connection, held across polls until one arrives.
-    slot: Option<OwnedSemaphorePermit>,
-    acquiring: Option<Pin<Box<dyn Future<Output = OwnedSemaphorePermit> + Send>>>,
-}
-
-impl CappedIncoming {
-    fn new(listener: TcpListener, max: usize) -> Self {
-        Self {
-            listener,
-            slots: Arc::new(Semaphore::new(max.max(1))),
-            slot: None,
-            acquiring: None,
-        }
-    }
-}
-
-impl Stream for CappedIncoming {
-    type Item = std::io::Result<CappedStream>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.slot.is_none() {
-            let slots = Arc::clone(&this.slots);
-            let acquiring = this.acquiring.get_or_insert_with(|| {
-                Box::pin(async move {
-                    match slots.acquire_owned().await {
-                        Ok(permit) => permit,
-                        // The semaphore lives as long as this stream and is never closed.
-                        Err(_) => std::future::pending().await,
-                    }
-                })
-            });
-            let permit = std::task::ready!(acquiring.as_mut().poll(cx));
-            this.acquiring = None;
-            this.slot = Some(permit);
-        }
-        match std::task::ready!(this.listener.poll_accept(cx)) {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                let permit = this.slot.take();
-                Poll::Ready(Some(Ok(CappedStream {
-                    inner: stream,
-                    _permit: permit,
-                })))
-            }
-            // Accept errors (EMFILE, a connection reset before accept) are per connection:
-            // tonic logs them and keeps accepting.
-            Err(error) => Poll::Ready(Some(Err(error))),
-        }
-    }
-}
-
-/// An accepted connection holding its slot until it is dropped.
-struct CappedStream {
-    inner: TcpStream,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Connected for CappedStream {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
-impl AsyncRead for CappedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for CappedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -26,11 +26,13 @@ use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
 use tonic::codegen::Service;
 use tower_http::timeout::RequestBodyTimeoutLayer;
+
+use crate::capped::{CappedIncoming, CappedStream};
 
 /// Limits of a REST server. The defaults suit a registry: blobs of many GB stream for as long
 /// as bytes move, but nothing may sit idle for long.
@@ -179,10 +181,10 @@ pub async fn serve(
         .max_concurrent_streams(limits.max_concurrent_streams);
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let limiter = ClientLimiter::new(limits.requests_per_second_per_client);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let local = listener.local_addr().ok();
+    let mut incoming = CappedIncoming::new(listener, limits.max_connections);
     tracing::info!(addr = ?local, tls = tls.is_some(), "HTTP server listening");
 
     tokio::pin!(shutdown);
@@ -192,27 +194,24 @@ pub async fn serve(
         if let Some(limiter) = &limiter {
             limiter.forget_idle();
         }
-        let permit = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
+        let accepted = tokio::select! {
+            accepted = incoming.next() => accepted,
             () = &mut shutdown => break,
         };
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Per-connection failures (a reset before accept, EMFILE): back off a
-                    // little rather than spin, and keep serving.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
+        let stream = match accepted {
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                // Per-connection failures (a reset before accept, EMFILE): back off a little
+                // rather than spin, and keep serving.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            None => break,
         };
-        let _ = stream.set_nodelay(true);
+        let Ok(remote) = stream.peer_addr() else {
+            continue;
+        };
         let connection = Connection {
             builder: builder.clone(),
             router: router.clone(),
@@ -223,12 +222,10 @@ pub async fn serve(
         };
         let watcher = graceful.watcher();
         let tls = tls.clone();
-        connections.spawn(async move {
-            let _slot = permit;
-            connection.run(stream, tls, watcher).await;
-        });
+        // The stream holds its slot until the connection ends.
+        connections.spawn(async move { connection.run(stream, tls, watcher).await });
     }
-    drop(listener);
+    drop(incoming);
     // Ask every connection to finish its requests and close. The caller bounds this with
     // `lifecycle::drain`, whose abort drops the connection set and so cuts the stragglers.
     graceful.shutdown().await;
@@ -307,7 +304,7 @@ struct Connection {
 impl Connection {
     async fn run(
         self,
-        stream: TcpStream,
+        stream: CappedStream,
         tls: Option<tokio_rustls::TlsAcceptor>,
         watcher: hyper_util::server::graceful::Watcher,
     ) {

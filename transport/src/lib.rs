@@ -16,6 +16,7 @@
 pub mod access;
 pub mod advertise;
 pub mod bandwidth;
+mod capped;
 pub mod cluster;
 pub mod grpc;
 pub mod health;
