@@ -293,8 +293,13 @@ async fn an_upload_lands_on_both_owners_is_written_back_once_and_survives_an_own
     assert!(!cluster.holds(other, &digest), "only owners get a copy");
     // The accepting owner writes back; the replica's delayed write-back then only finds the
     // blob in the backend and unpins its copy.
+    // The replica's task is queued just after its copy is committed (pinned), so "nothing
+    // pending" alone can be seen before that task exists: wait for the copies to be unpinned too.
     eventually("both owners' write-backs are done", async || {
-        cluster.pending(first).is_empty() && cluster.pending(second).is_empty()
+        cluster.pending(first).is_empty()
+            && cluster.pending(second).is_empty()
+            && !cluster.pinned(first, &digest).await
+            && !cluster.pinned(second, &digest).await
     })
     .await;
     assert!(cluster.backend.holds(&digest).await);
