@@ -1,8 +1,8 @@
 //! Shared helpers for the benchmark binaries under `src/bin/`. Benchmarks print ratios against a
 //! baseline measured in the same run; they never assert on wall-clock time.
 
+pub mod cpu;
 pub mod loopback;
-pub mod netns;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

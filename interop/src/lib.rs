@@ -6,6 +6,7 @@
 
 use std::process::Command;
 
+pub mod netns;
 pub mod oci_layout;
 
 /// Whether `program` can be run (is on `PATH`).

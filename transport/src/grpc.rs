@@ -274,7 +274,8 @@ impl Service<Uri> for MtlsConnector {
     }
 }
 
-fn host_of(address: &str) -> &str {
+/// The host part of `host:port`, without the brackets of an IPv6 literal.
+pub fn host_of(address: &str) -> &str {
     let host = address
         .rsplit_once(':')
         .map(|(host, _)| host)

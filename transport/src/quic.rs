@@ -153,6 +153,8 @@ pub struct PeerEndpoint {
 
 struct Inner {
     endpoint: Endpoint,
+    /// The address families this socket can send to (see [`PeerEndpoint::reaches`]).
+    families: Families,
     client_config: quinn::ClientConfig,
     connect_timeout: Duration,
     handshake_timeout: Duration,
@@ -195,8 +197,8 @@ impl PeerEndpoint {
         endpoint_config
             .max_udp_payload_size(tuning.max_udp_payload_size)
             .map_err(|e| TransportError::Config(e.to_string()))?;
-        let socket = std::net::UdpSocket::bind(addr)
-            .map_err(|source| TransportError::Bind { addr, source })?;
+        let (socket, families) =
+            bind_udp(addr).map_err(|source| TransportError::Bind { addr, source })?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| TransportError::Config("no async runtime found".into()))?;
         let endpoint = Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
@@ -204,6 +206,7 @@ impl PeerEndpoint {
         Ok(Self {
             inner: Arc::new(Inner {
                 endpoint,
+                families,
                 client_config,
                 connect_timeout: tuning.connect_timeout,
                 handshake_timeout: tuning.handshake_timeout,
@@ -213,6 +216,15 @@ impl PeerEndpoint {
                 pool: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Whether this endpoint can dial `addr`: a socket bound to an IPv4 address cannot send to
+    /// IPv6 ones and the reverse; one bound to `[::]` is dual-stack and reaches both. Peers
+    /// filter a tracker's hand-out with this, so that a host of one family never counts the
+    /// other family's peers as failed (and reports them to the tracker) for an address it could
+    /// never have used.
+    pub fn reaches(&self, addr: SocketAddr) -> bool {
+        self.inner.families.reach(addr.ip())
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
@@ -321,6 +333,51 @@ impl PeerEndpoint {
         }
         pool.entry(addr).or_default().clone()
     }
+}
+
+/// The address families a bound UDP socket can send to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Families {
+    v4: bool,
+    v6: bool,
+}
+
+impl Families {
+    fn reach(self, ip: IpAddr) -> bool {
+        match ip.to_canonical() {
+            IpAddr::V4(_) => self.v4,
+            IpAddr::V6(_) => self.v6,
+        }
+    }
+}
+
+/// Binds the peer socket. On `[::]` it is made dual-stack explicitly (`IPV6_V6ONLY` off)
+/// rather than left to the host's `net.ipv6.bindv6only` default, so "listen on `[::]`" means
+/// the same on every host: IPv6 and IPv4 peers alike (quinn maps IPv4 destinations for an IPv6
+/// socket). A specific address reaches its own family only (an IPv4-mapped one: IPv4).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, Families)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let families = match addr.ip() {
+        IpAddr::V4(_) => Families {
+            v4: true,
+            v6: false,
+        },
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            socket.set_only_v6(false)?;
+            Families { v4: true, v6: true }
+        }
+        IpAddr::V6(ip) if ip.to_ipv4_mapped().is_some() => Families {
+            v4: true,
+            v6: false,
+        },
+        IpAddr::V6(_) => Families {
+            v4: false,
+            v6: true,
+        },
+    };
+    socket.bind(&addr.into())?;
+    Ok((socket.into(), families))
 }
 
 /// Completes one inbound handshake within `timeout` and checks the peer's role. The permit

@@ -525,3 +525,62 @@ async fn an_oversized_piece_is_refused_before_its_body_is_read() {
     sender.close();
     receiver.close();
 }
+
+#[tokio::test]
+async fn an_endpoint_on_the_unspecified_ipv6_address_serves_and_reaches_both_families() {
+    let ca = setup();
+    let tls = material(&ca, Role::Agent, &LeafOptions::default());
+    let tuning = QuicTuning::default();
+    let bind = |addr: &str| PeerEndpoint::bind(addr.parse().unwrap(), &tls, &tuning).unwrap();
+    let v4: SocketAddr = "10.1.2.3:1".parse().unwrap();
+    let v6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+    let mapped: SocketAddr = "[::ffff:10.1.2.3]:1".parse().unwrap();
+
+    let dual = bind("[::]:0");
+    assert!(dual.reaches(v4) && dual.reaches(v6) && dual.reaches(mapped));
+    let only_v4 = bind("127.0.0.1:0");
+    assert!(only_v4.reaches(v4) && only_v4.reaches(mapped) && !only_v4.reaches(v6));
+    let only_v6 = bind("[::1]:0");
+    assert!(only_v6.reaches(v6) && !only_v6.reaches(v4) && !only_v6.reaches(mapped));
+
+    // Dual-stack for real: an IPv4 peer and an IPv6 peer both connect to the `[::]` socket,
+    // and it dials an IPv4 peer back.
+    let port = dual.local_addr().unwrap().port();
+    let server = {
+        let dual = dual.clone();
+        tokio::spawn(async move {
+            let first = dual.accept().await.unwrap();
+            let second = dual.accept().await.unwrap();
+            let mut sources = [first, second].map(|c| c.remote_address().ip().to_canonical());
+            sources.sort();
+            sources
+        })
+    };
+    let v4_peer = endpoint(&material(&ca, Role::Agent, &LeafOptions::default()));
+    within(
+        "an IPv4 dial of [::]",
+        v4_peer.connect(SocketAddr::from(([127, 0, 0, 1], port))),
+    )
+    .await
+    .unwrap();
+    within(
+        "an IPv6 dial of [::]",
+        only_v6.connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))),
+    )
+    .await
+    .unwrap();
+    let sources = within("both accepted", server).await.unwrap();
+    assert_eq!(
+        sources.map(|ip| ip.to_string()),
+        ["127.0.0.1".to_owned(), "::1".to_owned()]
+    );
+    let v4_server = v4_peer.local_addr().unwrap();
+    let accepted = tokio::spawn(async move { v4_peer.accept().await.map(|c| c.stable_id()) });
+    within("[::] dials an IPv4 peer", dual.connect(v4_server))
+        .await
+        .unwrap();
+    within("the IPv4 peer accepts", accepted)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use kraken_bench::netns::{CpuSample, Host, Lab};
+use kraken_bench::cpu::CpuSample;
+use kraken_interop::netns::{Family, Host, Lab};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -72,12 +73,12 @@ fn main() -> anyhow::Result<()> {
     let dir = work.path().to_owned();
     println!("working directory: {}", dir.display());
 
-    let mut lab = Lab::new("kb")?;
+    let mut lab = Lab::new("kb", Family::V4)?;
     let tracker_host = lab.add_host("t", None)?;
     let origin_host = lab.add_host("o", Some(args.mbit))?;
     let agents: Vec<Host> = (0..args.agents)
         .map(|_| lab.add_host("a", Some(args.mbit)))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<std::io::Result<_>>()?;
 
     // PKI valid for every address in the lab.
     let pki = dir.join("pki");
@@ -397,6 +398,7 @@ fn start_nginx(lab: &Lab, host: &Host, dir: &Path, www: &Path) -> anyhow::Result
         &["-c", conf.to_str().unwrap_or_default()],
         &dir.join("nginx.log"),
     )
+    .context("starting nginx")
 }
 
 /// Scrapes every host's Prometheus endpoint and prints the P2P counters that explain a result.

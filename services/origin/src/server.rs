@@ -14,7 +14,7 @@ use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::advertise::{advertise_ip, resolve_hosts};
 use kraken_transport::cluster::{HostPool, PoolOptions};
-use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
+use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits, host_of};
 use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
 use kraken_transport::quic::QuicTuning;
 use tokio::net::TcpListener;
@@ -343,12 +343,6 @@ fn advertised_ip(config: &OriginConfig) -> Option<IpAddr> {
     config
         .peer_ip
         .or_else(|| host_of(&config.name).parse().ok())
-}
-
-/// The host part of `host:port` (IPv6 literals in brackets).
-fn host_of(address: &str) -> &str {
-    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
-    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 #[cfg(test)]

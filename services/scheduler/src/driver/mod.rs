@@ -973,9 +973,11 @@ impl PieceSource {
     }
 }
 
-/// Whether `addr` can be dialled (not unspecified).
-fn dialable(addr: &SocketAddr) -> bool {
-    !addr.ip().is_unspecified() && addr.port() != 0
+/// Whether `addr` can be dialled: specified, and of a family our socket can send to (a
+/// tracker of a dual-stack fleet hands out both families; a single-stack host skips the other
+/// one instead of failing to dial it and reporting a healthy peer as failed).
+fn dialable(endpoint: &PeerEndpoint, addr: &SocketAddr) -> bool {
+    !addr.ip().is_unspecified() && addr.port() != 0 && endpoint.reaches(*addr)
 }
 
 /// A peer id for log fields.

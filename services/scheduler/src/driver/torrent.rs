@@ -919,13 +919,13 @@ impl Torrent {
                 peers.iter().any(|p| {
                     p.origin
                         && p.peer_id != local
-                        && dialable(&p.addr)
+                        && dialable(&self.inner.endpoint, &p.addr)
                         && !conns.is_blacklisted(&self.digest, p.peer_id, now)
                 })
             };
         for peer in peers {
             if peer.peer_id == local
-                || !dialable(&peer.addr)
+                || !dialable(&self.inner.endpoint, &peer.addr)
                 || self.pending_dials.contains_key(&peer.peer_id)
                 || self.links.values().any(|l| l.peer == peer.peer_id)
             {
