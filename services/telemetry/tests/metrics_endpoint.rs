@@ -169,7 +169,13 @@ async fn shutdown_stops_the_server() -> anyhow::Result<()> {
     assert_eq!(http_get(addr, "/metrics").await?.status, 200);
     shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(10), server).await???;
-    assert!(TcpStream::connect(addr).await.is_err());
+    let closed = TcpStream::connect(addr).await.map(drop);
+    assert!(
+        closed
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "the port is closed after shutdown: {closed:?}"
+    );
     Ok(())
 }
 

@@ -239,7 +239,16 @@ async fn authenticates_with_a_password_inline_or_from_a_file() {
 
     let mut wrong = config(redis.addr(), Duration::from_secs(60), 2);
     wrong.password = Some(Secret::new("nope"));
-    assert!(RedisPeerStore::connect(&wrong).await.is_err());
+    let error = RedisPeerStore::connect(&wrong).await.unwrap_err();
+    let text = format!("{error}: {:?}", std::error::Error::source(&error));
+    assert!(
+        matches!(error, PeerStoreError::RedisConnect { .. }),
+        "{error:?}"
+    );
+    assert!(
+        text.contains("AuthenticationFailed"),
+        "the refusal must say the password is wrong: {text}"
+    );
 }
 
 #[tokio::test]
@@ -281,7 +290,8 @@ async fn fails_clearly_and_quickly_when_redis_is_down() {
         .unwrap();
     redis.stop().await;
 
-    let started = std::time::Instant::now();
+    // Each call is bounded by a hang guard only: a call that hangs fails the test by name,
+    // and nothing here depends on how fast the machine is.
     let update = tokio::time::timeout(
         Duration::from_secs(10),
         store.update(&blob, &entry(2, false), UNLIMITED),
@@ -293,12 +303,8 @@ async fn fails_clearly_and_quickly_when_redis_is_down() {
     let read = tokio::time::timeout(Duration::from_secs(10), store.get_peers(&blob, 10))
         .await
         .expect("get_peers must not hang while Redis is down");
-    assert!(read.is_err());
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
-    );
+    let read = read.unwrap_err();
+    assert!(matches!(read, PeerStoreError::Redis { .. }), "{read:?}");
 
     let status = tonic::Status::from(kraken_tracker::ServiceError::PeerStore(error));
     assert_eq!(status.code(), tonic::Code::Unavailable);
