@@ -77,6 +77,8 @@ impl<D> From<&kraken_config::limits::GrpcLimitsConfig<D>> for GrpcServerLimits {
 pub enum GrpcError {
     #[error("invalid TLS configuration for the gRPC server")]
     Tls(#[source] tonic::transport::Error),
+    #[error("building the gRPC server's TLS configuration")]
+    ServerTls(#[source] Box<kraken_tls::TlsError>),
     #[error("building the reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
     #[error("gRPC server failed")]
@@ -126,7 +128,10 @@ impl GrpcServer {
             routes,
             health,
             services: Vec::new(),
-            tls: tls.tonic_server_tls().timeout(limits.tls_handshake_timeout),
+            tls: tls
+                .tonic_server_tls()
+                .map_err(|e| GrpcError::ServerTls(Box::new(e)))?
+                .timeout(limits.tls_handshake_timeout),
             limits,
         })
     }
