@@ -64,8 +64,15 @@ pub fn handshake_failure(err: &(dyn Error + 'static), remote: &str) -> Option<Ha
         let wrapped = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref());
-        if let Some(found) = wrapped.and_then(|inner| handshake_failure(inner, remote)) {
-            return Some(found);
+        if let Some(inner) = wrapped {
+            if let Some(found) = handshake_failure(inner, remote) {
+                return Some(found);
+            }
+            // h2 keeps I/O errors as text only (so that they can be cloned to every
+            // stream), which is how an alert read after the handshake reaches a caller.
+            if let Some(found) = from_message(&inner.to_string(), remote) {
+                return Some(found);
+            }
         }
         next = e.source();
     }
@@ -103,6 +110,32 @@ fn from_rustls(err: &rustls::Error, remote: &str) -> HandshakeFailure {
             reason: e.to_string(),
         },
     }
+}
+
+/// The failure behind rustls' own wording of an error whose type was lost on the way.
+fn from_message(message: &str, remote: &str) -> Option<HandshakeFailure> {
+    if let Some(name) = message.strip_prefix("received fatal alert: ") {
+        // rustls shows the alert's `Debug` name; find the alert with that name.
+        let alert = (0..=u8::MAX)
+            .map(AlertDescription::from)
+            .find(|alert| format!("{alert:?}") == name)?;
+        return Some(from_rustls(&rustls::Error::AlertReceived(alert), remote));
+    }
+    let reason = message.strip_prefix("invalid peer certificate: ")?;
+    let remote = remote.to_owned();
+    Some(
+        if reason.starts_with("UnknownIssuer") || reason.starts_with("BadSignature") {
+            HandshakeFailure::NotFromConfiguredCa {
+                remote,
+                reason: reason.to_owned(),
+            }
+        } else {
+            HandshakeFailure::RemoteCertificateRefused {
+                remote,
+                reason: reason.to_owned(),
+            }
+        },
+    )
 }
 
 fn alert_text(alert: &AlertDescription) -> String {
@@ -148,6 +181,15 @@ mod tests {
         assert_eq!(
             handshake_failure(&io, "b").unwrap().to_string(),
             "remote's certificate is not from the configured CA for remote `b` (UnknownIssuer)"
+        );
+        // As h2 passes it on: the text only.
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::CertificateExpired).to_string(),
+        );
+        assert_eq!(
+            handshake_failure(&io, "b").unwrap().to_string(),
+            "remote `b` refused our certificate (certificate expired)"
         );
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(handshake_failure(&refused, "b"), None);
