@@ -10,6 +10,7 @@ use crate::error::TlsError;
 use crate::material::TlsMaterial;
 use crate::provider::crypto_provider;
 use crate::role::Role;
+use crate::trust::TrustDomains;
 
 /// The ALPN protocol of the QUIC peer protocol.
 pub const ALPN_P2P: &[u8] = b"kraken-p2p/1";
@@ -45,6 +46,9 @@ impl TlsMaterial {
         alpn: &[&[u8]],
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<rustls::ServerConfig, TlsError> {
+        if self.dial_only {
+            return Err(TlsError::DialOnly);
+        }
         let provider = crypto_provider();
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots(), provider.clone())
             .build()
@@ -127,11 +131,30 @@ impl TlsMaterial {
     /// tonic server TLS: our identity, and client certificates required from the cluster CA
     /// (tonic makes them mandatory whenever `client_ca_root` is set). tonic builds its
     /// rustls config from the process default provider: call
-    /// [`crate::install_crypto_provider`] first.
-    pub fn tonic_server_tls(&self) -> tonic::transport::ServerTlsConfig {
-        tonic::transport::ServerTlsConfig::new()
+    /// [`crate::install_crypto_provider`] first. Refused for material that may only dial.
+    pub fn tonic_server_tls(&self) -> Result<tonic::transport::ServerTlsConfig, TlsError> {
+        self.tonic_server_tls_with(&TrustDomains::local_only(self))
+    }
+
+    /// tonic server TLS accepting client certificates from every CA of `domains` (ours and
+    /// the trusted remote clusters'), so a chain to any other CA fails in the handshake.
+    /// Which CA vouched for a caller is then [`TrustDomains::classify`]'s to tell.
+    /// `domains` must have been built from this material's CA.
+    pub fn tonic_server_tls_with(
+        &self,
+        domains: &TrustDomains,
+    ) -> Result<tonic::transport::ServerTlsConfig, TlsError> {
+        if self.dial_only {
+            return Err(TlsError::DialOnly);
+        }
+        if !domains.local_roots_match(&self.roots) {
+            return Err(TlsError::TrustDomainsMismatch);
+        }
+        Ok(tonic::transport::ServerTlsConfig::new()
             .identity(self.tonic_identity())
-            .client_ca_root(tonic::transport::Certificate::from_pem(&*self.ca_pem))
+            .client_ca_root(tonic::transport::Certificate::from_pem(
+                domains.client_ca_pem(),
+            )))
     }
 
     /// tonic client TLS: trust the cluster CA, present our identity, and expect the server

@@ -158,6 +158,47 @@ pub enum TlsError {
         source: ParseRoleError,
     },
 
+    /// A certificate chain verifies against none of the CAs a server trusts.
+    #[error("the certificate chains to none of the trusted CAs")]
+    UntrustedChain,
+
+    /// A remote cluster's CA is also our own or another remote's: its certificates could
+    /// not be told apart from theirs.
+    #[error(
+        "the CA of remote `{remote}` is already trusted as the CA of {already}; a CA can vouch for one cluster only"
+    )]
+    DuplicateCa {
+        /// The remote whose CA repeats one already listed.
+        remote: String,
+        /// Whose CA it already is, as the message shows it.
+        already: String,
+    },
+
+    /// A remote cluster is listed twice.
+    #[error("remote `{name}` is listed twice")]
+    DuplicateRemote {
+        /// Its name.
+        name: String,
+    },
+
+    /// A remote cluster's name is unusable (empty).
+    #[error("remote cluster name `{name}` is invalid: it must not be empty")]
+    InvalidRemoteName {
+        /// The name as given.
+        name: String,
+    },
+
+    /// Material built to dial a remote cluster trusts that cluster's CA, so it must never
+    /// decide who may call one of our servers.
+    #[error(
+        "TLS material for dialing remote clusters cannot serve; use the component's own `tls:` material"
+    )]
+    DialOnly,
+
+    /// A server was given trust domains built for another CA than its own material's.
+    #[error("the trust domains were built for another local CA than this server's")]
+    TrustDomainsMismatch,
+
     /// The connection has no verified peer certificate.
     #[error("the peer presented no verified certificate")]
     NoPeerCertificate,

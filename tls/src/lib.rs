@@ -11,6 +11,14 @@
 //! with the *ring* provider explicitly, so behaviour never depends on which provider some
 //! other crate installed.
 //!
+//! # Other clusters
+//!
+//! A server may also trust the CAs of named remote clusters ([`TrustDomains`]); which CA
+//! vouched for a caller ([`Trust`]) is decided by re-verifying its chain against each CA's
+//! key, never by issuer name, so that a remote CA can never pass its certificates off as
+//! ours. Material for dialing a remote cluster ([`TlsMaterial::load_for_remote`]) trusts
+//! that cluster's CA and therefore refuses to build any server config.
+//!
 //! # The role in a certificate
 //!
 //! A certificate's role is a URI subject alternative name `kraken://role/<role>`, e.g.
@@ -20,14 +28,17 @@
 
 mod configs;
 mod error;
+mod failure;
 mod material;
 mod peer;
 mod pki;
 mod provider;
 mod role;
+mod trust;
 
 pub use configs::{ALPN_P2P, ServerCheck};
 pub use error::{PemFile, TlsError};
+pub use failure::{HandshakeFailure, handshake_failure};
 pub use material::{TlsConfig, TlsMaterial};
 pub use peer::{
     identity_from_verified_chain, peer_identity_from_quinn, peer_identity_from_request,
@@ -38,3 +49,4 @@ pub use pki::{
 };
 pub use provider::{crypto_provider, install_crypto_provider};
 pub use role::{ParseRoleError, PeerIdentity, ROLE_URI_PREFIX, Role, role_of};
+pub use trust::{Caller, Trust, TrustDomains, caller_from_verified_chain};

@@ -47,6 +47,10 @@ pub struct TlsMaterial {
     pub(crate) ca_pem: Arc<[u8]>,
     pub(crate) cert_pem: Arc<[u8]>,
     pub(crate) key_pem: Arc<[u8]>,
+    /// Built by [`TlsMaterial::load_for_remote`]: `roots` are another cluster's CA, so this
+    /// material may dial that cluster but never serve (it would admit that cluster's
+    /// certificates as our own).
+    pub(crate) dial_only: bool,
 }
 
 impl fmt::Debug for TlsMaterial {
@@ -55,6 +59,7 @@ impl fmt::Debug for TlsMaterial {
             .field("roots", &self.roots.len())
             .field("chain", &self.chain.len())
             .field("key", &"[elided]")
+            .field("dial_only", &self.dial_only)
             .finish()
     }
 }
@@ -63,6 +68,12 @@ struct Sources<'a> {
     ca: &'a Path,
     cert: &'a Path,
     key: &'a Path,
+}
+
+/// Where our own certificate is checked, when that is not the CA the material trusts.
+struct OwnCa<'a> {
+    pem: Vec<u8>,
+    path: &'a Path,
 }
 
 impl TlsMaterial {
@@ -80,6 +91,58 @@ impl TlsMaterial {
                 cert: &config.cert,
                 key: &config.key,
             },
+            None,
+        )
+    }
+
+    /// Material to dial the remote cluster whose CA bundle is `remote_ca`: it presents our
+    /// certificate and key (`own.cert`, `own.key`, checked against our own CA `own.ca`, as
+    /// [`TlsMaterial::load`] would) and trusts only `remote_ca` for the servers it reaches.
+    ///
+    /// Such material can only dial: every server config built from it is refused
+    /// ([`TlsError::DialOnly`]), since its trust anchors are another cluster's.
+    pub fn load_for_remote(own: &TlsConfig, remote_ca: &Path) -> Result<Self, TlsError> {
+        let ca = read(PemFile::Ca, remote_ca)?;
+        let own_ca = read(PemFile::Ca, &own.ca)?;
+        let cert = read(PemFile::Cert, &own.cert)?;
+        let key = read(PemFile::Key, &own.key)?;
+        Self::build(
+            ca,
+            cert,
+            key,
+            &Sources {
+                ca: remote_ca,
+                cert: &own.cert,
+                key: &own.key,
+            },
+            Some(OwnCa {
+                pem: own_ca,
+                path: &own.ca,
+            }),
+        )
+    }
+
+    /// As [`TlsMaterial::load_for_remote`], from PEM text held in memory; errors name the
+    /// sources `<remote ca>`, `<own ca>`, `<cert>` and `<key>`.
+    pub fn from_pem_for_remote(
+        remote_ca_pem: impl AsRef<[u8]>,
+        own_ca_pem: impl AsRef<[u8]>,
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Result<Self, TlsError> {
+        Self::build(
+            remote_ca_pem.as_ref().to_vec(),
+            cert_pem.as_ref().to_vec(),
+            key_pem.as_ref().to_vec(),
+            &Sources {
+                ca: Path::new("<remote ca>"),
+                cert: Path::new("<cert>"),
+                key: Path::new("<key>"),
+            },
+            Some(OwnCa {
+                pem: own_ca_pem.as_ref().to_vec(),
+                path: Path::new("<own ca>"),
+            }),
         )
     }
 
@@ -99,6 +162,7 @@ impl TlsMaterial {
                 cert: Path::new("<cert>"),
                 key: Path::new("<key>"),
             },
+            None,
         )
     }
 
@@ -107,20 +171,9 @@ impl TlsMaterial {
         cert_pem: Vec<u8>,
         key_pem: Vec<u8>,
         src: &Sources<'_>,
+        own_ca: Option<OwnCa<'_>>,
     ) -> Result<Self, TlsError> {
-        let ca_certs = certificates(PemFile::Ca, src.ca, &ca_pem)?;
-        if ca_certs.is_empty() {
-            return Err(TlsError::CaEmpty {
-                path: src.ca.to_path_buf(),
-            });
-        }
-        let mut roots = RootCertStore::empty();
-        for cert in ca_certs {
-            roots.add(cert).map_err(|source| TlsError::InvalidCa {
-                path: src.ca.to_path_buf(),
-                source,
-            })?;
-        }
+        let roots = Arc::new(root_store(src.ca, &ca_pem)?);
 
         let chain = certificates(PemFile::Cert, src.cert, &cert_pem)?;
         if chain.is_empty() {
@@ -162,8 +215,20 @@ impl TlsMaterial {
             }
         }
 
-        let roots = Arc::new(roots);
-        check_chain(&roots, &chain, src)?;
+        // Our certificate must be one our own cluster's CA signed, whoever we then trust:
+        // a remote cluster admits our certificates because it trusts our CA.
+        let dial_only = own_ca.is_some();
+        match own_ca {
+            None => check_chain(&roots, &chain, src)?,
+            Some(own) => {
+                let own_roots = Arc::new(root_store(own.path, &own.pem)?);
+                let src = Sources {
+                    ca: own.path,
+                    ..*src
+                };
+                check_chain(&own_roots, &chain, &src)?;
+            }
+        }
 
         Ok(TlsMaterial {
             roots,
@@ -172,6 +237,7 @@ impl TlsMaterial {
             ca_pem: ca_pem.into(),
             cert_pem: cert_pem.into(),
             key_pem: key_pem.into(),
+            dial_only,
         })
     }
 
@@ -205,7 +271,25 @@ fn read(kind: PemFile, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn certificates(
+/// The trust anchors of a CA bundle: at least one certificate, each usable as an anchor.
+pub(crate) fn root_store(path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsError> {
+    let ca_certs = certificates(PemFile::Ca, path, pem)?;
+    if ca_certs.is_empty() {
+        return Err(TlsError::CaEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in ca_certs {
+        roots.add(cert).map_err(|source| TlsError::InvalidCa {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
+pub(crate) fn certificates(
     kind: PemFile,
     path: &Path,
     pem: &[u8],

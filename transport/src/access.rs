@@ -10,12 +10,19 @@
 //! by digest) are open to every cluster role; writes go to the roles whose job is to write;
 //! `Duplicate` and `Delete` on an origin, which bypass the write path's checks, only to
 //! origins; the agent's local cache only to the host's own tools.
+//!
+//! A server that trusts other clusters' CAs ([`kraken_tls::TrustDomains`]) holds their
+//! certificates to [`FOREIGN_ACCESS`] instead, whatever role they claim: a remote cluster's
+//! CA vouches for its own components, not for who they may be here, so a foreign
+//! certificate may only do what replication needs and can never act as an agent, tracker,
+//! proxy or client of this cluster.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use kraken_tls::Role;
+use kraken_tls::{Caller, Role, Trust, TrustDomains};
 use rustls_pki_types::CertificateDer;
 use tonic::codegen::{Service, http};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -99,40 +106,115 @@ pub const ACCESS: &[(&str, &[Role])] = &[
     ),
 ];
 
+/// What a certificate from a trusted *remote* cluster's CA may call here: replication, and
+/// nothing else. Its build-index asks whether we hold a tag and puts it; its origins upload
+/// a blob resumably to our owners, after asking who owns it and whether it is here already.
+/// Every entry is also in [`ACCESS`] for the same role, so a foreign caller never gets more
+/// than a local one would.
+pub const FOREIGN_ACCESS: &[(&str, &[Role])] = &[
+    ("/kraken.buildindex.v1.TagService/Has", REMOTE_BUILD_INDEX),
+    ("/kraken.buildindex.v1.TagService/Put", REMOTE_BUILD_INDEX),
+    ("/kraken.origin.v1.BlobService/StartUpload", REMOTE_ORIGIN),
+    ("/kraken.origin.v1.BlobService/UploadChunks", REMOTE_ORIGIN),
+    (
+        "/kraken.origin.v1.BlobService/GetUploadStatus",
+        REMOTE_ORIGIN,
+    ),
+    ("/kraken.origin.v1.BlobService/CommitUpload", REMOTE_ORIGIN),
+    ("/kraken.origin.v1.BlobService/Stat", REMOTE_ORIGIN),
+    ("/kraken.origin.v1.BlobService/Locations", REMOTE_ORIGIN),
+];
+
 /// The roles that may call `path` (`/package.Service/Method`); `None` when the method is not
 /// in the table, which every server refuses.
 pub fn allowed_roles(path: &str) -> Option<&'static [Role]> {
-    ACCESS
+    lookup(ACCESS, path)
+}
+
+/// The roles a certificate from a trusted remote cluster must hold to call `path`; `None`
+/// when no foreign certificate may.
+pub fn allowed_foreign_roles(path: &str) -> Option<&'static [Role]> {
+    lookup(FOREIGN_ACCESS, path)
+}
+
+/// Who is calling `path`, or why the call is refused, as the status the caller receives.
+///
+/// `UNAUTHENTICATED` when the connection carries no verified client certificate;
+/// `PERMISSION_DENIED` when the certificate has no usable role or comes from no CA of
+/// `domains`, when the method is not in [`ACCESS`], or when the caller may not call it:
+/// a local caller per [`ACCESS`], a remote cluster's per [`FOREIGN_ACCESS`].
+pub fn check(
+    path: &str,
+    chain: Option<&[CertificateDer<'_>]>,
+    domains: &TrustDomains,
+) -> Result<Caller, tonic::Status> {
+    decide(path, chain, domains).map_err(|denied| denied.status)
+}
+
+/// Only components of a remote cluster that replicate may be admitted at all.
+const REMOTE_BUILD_INDEX: &[Role] = &[Role::BuildIndex];
+const REMOTE_ORIGIN: &[Role] = &[Role::Origin];
+
+fn lookup(table: &'static [(&str, &[Role])], path: &str) -> Option<&'static [Role]> {
+    table
         .iter()
         .find(|(method, _)| *method == path)
         .map(|(_, roles)| *roles)
 }
 
-/// Why a call was refused, as the status the caller receives.
-///
-/// `UNAUTHENTICATED` when the connection carries no verified client certificate;
-/// `PERMISSION_DENIED` when the certificate has no usable role, its role may not call the
-/// method, or the method is not in the table.
-pub fn check(path: &str, chain: Option<&[CertificateDer<'_>]>) -> Result<Role, tonic::Status> {
-    let role = kraken_tls::identity_from_verified_chain(chain)?.role;
+/// A refusal, and the `trust` label it is counted under.
+struct Denied {
+    status: tonic::Status,
+    trust: &'static str,
+}
+
+fn decide(
+    path: &str,
+    chain: Option<&[CertificateDer<'_>]>,
+    domains: &TrustDomains,
+) -> Result<Caller, Denied> {
+    let caller =
+        kraken_tls::caller_from_verified_chain(chain, domains).map_err(|status| Denied {
+            status,
+            trust: "unknown",
+        })?;
+    let denied = |message: String| Denied {
+        status: tonic::Status::permission_denied(message),
+        trust: caller.trust.label(),
+    };
     let Some(allowed) = allowed_roles(path) else {
-        return Err(tonic::Status::permission_denied(format!(
+        return Err(denied(format!(
             "`{}` is not in the access table; no role may call it",
             clip(path)
         )));
     };
-    if allowed.contains(&role) {
-        Ok(role)
-    } else {
-        Err(tonic::Status::permission_denied(format!(
-            "certificate role `{role}` may not call `{path}`; allowed roles: {}",
-            allowed
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )))
+    let role = caller.identity.role;
+    match &caller.trust {
+        Trust::Local if allowed.contains(&role) => {}
+        Trust::Local => {
+            return Err(denied(format!(
+                "certificate role `{role}` may not call `{path}`; allowed roles: {}",
+                display(allowed)
+            )));
+        }
+        Trust::Remote(_)
+            if allowed_foreign_roles(path).is_some_and(|roles| roles.contains(&role)) => {}
+        Trust::Remote(name) => {
+            return Err(denied(format!(
+                "certificate of remote cluster `{name}` (role `{role}`) may not call \
+                 `{path}`; remote clusters may only replicate"
+            )));
+        }
     }
+    Ok(caller)
+}
+
+fn display(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A caller-supplied path echoed in an error is cut short.
@@ -144,15 +226,29 @@ fn clip(path: &str) -> &str {
     }
 }
 
-/// Enforces [`ACCESS`] in front of a tonic server's routes.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AccessLayer;
+/// Enforces [`ACCESS`] (and [`FOREIGN_ACCESS`] for remote clusters' certificates) in front
+/// of a tonic server's routes. An admitted request carries its [`Caller`] in its extensions
+/// (`request.extensions().get::<Caller>()` in a handler).
+#[derive(Debug, Clone)]
+pub struct AccessLayer {
+    domains: Arc<TrustDomains>,
+}
+
+impl AccessLayer {
+    /// Classifies callers by `domains`: the same the server's TLS config trusts.
+    pub fn new(domains: Arc<TrustDomains>) -> Self {
+        Self { domains }
+    }
+}
 
 impl<S> tower_layer::Layer<S> for AccessLayer {
     type Service = AccessControl<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessControl { inner }
+        AccessControl {
+            inner,
+            domains: Arc::clone(&self.domains),
+        }
     }
 }
 
@@ -160,6 +256,7 @@ impl<S> tower_layer::Layer<S> for AccessLayer {
 #[derive(Debug, Clone)]
 pub struct AccessControl<S> {
     inner: S,
+    domains: Arc<TrustDomains>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -178,18 +275,23 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let certs = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs);
         let path = request.uri().path();
-        match check(path, certs.as_deref().map(Vec::as_slice)) {
-            Ok(_) => Box::pin(self.inner.call(request)),
-            Err(status) => {
-                metrics::counter!(DENIED, "method" => metric_label(path)).increment(1);
+        match decide(path, certs.as_deref().map(Vec::as_slice), &self.domains) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
+            Err(Denied { status, trust }) => {
+                metrics::counter!(DENIED, "method" => metric_label(path), "trust" => trust)
+                    .increment(1);
                 tracing::warn!(
                     method = clip(path),
+                    trust,
                     code = ?status.code(),
                     reason = status.message(),
                     "call refused by the access table"
@@ -200,7 +302,8 @@ where
     }
 }
 
-/// Counter of calls the access table refused, by method.
+/// Counter of calls the access table refused, by method and by `trust` (`local`, `remote`,
+/// or `unknown` for a caller without a usable certificate).
 pub const DENIED: &str = "kraken_grpc_access_denied_total";
 
 /// A method path as a metric label: only table entries, so a caller cannot grow the label set.
@@ -281,9 +384,101 @@ mod tests {
         }
     }
 
+    /// The README's table of what remote clusters may call: `(component, method, roles)`
+    /// for every method named in a row.
+    fn readme_foreign_table() -> BTreeSet<(String, String, String)> {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let start = readme
+            .find("| Methods (certificate of a trusted remote cluster) |")
+            .expect("README's Security section has no table for remote clusters");
+        let mut rows = BTreeSet::new();
+        for line in readme[start..].lines().skip(2) {
+            let Some(row) = line.strip_prefix('|') else {
+                break;
+            };
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (methods, roles) = (cells[0], cells[1]);
+            let component = methods.split_whitespace().next().unwrap();
+            for method in methods.split('`').skip(1).step_by(2) {
+                rows.insert((component.to_owned(), method.to_owned(), roles.to_owned()));
+            }
+        }
+        rows
+    }
+
+    /// `origin` for `/kraken.origin.v1.BlobService/Stat`, as the README names components.
+    fn component_of(path: &str) -> &'static str {
+        match path.split('.').nth(1) {
+            Some("origin") => "origin",
+            Some("buildindex") => "build-index",
+            Some("tracker") => "tracker",
+            Some("agent") => "agent",
+            Some("proxy") => "proxy",
+            _ => "other",
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_exactly_what_remote_clusters_may_call() {
+        let table: BTreeSet<_> = FOREIGN_ACCESS
+            .iter()
+            .map(|(path, roles)| {
+                (
+                    component_of(path).to_owned(),
+                    path.rsplit('/').next().unwrap().to_owned(),
+                    display(roles),
+                )
+            })
+            .collect();
+        assert_eq!(readme_foreign_table(), table);
+    }
+
+    #[test]
+    fn foreign_access_is_a_subset_of_access_and_excludes_agent_tracker_proxy_services() {
+        let mut seen = BTreeSet::new();
+        for (path, roles) in FOREIGN_ACCESS {
+            assert!(seen.insert(*path), "{path} listed twice");
+            assert!(!roles.is_empty(), "{path} allows no role");
+            let local = allowed_roles(path).unwrap_or_else(|| panic!("{path} not in ACCESS"));
+            for role in *roles {
+                assert!(local.contains(role), "{role} gets {path} only when foreign");
+                // Only the components that replicate ever come from another cluster.
+                assert!(
+                    matches!(role, Role::BuildIndex | Role::Origin),
+                    "{role} admitted from a remote cluster for {path}"
+                );
+            }
+            assert!(
+                ["origin", "build-index"].contains(&component_of(path)),
+                "{path}: remote clusters replicate, they never reach this service"
+            );
+        }
+        // What replication must never reach from outside.
+        for method in [
+            "/kraken.origin.v1.BlobService/Delete",
+            "/kraken.origin.v1.BlobService/Duplicate",
+            "/kraken.origin.v1.BlobService/Upload",
+            "/kraken.origin.v1.BlobService/Download",
+            "/kraken.origin.v1.BlobService/ReplicateToRemote",
+            "/kraken.buildindex.v1.TagService/Replicate",
+            "/kraken.buildindex.v1.TagService/List",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(allowed_foreign_roles(method), None, "{method}");
+        }
+    }
+
     #[test]
     fn a_call_without_a_certificate_is_unauthenticated() {
-        let status = check("/kraken.origin.v1.BlobService/Stat", None).unwrap_err();
+        kraken_tls::install_crypto_provider();
+        let ca = kraken_tls::DevCa::new().unwrap();
+        let leaf = ca
+            .issue(Role::Origin, &kraken_tls::LeafOptions::default())
+            .unwrap();
+        let tls = kraken_tls::TlsMaterial::from_pem(ca.cert_pem(), &leaf.cert_pem, &leaf.key_pem)
+            .unwrap();
+        let domains = TrustDomains::local_only(&tls);
+        let status = check("/kraken.origin.v1.BlobService/Stat", None, &domains).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use kraken_tls::{Role, ServerCheck, TlsMaterial};
+use kraken_tls::{Role, ServerCheck, TlsMaterial, TrustDomains};
 use rustls_pki_types::ServerName;
 use std::convert::Infallible;
 use tokio::net::{TcpListener, TcpStream};
@@ -77,6 +77,8 @@ impl<D> From<&kraken_config::limits::GrpcLimitsConfig<D>> for GrpcServerLimits {
 pub enum GrpcError {
     #[error("invalid TLS configuration for the gRPC server")]
     Tls(#[source] tonic::transport::Error),
+    #[error("building the gRPC server's TLS configuration")]
+    ServerTls(#[source] Box<kraken_tls::TlsError>),
     #[error("building the reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
     #[error("gRPC server failed")]
@@ -104,6 +106,7 @@ pub struct GrpcServer {
     services: Vec<&'static str>,
     limits: GrpcServerLimits,
     tls: tonic::transport::ServerTlsConfig,
+    domains: Arc<TrustDomains>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -118,6 +121,17 @@ impl GrpcServer {
     /// A server presenting `tls`'s certificate and requiring client certificates from its CA,
     /// with health and reflection already registered.
     pub fn new(tls: &TlsMaterial, limits: GrpcServerLimits) -> Result<Self, GrpcError> {
+        Self::with_trust(tls, TrustDomains::local_only(tls), limits)
+    }
+
+    /// As [`GrpcServer::new`], also accepting client certificates from the remote clusters'
+    /// CAs in `domains` (built from `tls`), whose holders may call only
+    /// [`crate::access::FOREIGN_ACCESS`].
+    pub fn with_trust(
+        tls: &TlsMaterial,
+        domains: TrustDomains,
+        limits: GrpcServerLimits,
+    ) -> Result<Self, GrpcError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         let routes = kraken_proto::reflection_routes()
             .map_err(GrpcError::Reflection)?
@@ -126,7 +140,11 @@ impl GrpcServer {
             routes,
             health,
             services: Vec::new(),
-            tls: tls.tonic_server_tls().timeout(limits.tls_handshake_timeout),
+            tls: tls
+                .tonic_server_tls_with(&domains)
+                .map_err(|e| GrpcError::ServerTls(Box::new(e)))?
+                .timeout(limits.tls_handshake_timeout),
+            domains: Arc::new(domains),
             limits,
         })
     }
@@ -180,7 +198,7 @@ impl GrpcServer {
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .max_connection_age(limits.max_connection_age)
-            .layer(AccessLayer)
+            .layer(AccessLayer::new(Arc::clone(&self.domains)))
             .add_routes(self.routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await

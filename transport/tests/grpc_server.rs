@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kraken_tls::{DevPkiOptions, Role, TlsMaterial, generate_dev_pki};
+use kraken_tls::{DevPkiOptions, Role, TlsMaterial, TrustDomains, generate_dev_pki};
 use kraken_transport::access;
 use kraken_transport::grpc::{GrpcServer, GrpcServerLimits, channel};
 use tokio::net::TcpListener;
@@ -112,11 +112,26 @@ struct TestServer {
 
 impl TestServer {
     async fn start(pki: &kraken_tls::DevPki, role: Role, limits: GrpcServerLimits) -> Self {
+        Self::start_trusting(pki, role, limits, &[]).await
+    }
+
+    /// As `start`, also trusting each `(name, pki)`'s CA as the remote cluster `name`.
+    async fn start_trusting(
+        pki: &kraken_tls::DevPki,
+        role: Role,
+        limits: GrpcServerLimits,
+        remotes: &[(&str, &kraken_tls::DevPki)],
+    ) -> Self {
         let tls = TlsMaterial::load(&pki.tls_config(role)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = GrpcServer::new(&tls, limits).unwrap();
+        let remotes: Vec<(String, std::path::PathBuf)> = remotes
+            .iter()
+            .map(|(name, remote)| (name.to_string(), remote.ca_cert_path()))
+            .collect();
+        let domains = TrustDomains::load(&tls, &remotes).unwrap();
+        let server = GrpcServer::with_trust(&tls, domains, limits).unwrap();
         let task = tokio::spawn(server.serve(listener, async {
             let _ = stopped.await;
         }));
@@ -168,6 +183,24 @@ async fn every_method_admits_exactly_the_roles_in_the_access_table() {
     // UNIMPLEMENTED (or, for health and reflection, is served); one it refuses never gets
     // that far.
     let server = TestServer::start(&pki, Role::Tracker, GrpcServerLimits::default()).await;
+    assert_local_callers_get_exactly_the_access_table(&pki, &server).await;
+
+    // A certificate from another CA never gets to a method: the handshake fails.
+    let other = tempfile::tempdir().unwrap();
+    let other_pki = generate_dev_pki(other.path(), &DevPkiOptions::default()).unwrap();
+    let stranger = TlsMaterial::load(&other_pki.tls_config(Role::Origin)).unwrap();
+    let stranger = channel(&stranger, &server.address, Some("localhost"), Role::Tracker).unwrap();
+    // The stranger refuses our server first (it does not trust our CA).
+    assert_connection_refused(stranger, "UnknownIssuer").await;
+    server.stop().await;
+}
+
+/// Every role of `pki` calls every method of a server (holding a tracker certificate) and is
+/// admitted exactly where [`access::ACCESS`] says.
+async fn assert_local_callers_get_exactly_the_access_table(
+    pki: &kraken_tls::DevPki,
+    server: &TestServer,
+) {
     let mut checked = 0;
     for role in Role::ALL {
         let tls = TlsMaterial::load(&pki.tls_config(role)).unwrap();
@@ -207,15 +240,177 @@ async fn every_method_admits_exactly_the_roles_in_the_access_table() {
         );
     }
     assert_eq!(checked, Role::ALL.len() * access::ACCESS.len());
+}
 
-    // A certificate from another CA never gets to a method: the handshake fails.
-    let other = tempfile::tempdir().unwrap();
-    let other_pki = generate_dev_pki(other.path(), &DevPkiOptions::default()).unwrap();
-    let stranger = TlsMaterial::load(&other_pki.tls_config(Role::Origin)).unwrap();
-    let stranger = channel(&stranger, &server.address, Some("localhost"), Role::Tracker).unwrap();
-    // The stranger refuses our server first (it does not trust our CA).
-    assert_connection_refused(stranger, "UnknownIssuer").await;
+/// Two dev PKIs, each a cluster with its own CA: `a` replicates to `b`.
+fn two_clusters() -> (tempfile::TempDir, kraken_tls::DevPki, kraken_tls::DevPki) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = generate_dev_pki(&dir.path().join("a"), &DevPkiOptions::default()).unwrap();
+    let b = generate_dev_pki(&dir.path().join("b"), &DevPkiOptions::default()).unwrap();
+    (dir, a, b)
+}
+
+/// `own`'s certificate of `role`, dialing the cluster whose CA is `remote`'s.
+fn dialing(own: &kraken_tls::DevPki, role: Role, remote: &kraken_tls::DevPki) -> TlsMaterial {
+    TlsMaterial::load_for_remote(&own.tls_config(role), &remote.ca_cert_path()).unwrap()
+}
+
+#[tokio::test]
+async fn every_method_admits_exactly_the_foreign_roles_in_the_foreign_table() {
+    kraken_tls::install_crypto_provider();
+    let (_dir, a, b) = two_clusters();
+    // Cluster b's server trusts cluster a. It holds a tracker certificate, like the local
+    // table's test, so every method of every service can be tried on it.
+    let server =
+        TestServer::start_trusting(&b, Role::Tracker, GrpcServerLimits::default(), &[("a", &a)])
+            .await;
+    let mut checked = 0;
+    for role in Role::ALL {
+        let tls = dialing(&a, role, &b);
+        let channel = channel(&tls, &server.address, Some("localhost"), Role::Tracker).unwrap();
+        let mut admitted = Vec::new();
+        for (method, _) in access::ACCESS {
+            let outcome = call_raw(channel.clone(), method).await;
+            let foreign = access::allowed_foreign_roles(method).unwrap_or_default();
+            if foreign.contains(&role) {
+                if let Err(status) = &outcome {
+                    assert!(
+                        !matches!(
+                            status.code(),
+                            Code::PermissionDenied | Code::Unauthenticated
+                        ),
+                        "a's {role} should be let through to {method}: {status:?}"
+                    );
+                }
+                admitted.push(*method);
+            } else {
+                let status = outcome.expect_err(method);
+                assert_eq!(status.code(), Code::PermissionDenied, "a's {role} {method}");
+                assert!(
+                    status.message().contains(&format!(
+                        "remote cluster `a` (role `{role}`) may not call `{method}`"
+                    )),
+                    "{status:?}"
+                );
+            }
+            checked += 1;
+        }
+        let expected: Vec<&str> = access::FOREIGN_ACCESS
+            .iter()
+            .filter(|(_, roles)| roles.contains(&role))
+            .map(|(method, _)| *method)
+            .collect();
+        admitted.sort_unstable();
+        let mut expected_sorted = expected.clone();
+        expected_sorted.sort_unstable();
+        assert_eq!(admitted, expected_sorted, "a's {role}");
+        match role {
+            // What replication needs, and only that.
+            Role::BuildIndex => assert_eq!(
+                expected,
+                [
+                    "/kraken.buildindex.v1.TagService/Has",
+                    "/kraken.buildindex.v1.TagService/Put"
+                ]
+            ),
+            Role::Origin => assert_eq!(expected.len(), 6, "{expected:?}"),
+            // A foreign certificate never acts as an agent, tracker, proxy or client here.
+            Role::Agent | Role::Tracker | Role::Proxy | Role::Client => {
+                assert!(expected.is_empty(), "a's {role} may call {expected:?}")
+            }
+        }
+    }
+    assert_eq!(checked, Role::ALL.len() * access::ACCESS.len());
+
+    // b's own certificates are untouched by the trust in a.
+    assert_local_callers_get_exactly_the_access_table(&b, &server).await;
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_foreign_ca_is_refused_in_the_handshake_unless_trusted() {
+    kraken_tls::install_crypto_provider();
+    let (dir, a, b) = two_clusters();
+    let c = generate_dev_pki(&dir.path().join("c"), &DevPkiOptions::default()).unwrap();
+    let trusting = TestServer::start_trusting(
+        &b,
+        Role::BuildIndex,
+        GrpcServerLimits::default(),
+        &[("a", &a)],
+    )
+    .await;
+    let local_only = TestServer::start(&b, Role::BuildIndex, GrpcServerLimits::default()).await;
+    let has = "/kraken.buildindex.v1.TagService/Has";
+
+    // a's build-index, dialing b with b's CA as its roots: admitted by the server that
+    // trusts a (UNIMPLEMENTED: the test server has no TagService behind the table).
+    let from_a = dialing(&a, Role::BuildIndex, &b);
+    let status = call_raw(channel_to_build_index(&from_a, &trusting), has)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+
+    // The same certificate at a server of b that does not trust a: refused in the handshake,
+    // and the error says that the remote refused *our* certificate.
+    let status = health_check(channel_to_build_index(&from_a, &local_only)).await;
+    let failure = kraken_tls::handshake_failure(&status, "b")
+        .unwrap_or_else(|| panic!("no TLS failure found in {status:?}"));
+    assert_eq!(
+        failure.to_string(),
+        "remote `b` refused our certificate (unknown CA)"
+    );
+
+    // An unlisted cluster c is refused by the trusting server just the same.
+    let from_c = dialing(&c, Role::BuildIndex, &b);
+    let status = health_check(channel_to_build_index(&from_c, &trusting)).await;
+    assert!(
+        matches!(
+            kraken_tls::handshake_failure(&status, "b"),
+            Some(kraken_tls::HandshakeFailure::RefusedOurCertificate { .. })
+        ),
+        "{status:?}"
+    );
+
+    // a's build-index dialing b with a's own material (a's CA as the roots) refuses b's
+    // server itself: the message says which side to fix.
+    let wrong_roots = TlsMaterial::load(&a.tls_config(Role::BuildIndex)).unwrap();
+    let status = health_check(channel_to_build_index(&wrong_roots, &trusting)).await;
+    let failure = kraken_tls::handshake_failure(&status, "b")
+        .unwrap_or_else(|| panic!("no TLS failure found in {status:?}"));
+    assert!(
+        failure
+            .to_string()
+            .starts_with("remote's certificate is not from the configured CA for remote `b`"),
+        "{failure}"
+    );
+    // Failures that are not TLS are not dressed up as such.
+    let nobody = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed = nobody.local_addr().unwrap().to_string();
+    drop(nobody);
+    let status =
+        health_check(channel(&from_a, &closed, Some("localhost"), Role::BuildIndex).unwrap()).await;
+    assert_eq!(
+        kraken_tls::handshake_failure(&status, "b"),
+        None,
+        "{status:?}"
+    );
+
+    trusting.stop().await;
+    local_only.stop().await;
+}
+
+fn channel_to_build_index(tls: &TlsMaterial, server: &TestServer) -> tonic::transport::Channel {
+    channel(tls, &server.address, Some("localhost"), Role::BuildIndex).unwrap()
+}
+
+/// A health check that must fail; its status keeps the error chain behind it.
+async fn health_check(channel: tonic::transport::Channel) -> Status {
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect_err("the call should fail")
 }
 
 #[tokio::test]

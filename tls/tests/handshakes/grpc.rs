@@ -38,7 +38,7 @@ impl TestServer {
         });
         let (tx, rx) = oneshot::channel::<()>();
         let router = Server::builder()
-            .tls_config(material.tonic_server_tls())
+            .tls_config(material.tonic_server_tls().unwrap())
             .unwrap()
             .add_service(service);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(

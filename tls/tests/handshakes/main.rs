@@ -10,4 +10,5 @@ mod dev_pki;
 mod grpc;
 mod loading;
 mod quic;
+mod remote;
 mod tcp;
