@@ -403,10 +403,9 @@ fn base() -> SimConfig {
         upload_slots: 8,
         origin_upload_slots: 16,
         max_min_fair: true,
-        super_seed_window: std::env::var("WINDOW")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1),
+        // Fixed: a test reads no tuning knob from the environment (the benchmark harness is
+        // where settings are tried).
+        super_seed_window: 1,
         seed: 1,
     }
 }

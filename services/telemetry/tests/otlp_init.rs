@@ -1,7 +1,8 @@
 //! `init` with span export to a collector that is not there. Its own test binary: `init`
 //! installs process-wide state, so this must be the only test in the process that calls it.
-
-use std::time::{Duration, Instant};
+//!
+//! "Never blocks" is checked as "returns": nothing here is timed (the suite's per-test
+//! timeout fails a call that hangs, by name); speed is not a test's business.
 
 use kraken_telemetry::{LogConfig, LogFormat, TelemetryError, TracingConfig, init};
 
@@ -30,28 +31,16 @@ async fn init_with_unreachable_collector_neither_panics_nor_blocks() -> anyhow::
         service_name: None,
         sample_ratio: 1.0,
     };
-    let started = Instant::now();
     let guard = init("agent", &log, &tracing_config)?;
     assert!(guard.exports_spans());
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "init took {:?}",
-        started.elapsed()
-    );
 
     // Recording spans never waits for the collector.
-    let started = Instant::now();
     for i in 0..1_000 {
         let span = tracing::info_span!("fetch", piece = i);
         let _entered = span.enter();
         // Below the filter: keeps the test's stderr short while the span itself is recorded.
         tracing::debug!(bytes = 4096, "piece received");
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "spans took {:?}",
-        started.elapsed()
-    );
 
     // A second init is refused without disturbing the first.
     let again = init("agent", &log, &tracing_config);
@@ -62,13 +51,7 @@ async fn init_with_unreachable_collector_neither_panics_nor_blocks() -> anyhow::
 
     // Shutting down on this current-thread runtime completes: the exporter does not need this
     // runtime to make progress. The spans are dropped (the export fails), within the bound.
-    let started = Instant::now();
     let _ = guard.shutdown();
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "shutdown took {:?}",
-        started.elapsed()
-    );
     tracing::info!("logging still works after span export stopped");
     Ok(())
 }
