@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kraken_config::scheduler::BandwidthConfig;
 use kraken_config::store::StoreConfig;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo};
 use kraken_scheduler::{
@@ -95,6 +96,25 @@ async fn node(
     tracker: Option<Arc<FakeTracker>>,
     faults: Faults,
 ) -> Node {
+    node_with(
+        ca,
+        role,
+        origin,
+        tracker,
+        faults,
+        BandwidthConfig::default(),
+    )
+    .await
+}
+
+async fn node_with(
+    ca: &DevCa,
+    role: Role,
+    origin: bool,
+    tracker: Option<Arc<FakeTracker>>,
+    faults: Faults,
+    bandwidth: BandwidthConfig,
+) -> Node {
     let issued = ca.issue(role, &LeafOptions::default()).unwrap();
     let tls = TlsMaterial::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -104,10 +124,11 @@ async fn node(
     })
     .await
     .unwrap();
-    let config = kraken_config::scheduler::SchedulerConfig {
+    let mut config = kraken_config::scheduler::SchedulerConfig {
         conn_tti: Duration::from_secs(60),
         ..Default::default()
     };
+    config.conn.bandwidth = bandwidth;
     let mut driver = DriverConfig::from_config(&config, origin);
     driver.faults = faults;
     let member = SwarmMember {
@@ -639,4 +660,74 @@ async fn a_failed_dial_and_a_peer_that_served_are_reported_with_the_next_announc
     assert_eq!(sent, 1);
     downloader.scheduler.shutdown().await;
     seeder.scheduler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_bandwidth_caps_are_on_the_data_path_in_both_directions() {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let tracker = Arc::new(FakeTracker::default());
+    // 4 Mbit/s (~500 KB/s): the origin's upload, and the agent's download.
+    let cap = 4_000_000;
+    let capped = |egress: bool| BandwidthConfig {
+        enable: true,
+        egress_bits_per_sec: if egress { cap } else { 0 },
+        ingress_bits_per_sec: if egress { 0 } else { cap },
+    };
+    let origin = node_with(
+        &ca,
+        Role::Origin,
+        true,
+        None,
+        Faults::default(),
+        capped(true),
+    )
+    .await;
+    tracker
+        .origins
+        .lock()
+        .unwrap()
+        .push(*origin.scheduler.local());
+    let capped_agent = node_with(
+        &ca,
+        Role::Agent,
+        false,
+        Some(tracker.clone()),
+        Faults::default(),
+        capped(false),
+    )
+    .await;
+    // An uncapped agent beside it, for contrast.
+    let free = agent(&ca, &tracker).await;
+    let data = blob(1 << 20);
+    let metainfo = seed(&origin, &data).await;
+    let namespace: Namespace = "library/capped".parse().unwrap();
+    let mut download = capped_agent
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(120), download.wait())
+        .await
+        .expect("hang guard: the capped download")
+        .unwrap();
+
+    // Every byte the origin sent went through its egress cap, every byte the agent received
+    // through its ingress cap, and the caps made them wait (1 MiB at ~500 KB/s is far beyond
+    // the 64 KiB burst; loopback alone would move it in milliseconds).
+    let sent = origin.scheduler.stats().bandwidth;
+    let egress = sent.egress.expect("the origin's egress is capped");
+    assert_eq!(egress.bits_per_sec, cap);
+    assert!(egress.bytes >= data.len() as u64, "{egress:?}");
+    assert!(egress.delay > Duration::ZERO, "{egress:?}");
+    assert_eq!(sent.ingress, None, "the origin's ingress is not capped");
+    let received = capped_agent.scheduler.stats().bandwidth;
+    let ingress = received.ingress.expect("the agent's ingress is capped");
+    assert!(ingress.bytes >= data.len() as u64, "{ingress:?}");
+    assert_eq!(received.egress, None, "the agent's egress is not capped");
+    // Caps off (the default): nothing is counted, nothing waits.
+    assert_eq!(free.scheduler.stats().bandwidth, Default::default());
+    for node in [&capped_agent, &free, &origin] {
+        node.scheduler.shutdown().await;
+    }
 }

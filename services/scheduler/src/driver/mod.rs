@@ -45,7 +45,7 @@ use kraken_core::sync::lock;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo};
 use kraken_store::{BlobStore, DownloadHandle, DownloadState, StoreError};
 use kraken_tls::TlsMaterial;
-use kraken_transport::bandwidth::BandwidthLimiter;
+use kraken_transport::bandwidth::{BandwidthLimiter, BandwidthStats};
 use kraken_transport::quic::{self, PeerEndpoint, QuicTuning, TransportError};
 use quinn::Connection;
 use tokio::sync::{Notify, mpsc, watch};
@@ -417,6 +417,9 @@ pub struct SchedulerStats {
     pub bad_pieces: u64,
     /// Peers blacklisted for sending bad data since start.
     pub blacklisted_peers: u64,
+    /// What the `scheduler.conn.bandwidth` caps passed and imposed (`None` per direction when
+    /// uncapped).
+    pub bandwidth: BandwidthStats,
 }
 
 /// The P2P scheduler of one process (agent or origin). Cloning shares it.
@@ -657,6 +660,7 @@ impl Scheduler {
             links,
             bad_pieces: self.inner.bad_pieces.load(Ordering::Relaxed),
             blacklisted_peers: self.inner.blacklisted_peers.load(Ordering::Relaxed),
+            bandwidth: self.inner.limiter.stats(),
         }
     }
 
