@@ -96,15 +96,7 @@ async fn node(
     tracker: Option<Arc<FakeTracker>>,
     faults: Faults,
 ) -> Node {
-    node_with(
-        ca,
-        role,
-        origin,
-        tracker,
-        faults,
-        BandwidthConfig::default(),
-    )
-    .await
+    node_with(ca, role, origin, tracker, faults, |_| {}).await
 }
 
 async fn node_with(
@@ -113,7 +105,7 @@ async fn node_with(
     origin: bool,
     tracker: Option<Arc<FakeTracker>>,
     faults: Faults,
-    bandwidth: BandwidthConfig,
+    configure: impl FnOnce(&mut kraken_config::scheduler::SchedulerConfig),
 ) -> Node {
     let issued = ca.issue(role, &LeafOptions::default()).unwrap();
     let tls = TlsMaterial::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
@@ -128,7 +120,7 @@ async fn node_with(
         conn_tti: Duration::from_secs(60),
         ..Default::default()
     };
-    config.conn.bandwidth = bandwidth;
+    configure(&mut config);
     let mut driver = DriverConfig::from_config(&config, origin);
     driver.faults = faults;
     let member = SwarmMember {
@@ -669,10 +661,14 @@ async fn configured_bandwidth_caps_are_on_the_data_path_in_both_directions() {
     let tracker = Arc::new(FakeTracker::default());
     // 4 Mbit/s (~500 KB/s): the origin's upload, and the agent's download.
     let cap = 4_000_000;
-    let capped = |egress: bool| BandwidthConfig {
-        enable: true,
-        egress_bits_per_sec: if egress { cap } else { 0 },
-        ingress_bits_per_sec: if egress { 0 } else { cap },
+    let capped = |egress: bool| {
+        move |config: &mut kraken_config::scheduler::SchedulerConfig| {
+            config.conn.bandwidth = BandwidthConfig {
+                enable: true,
+                egress_bits_per_sec: if egress { cap } else { 0 },
+                ingress_bits_per_sec: if egress { 0 } else { cap },
+            };
+        }
     };
     let origin = node_with(
         &ca,
@@ -728,6 +724,77 @@ async fn configured_bandwidth_caps_are_on_the_data_path_in_both_directions() {
     // Caps off (the default): nothing is counted, nothing waits.
     assert_eq!(free.scheduler.stats().bandwidth, Default::default());
     for node in [&capped_agent, &free, &origin] {
+        node.scheduler.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_seeder_closes_after_its_seeder_tti_and_one_with_the_default_does_not() {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let tracker = Arc::new(FakeTracker::default());
+    let origin = node(&ca, Role::Origin, true, None, Faults::default()).await;
+    tracker
+        .origins
+        .lock()
+        .unwrap()
+        .push(*origin.scheduler.local());
+    // `brief` has a 300 ms seeder_tti, `patient` the default (minutes). What is compared is the
+    // order of events (one has closed its seeder while the other still seeds), not a clock.
+    let brief = node_with(
+        &ca,
+        Role::Agent,
+        false,
+        Some(tracker.clone()),
+        Faults::default(),
+        |config| config.seeder_tti = Duration::from_millis(300),
+    )
+    .await;
+    let patient = agent(&ca, &tracker).await;
+    let data = blob(1 << 20);
+    let metainfo = seed(&origin, &data).await;
+    let namespace: Namespace = "library/ttis".parse().unwrap();
+    for node in [&brief, &patient] {
+        let mut download = node
+            .scheduler
+            .download(&namespace, &metainfo)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), download.wait())
+            .await
+            .expect("hang guard: download")
+            .unwrap();
+    }
+    assert_eq!(
+        patient.scheduler.stats().torrents,
+        1,
+        "seeding after the download"
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while brief.scheduler.stats().torrents > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hang guard: the idle seeder never closed: {:?}",
+            brief.scheduler.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(brief.scheduler.state(metainfo.digest()), None);
+    let stats = patient.scheduler.stats();
+    assert_eq!(
+        stats.torrents, 1,
+        "the default seeder_tti has not passed: {stats:?}"
+    );
+    assert!(patient.scheduler.state(metainfo.digest()).is_some());
+    // A closed seeder is only closed: the blob stays stored and is served again on request.
+    let again = brief
+        .scheduler
+        .download(&namespace, &metainfo)
+        .await
+        .unwrap();
+    assert!(matches!(again, BlobState::Stored), "{again:?}");
+    for node in [&brief, &patient, &origin] {
         node.scheduler.shutdown().await;
     }
 }
