@@ -1,5 +1,6 @@
-//! The read-only `http` backend against a local HTTP file server (in-test, axum), which can be
-//! told to fail its next requests with 503 to exercise `download_backoff`.
+//! The read-only `http` backend against a real HTTP file server (CPython's `http.server`), and
+//! against a local one (in-test, axum) that can be told to fail its next requests with 503 to
+//! exercise `download_backoff`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -188,4 +189,80 @@ async fn keeps_the_backend_contract() {
         .insert(digest(&data).hex(), data.clone());
     let backend = HttpBackend::new(&config(addr, false)).unwrap();
     common::contract::read_only(&backend, &ns("build/artifacts"), &data, &digest(b"absent")).await;
+}
+
+/// CPython's `http.server` serving a directory: a real, independent HTTP server (HTTP/1.0,
+/// `Content-Length` from the file, its own `HEAD`), killed on drop.
+struct PythonFileServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _root: tempfile::TempDir,
+}
+
+impl PythonFileServer {
+    async fn start(files: &[(&str, &[u8])]) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("blobs")).unwrap();
+        for (name, data) in files {
+            std::fs::write(root.path().join("blobs").join(name), data).unwrap();
+        }
+        let port = free_port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .arg("--directory")
+            .arg(root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs (tests/run.sh's machines have CPython)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hang guard: python3 -m http.server never listened"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            addr,
+            _root: root,
+        }
+    }
+}
+
+impl Drop for PythonFileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn works_against_a_real_http_file_server() {
+    let data = blob(3 << 20, 5);
+    let digest = digest(&data);
+    let server = PythonFileServer::start(&[(&digest.hex(), &data)]).await;
+    let backend = HttpBackend::new(&config(server.addr, false)).unwrap();
+    let namespace = ns("build/artifacts");
+
+    assert_eq!(
+        backend.stat(&namespace, &digest).await.unwrap(),
+        Some(data.len() as u64)
+    );
+    let downloaded = backend.download(&namespace, &digest).await.unwrap();
+    assert_eq!(downloaded.size, data.len() as u64);
+    assert_eq!(read_all(downloaded).await, data);
+    let missing = common::digest(b"absent");
+    assert_eq!(backend.stat(&namespace, &missing).await.unwrap(), None);
+    let error = backend.download(&namespace, &missing).await.unwrap_err();
+    assert!(matches!(error, BackendError::NotFound { .. }), "{error}");
+    common::contract::read_only(&backend, &namespace, &data, &missing).await;
 }
