@@ -11,6 +11,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
 
 use kraken_config::cluster::HostList;
 
@@ -26,6 +27,12 @@ pub enum AdvertiseError {
         advertised: IpAddr,
         upstream: SocketAddr,
     },
+    #[error(
+        "none of the upstreams {hosts} resolved within {patience:?}, so this peer cannot tell \
+         which of its addresses they reach: check their DNS names, or set `peer_ip` (or bind \
+         `listen.p2p` to this host's address)"
+    )]
+    Unresolved { hosts: String, patience: Duration },
 }
 
 /// The IP to advertise (see the module docs). `upstreams` are the resolved addresses of the
@@ -37,6 +44,52 @@ pub fn advertise_ip(
 ) -> Result<IpAddr, AdvertiseError> {
     choose(requested, bound, upstreams, route_source)
 }
+
+/// The upstream addresses to choose an advertised address by. When the choice depends on them
+/// (no `peer_ip`, `listen.p2p` on an unspecified address) and `hosts` names any, waits up to
+/// `patience` for one to resolve instead of taking "none resolved yet" (DNS of a cluster still
+/// starting, a container name not registered yet) for "no upstream off this host", which would
+/// advertise loopback to everyone.
+pub async fn resolve_upstreams(
+    requested: Option<IpAddr>,
+    bound: IpAddr,
+    hosts: &HostList,
+    patience: Duration,
+) -> Result<Vec<SocketAddr>, AdvertiseError> {
+    let needed = requested.is_none() && bound.is_unspecified() && !hosts.is_empty();
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let addresses = resolve_hosts(hosts).await;
+        if !addresses.is_empty() || !needed {
+            return Ok(addresses);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AdvertiseError::Unresolved {
+                hosts: hosts
+                    .static_hosts
+                    .iter()
+                    .chain(hosts.dns.iter())
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                patience,
+            });
+        }
+        tracing::info!(
+            ?hosts,
+            "no upstream resolves yet; waiting to choose the advertised address"
+        );
+        tokio::time::sleep(RESOLVE_RETRY).await;
+    }
+}
+
+/// How long a starting agent or origin waits for its upstreams' names to resolve when its
+/// advertised address depends on them: a cluster starting all at once (compose, a fleet
+/// rollout) registers names within seconds.
+pub const ADVERTISE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How often [`resolve_upstreams`] asks again.
+const RESOLVE_RETRY: Duration = Duration::from_millis(500);
 
 /// The addresses `hosts` name right now (a host that does not resolve is left out: the
 /// client of that upstream reports it when it calls).
@@ -164,5 +217,51 @@ mod tests {
     #[test]
     fn the_route_to_a_loopback_tracker_leaves_from_loopback() {
         assert!(route_source(addr("127.0.0.1:9")).unwrap().is_loopback());
+    }
+
+    fn hosts(list: &[&str]) -> HostList {
+        HostList {
+            static_hosts: list.iter().map(|h| (*h).to_owned()).collect(),
+            dns: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unresolved_upstream_is_waited_for_then_refused_not_taken_for_none() {
+        // `.invalid` never resolves (RFC 6761): the choice needs it, so after the patience the
+        // start fails naming the host and what to set, instead of advertising loopback.
+        let unresolvable = hosts(&["tracker.invalid:15003"]);
+        let patience = Duration::from_secs(5);
+        let started = tokio::time::Instant::now();
+        let error = resolve_upstreams(None, ip("0.0.0.0"), &unresolvable, patience)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() >= patience, "it waited the patience out");
+        let message = error.to_string();
+        assert!(message.contains("tracker.invalid:15003"), "{message}");
+        assert!(message.contains("peer_ip"), "{message}");
+        // Not needed: a configured address or a specific bind decide without the upstreams.
+        for (requested, bound) in [
+            (Some(ip("10.0.0.9")), ip("0.0.0.0")),
+            (None, ip("10.0.0.9")),
+        ] {
+            let resolved = resolve_upstreams(requested, bound, &unresolvable, patience)
+                .await
+                .unwrap();
+            assert!(resolved.is_empty());
+        }
+        // No upstream configured: a single-host cluster, nothing to wait for.
+        assert!(
+            resolve_upstreams(None, ip("0.0.0.0"), &hosts(&[]), patience)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A resolvable one answers at once.
+        let resolved =
+            resolve_upstreams(None, ip("0.0.0.0"), &hosts(&["127.0.0.1:15003"]), patience)
+                .await
+                .unwrap();
+        assert_eq!(resolved, [addr("127.0.0.1:15003")]);
     }
 }

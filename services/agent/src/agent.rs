@@ -10,7 +10,7 @@ use kraken_proto::agent::v1::agent_service_server::AgentServiceServer;
 use kraken_scheduler::{Announcer, DriverConfig, Scheduler, SwarmMember};
 use kraken_store::BlobStore;
 use kraken_tls::TlsMaterial;
-use kraken_transport::advertise::{advertise_ip, resolve_hosts};
+use kraken_transport::advertise::{ADVERTISE_PATIENCE, advertise_ip, resolve_upstreams};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
 use kraken_transport::lifecycle::{Drained, SHUTDOWN_GRACE, drain};
 use kraken_transport::quic::QuicTuning;
@@ -73,7 +73,13 @@ impl Agent {
         } else {
             Some(TagClient::new(&config.build_index, &tls)?)
         };
-        let trackers = resolve_hosts(&config.tracker.hosts).await;
+        let trackers = resolve_upstreams(
+            config.peer_ip,
+            config.listen.p2p.ip(),
+            &config.tracker.hosts,
+            ADVERTISE_PATIENCE,
+        )
+        .await?;
         let advertise_ip = advertise_ip(config.peer_ip, config.listen.p2p.ip(), &trackers)?;
         let store = BlobStore::open(config.store.clone()).await?;
         // Bind before anything spawns tasks, so a port conflict leaves nothing behind.

@@ -12,7 +12,7 @@ use kraken_scheduler::core::RevealOrder;
 use kraken_scheduler::{DriverConfig, RevealPolicy, Scheduler, SwarmMember};
 use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::{Role, TlsMaterial};
-use kraken_transport::advertise::{advertise_ip, resolve_hosts};
+use kraken_transport::advertise::{ADVERTISE_PATIENCE, advertise_ip, resolve_upstreams};
 use kraken_transport::cluster::{HostPool, PoolOptions};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits, host_of};
 use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
@@ -103,7 +103,14 @@ impl Origin {
         let cluster = cluster(&config, &tls)?;
         // Agents get this address from the trackers, which ask the origins: loopback is no
         // use to them once the ring spans hosts.
-        let members = resolve_hosts(&config.cluster.hosts).await;
+        let members = resolve_upstreams(
+            advertised_ip(&config),
+            config.listen.p2p.ip(),
+            &config.cluster.hosts,
+            ADVERTISE_PATIENCE,
+        )
+        .await
+        .map_err(OriginError::Advertise)?;
         let advertise = advertise_ip(advertised_ip(&config), config.listen.p2p.ip(), &members)
             .map_err(OriginError::Advertise)?;
         // Seeding only: origins never announce.
