@@ -7,7 +7,7 @@ use kraken_backend::{BackendConfigError, Backends};
 use kraken_config::build_index::BuildIndexConfig;
 use kraken_originclient::OriginClusterClient;
 use kraken_proto::buildindex::v1::tag_service_server::TagServiceServer;
-use kraken_tls::TlsMaterial;
+use kraken_tls::{TlsMaterial, TrustDomains};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
 use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
 use tokio::net::TcpListener;
@@ -84,7 +84,11 @@ impl BuildIndex {
             origins,
             config,
         });
-        let server = GrpcServer::new(&tls, limits)?
+        // Remote clusters' build-indexes put replicated tags here and their origins ask for
+        // ours; their certificates are held to the foreign access table.
+        let domains = TrustDomains::load(&tls, &tags.config.trusted_remote_cas())
+            .map_err(|e| BuildIndexError::Trust(Box::new(e)))?;
+        let server = GrpcServer::with_trust(&tls, domains, limits)?
             .add_service(TagServiceServer::new(TagServiceImpl::new(tags.clone())));
         let health = server.health();
         let shutdown = CancellationToken::new();

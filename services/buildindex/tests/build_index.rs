@@ -13,8 +13,9 @@ use bytes::Bytes;
 use kraken_backend::{Backend, Backends, FsBackend};
 use kraken_buildindex::BuildIndex;
 use kraken_config::Pattern;
-use kraken_config::build_index::{BuildIndexConfig, TagType, TagTypeRule};
+use kraken_config::build_index::{BuildIndexConfig, BuildIndexRemote, TagType, TagTypeRule};
 use kraken_config::cluster::UpstreamConfig;
+use kraken_config::remote::RemoteTlsSection;
 use kraken_core::{Digest, Namespace};
 use kraken_devcluster::DevCluster;
 use kraken_oci::TaggedName;
@@ -66,9 +67,17 @@ impl Fixture {
                 tag_type: TagType::Default,
             },
         );
+        // Tasks are only recorded in this step: the remote's CA is never read.
         config.remotes.insert(
-            "127.0.0.1:25004".into(),
-            vec![Pattern::new("^release/").unwrap()],
+            "b".into(),
+            BuildIndexRemote {
+                build_index: UpstreamConfig::of(["127.0.0.1:25004"]),
+                tags: vec![Pattern::new("^release/").unwrap()],
+                tls: RemoteTlsSection {
+                    ca: dir.path().join("cluster-b-ca.pem"),
+                    ..RemoteTlsSection::default()
+                },
+            },
         );
         let tag_backend = dir.path().join("tag-backend");
         let mut fixture = Self {
@@ -396,11 +405,11 @@ async fn replicate_records_a_durable_task_per_matching_remote() {
     let task: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&tasks[0]).unwrap()).unwrap();
     assert_eq!(task["tag"], "release/app:1");
-    assert_eq!(task["remote"], "127.0.0.1:25004");
+    assert_eq!(task["remote"], "b");
     assert_eq!(task["digest"], release.to_string());
     assert_eq!(
         client.replicate(&tag("release/app:1")).await.unwrap(),
-        ["127.0.0.1:25004"]
+        ["b"]
     );
     let error = client.replicate(&tag("release/app:2")).await.unwrap_err();
     assert_eq!(error.code(), Some(Code::NotFound));
