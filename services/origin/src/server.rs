@@ -181,6 +181,7 @@ impl Origin {
             cluster,
             max_replica: config.hashring.max_replica,
             scheduler: scheduler.clone(),
+            remotes: config.remotes.keys().cloned().collect(),
         });
         let server = server.add_service(BlobServiceServer::new(OriginService::new(shared.clone())));
         let health = server.health();
