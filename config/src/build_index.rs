@@ -1,19 +1,21 @@
 //! `build-index.yaml` — tags: storage, lookup, and replication to other clusters.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::backend::{AuthConfig, BackendConfig, Stored, validate_backends};
 use crate::cluster::{HashRingConfig, HostList, UpstreamConfig};
 use crate::pattern::Pattern;
+use crate::remote::{RemoteTlsSection, TrustedBuildIndexRemote, trusted_cas, validate_remotes};
 use crate::telemetry::{LogConfig, MetricsConfig, Telemetry, TracingConfig};
 use crate::tls::TlsSection;
-use crate::tree::KeyPath;
-use crate::validate::{Validate, ValidationError, ensure, is_host_port, nested, not_host_port};
+use crate::validate::{Validate, ValidationError, ensure, nested};
 
 /// Configuration of `kraken build-index`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,8 +37,13 @@ pub struct BuildIndexConfig {
     /// The other build-index hosts of this cluster, which receive a copy of every tag write.
     /// Empty for a single build-index.
     pub cluster: HostList,
-    /// Replication rules: remote build-index `host:port` → regexes of tags to copy there.
-    pub remotes: BTreeMap<String, Vec<Pattern>>,
+    /// Remote clusters tags are replicated to, by cluster name (`[a-z0-9-]+`): where the
+    /// remote build-index is, which tags go there, and the TLS to reach it.
+    pub remotes: BTreeMap<String, BuildIndexRemote>,
+    /// Remote clusters whose CAs this build-index accepts: their build-index may `Has` and
+    /// `Put` the tags listed here, their origins may ask for our origins' addresses, and
+    /// nothing else. Empty: only our own CA.
+    pub trusted_remotes: BTreeMap<String, TrustedBuildIndexRemote>,
     /// The durable queue of replication tasks.
     pub replication: ReplicationConfig,
     /// How each tag's dependencies are found, by namespace regex; the first match wins.
@@ -65,6 +72,7 @@ impl Default for BuildIndexConfig {
             hashring: HashRingConfig::default(),
             cluster: HostList::default(),
             remotes: BTreeMap::new(),
+            trusted_remotes: BTreeMap::new(),
             replication: ReplicationConfig::default(),
             tag_types: vec![TagTypeRule {
                 namespace: Pattern::any(),
@@ -88,12 +96,17 @@ impl BuildIndexConfig {
         }
     }
 
-    /// The remotes a tag must be replicated to.
+    /// The names of the remote clusters a tag must be replicated to.
     pub fn remotes_for<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.remotes
             .iter()
-            .filter(move |(_, rules)| rules.iter().any(|rule| rule.is_match(tag)))
-            .map(|(address, _)| address.as_str())
+            .filter(move |(_, remote)| remote.tags.iter().any(|rule| rule.is_match(tag)))
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// `(name, ca)` of every trusted remote cluster, for `kraken_tls::TrustDomains::load`.
+    pub fn trusted_remote_cas(&self) -> Vec<(String, PathBuf)> {
+        trusted_cas(&self.trusted_remotes, |remote| &remote.ca)
     }
 
     /// The tag type of `namespace` (`docker` when no rule matches).
@@ -120,23 +133,88 @@ impl Validate for BuildIndexConfig {
         self.cluster
             .validate_optional()
             .map_err(|e| e.within("cluster"))?;
-        for (address, rules) in &self.remotes {
-            // Built from segments: an address contains dots.
-            let path = KeyPath::root().key("remotes").key(address.clone());
-            if !is_host_port(address) {
-                return Err(ValidationError::new(path, not_host_port(address)));
-            }
-            if rules.is_empty() {
-                return Err(ValidationError::new(
-                    path,
-                    "no rules: list the tag regexes to replicate, or remove this remote",
-                ));
-            }
-        }
+        validate_remotes("remotes", &self.remotes)?;
+        validate_remotes("trusted_remotes", &self.trusted_remotes)?;
         nested("replication", &self.replication)?;
         nested("tls", &self.tls)?;
         nested("limits", &self.limits)?;
         crate::component::validate_telemetry(self.telemetry())
+    }
+}
+
+/// `remotes.<name>:` — one remote cluster this build-index replicates tags to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BuildIndexRemote {
+    /// The remote cluster's build-index hosts.
+    pub build_index: UpstreamConfig,
+    /// Regexes (unanchored) of the `repository:tag` names to replicate there.
+    pub tags: Vec<Pattern>,
+    /// Mutual TLS towards the remote: its CA, and optionally another certificate than ours.
+    pub tls: RemoteTlsSection,
+}
+
+impl Validate for BuildIndexRemote {
+    fn validate(&self) -> Result<(), ValidationError> {
+        nested("build_index", &self.build_index)?;
+        ensure(
+            !self.tags.is_empty(),
+            "tags",
+            "no rules: list the tag regexes to replicate (`.*` for every tag), or remove this \
+             remote",
+        )?;
+        nested("tls", &self.tls)
+    }
+}
+
+/// What a remote was before remotes had names and TLS; refused with the shape to use.
+const OLD_REMOTE_SHAPE: &str = "this is the old `remotes: {host:port: [tag regexes]}` shape; a \
+    remote is now a named cluster with its own CA: `remotes: {NAME: {build_index: {hosts: \
+    {static: [host:port]}}, tags: [regex, ...], tls: {ca: FILE}}}`";
+
+/// The fields of [`BuildIndexRemote`] as written: deserialized by hand so the old list shape
+/// gets a message naming the new one, at its own key (an untagged enum would lose both).
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct BuildIndexRemoteFields {
+    build_index: UpstreamConfig,
+    tags: Vec<Pattern>,
+    tls: RemoteTlsSection,
+}
+
+impl<'de> Deserialize<'de> for BuildIndexRemote {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RemoteVisitor;
+
+        impl<'de> Visitor<'de> for RemoteVisitor {
+            type Value = BuildIndexRemote;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a remote cluster: `{build_index, tags, tls}`")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let fields = BuildIndexRemoteFields::deserialize(
+                    de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(BuildIndexRemote {
+                    build_index: fields.build_index,
+                    tags: fields.tags,
+                    tls: fields.tls,
+                })
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+                Err(de::Error::custom(OLD_REMOTE_SHAPE))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                // `b:` with nothing under it: every key at its default, which validation
+                // then reports key by key.
+                Ok(BuildIndexRemote::default())
+            }
+        }
+
+        deserializer.deserialize_any(RemoteVisitor)
     }
 }
 

@@ -36,6 +36,7 @@ pub mod origin;
 mod pattern;
 pub mod proxy;
 pub mod registry_auth;
+pub mod remote;
 pub mod scheduler;
 mod secret;
 pub mod store;

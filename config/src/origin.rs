@@ -1,12 +1,15 @@
 //! `origin.yaml` — a dedicated seeder on the rendezvous hash ring, backed by storage.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{AuthConfig, BackendConfig, Stored, validate_backends};
-use crate::cluster::{ClusterConfig, HashRingConfig};
+use crate::cluster::{ClusterConfig, HashRingConfig, UpstreamConfig};
 use crate::metainfogen::MetaInfoGenConfig;
+use crate::remote::{RemoteEgress, RemoteTlsSection, TrustedRemote, trusted_cas, validate_remotes};
 use crate::scheduler::SchedulerConfig;
 use crate::store::StoreConfig;
 use crate::telemetry::{LogConfig, MetricsConfig, Telemetry, TracingConfig};
@@ -42,6 +45,12 @@ pub struct OriginConfig {
     pub auth: AuthConfig,
     /// Durable queue of blobs to write to their backend.
     pub writeback: WritebackConfig,
+    /// Remote clusters this origin sends blobs to (`ReplicateToRemote`), by cluster name
+    /// (`[a-z0-9-]+`, the same names as the build-index's `remotes`).
+    pub remotes: BTreeMap<String, OriginRemote>,
+    /// Remote clusters whose CAs this origin accepts: their origins may upload blobs here
+    /// (resumably, after `Stat` and `Locations`), and nothing else. Empty: only our own CA.
+    pub trusted_remotes: BTreeMap<String, TrustedRemote>,
     /// Certificates for mutual TLS.
     pub tls: TlsSection,
     /// What a client or peer may hold of this component's servers: connections,
@@ -62,6 +71,11 @@ impl OriginConfig {
             metrics: &self.metrics,
             tracing: &self.tracing,
         }
+    }
+
+    /// `(name, ca)` of every trusted remote cluster, for `kraken_tls::TrustDomains::load`.
+    pub fn trusted_remote_cas(&self) -> Vec<(String, PathBuf)> {
+        trusted_cas(&self.trusted_remotes, |remote| &remote.ca)
     }
 }
 
@@ -92,9 +106,32 @@ impl Validate for OriginConfig {
         nested("auth", &self.auth)?;
         validate_backends(&self.backends, &self.auth, Stored::Blobs)?;
         nested("writeback", &self.writeback)?;
+        validate_remotes("remotes", &self.remotes)?;
+        validate_remotes("trusted_remotes", &self.trusted_remotes)?;
         nested("tls", &self.tls)?;
         nested("limits", &self.limits)?;
         crate::component::validate_telemetry(self.telemetry())
+    }
+}
+
+/// `remotes.<name>:` of an origin — one remote cluster it sends blobs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginRemote {
+    /// The remote cluster's build-index hosts, asked for the remote's origin addresses
+    /// (`ReplicationService/ListOrigins`).
+    pub build_index: UpstreamConfig,
+    /// Mutual TLS towards the remote: its CA, and optionally another certificate than ours.
+    pub tls: RemoteTlsSection,
+    /// Egress cap towards this remote.
+    pub bandwidth: RemoteEgress,
+}
+
+impl Validate for OriginRemote {
+    fn validate(&self) -> Result<(), ValidationError> {
+        nested("build_index", &self.build_index)?;
+        nested("tls", &self.tls)?;
+        nested("bandwidth", &self.bandwidth)
     }
 }
 

@@ -206,3 +206,64 @@ fn documented_limits_are_the_defaults() {
         }
     }
 }
+
+/// The commented-out block of `base.yaml` that starts at the line `# {key}:`, uncommented.
+fn commented_block(text: &str, key: &str) -> String {
+    let start = format!("# {key}:");
+    let mut lines = text.lines().skip_while(|line| *line != start);
+    let mut block = String::new();
+    if let Some(first) = lines.next() {
+        block.push_str(&first[2..]);
+        block.push('\n');
+    }
+    for line in lines.take_while(|line| line.starts_with("#   ")) {
+        block.push_str(&line[2..]);
+        block.push('\n');
+    }
+    assert!(block.lines().count() > 1, "no `{start}` example");
+    block
+}
+
+#[test]
+fn documented_remotes_load_and_show_the_defaults() {
+    // base.yaml documents `remotes:` and `trusted_remotes:` as commented examples (they have
+    // no default entries): uncommented, each loads, and what it shows as a default is one.
+    let env = empty_env();
+    let loader = Loader::with_env(&env);
+    let dir = tempfile::tempdir().unwrap();
+
+    let text = std::fs::read_to_string(examples_dir().join("build-index/base.yaml")).unwrap();
+    let yaml = format!(
+        "tag_store: {{write_through: false}}\norigin: {{hosts: {{static: [o:1]}}}}\n{}{}",
+        commented_block(&text, "remotes"),
+        commented_block(&text, "trusted_remotes")
+    );
+    let path = dir.path().join("build-index.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let config = loader
+        .load::<kraken_config::BuildIndexConfig>(&path)
+        .unwrap()
+        .config;
+    assert_eq!(config.remotes.len(), 1);
+    let (_, trusted) = config.trusted_remotes.iter().next().unwrap();
+    assert_eq!(
+        trusted.tags,
+        kraken_config::remote::TrustedBuildIndexRemote::default().tags
+    );
+
+    let text = std::fs::read_to_string(examples_dir().join("origin/base.yaml")).unwrap();
+    let yaml = format!(
+        "name: o:1\ncluster: {{hosts: {{static: [o:1]}}}}\n{}{}",
+        commented_block(&text, "remotes"),
+        commented_block(&text, "trusted_remotes")
+    );
+    let path = dir.path().join("origin.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let config = loader
+        .load::<kraken_config::OriginConfig>(&path)
+        .unwrap()
+        .config;
+    assert_eq!(config.trusted_remotes.len(), 1);
+    let (_, remote) = config.remotes.iter().next().unwrap();
+    assert_eq!(remote.bandwidth, Default::default());
+}

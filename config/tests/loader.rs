@@ -613,12 +613,9 @@ fn bad_regex_is_reported_at_its_key() {
     assert!(message.contains("unclosed group"), "{message}");
 
     let error = Loader::with_env(&env(&[]))
-        .load_str::<BuildIndexConfig>("bi.yaml", "remotes:\n  remote:15004: ['[z-a]']\n")
+        .load_str::<BuildIndexConfig>("bi.yaml", "remotes:\n  b:\n    tags: ['[z-a]']\n")
         .unwrap_err();
-    assert_eq!(
-        error.key_path().unwrap().to_string(),
-        "remotes.remote:15004[0]"
-    );
+    assert_eq!(error.key_path().unwrap().to_string(), "remotes.b.tags[0]");
 }
 
 #[test]

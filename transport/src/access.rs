@@ -37,6 +37,9 @@ const TAG_WRITERS: &[Role] = &[Role::Proxy, Role::BuildIndex, Role::Client];
 const ORIGINS: &[Role] = &[Role::Origin];
 /// Replication to another cluster is started by the build-index (or an origin passing it on).
 const REPLICATORS: &[Role] = &[Role::BuildIndex, Role::Origin];
+/// Who asks a build-index for its cluster's origin addresses: origins (a remote cluster's,
+/// before they upload a replicated blob), build-indexes and operators' tools.
+const ORIGIN_LISTERS: &[Role] = &[Role::Origin, Role::BuildIndex, Role::Client];
 /// The swarm's members.
 const SWARM: &[Role] = &[Role::Agent, Role::Origin];
 /// Metainfo readers: the swarm, and the proxy and tools that warm origins through it.
@@ -86,6 +89,11 @@ pub const ACCESS: &[(&str, &[Role])] = &[
     ("/kraken.buildindex.v1.TagService/Has", ANYONE),
     ("/kraken.buildindex.v1.TagService/List", ANYONE),
     ("/kraken.buildindex.v1.TagService/ListRepository", ANYONE),
+    // Build-index: `kraken.buildindex.v1.ReplicationService`.
+    (
+        "/kraken.buildindex.v1.ReplicationService/ListOrigins",
+        ORIGIN_LISTERS,
+    ),
     // Agent: `kraken.agent.v1.AgentService`.
     ("/kraken.agent.v1.AgentService/Preload", AGENT_READERS),
     ("/kraken.agent.v1.AgentService/Stat", AGENT_READERS),
@@ -107,8 +115,10 @@ pub const ACCESS: &[(&str, &[Role])] = &[
 ];
 
 /// What a certificate from a trusted *remote* cluster's CA may call here: replication, and
-/// nothing else. Its build-index asks whether we hold a tag and puts it; its origins upload
-/// a blob resumably to our owners, after asking who owns it and whether it is here already.
+/// nothing else. Its build-index asks whether we hold a tag and puts it; its origins ask our
+/// build-index for our origins, then upload a blob resumably to our owners, after asking who
+/// owns it and whether it is here already (and abort an upload of theirs: upload ids are
+/// unguessable, so only their own).
 /// Every entry is also in [`ACCESS`] for the same role, so a foreign caller never gets more
 /// than a local one would.
 pub const FOREIGN_ACCESS: &[(&str, &[Role])] = &[
@@ -121,8 +131,13 @@ pub const FOREIGN_ACCESS: &[(&str, &[Role])] = &[
         REMOTE_ORIGIN,
     ),
     ("/kraken.origin.v1.BlobService/CommitUpload", REMOTE_ORIGIN),
+    ("/kraken.origin.v1.BlobService/AbortUpload", REMOTE_ORIGIN),
     ("/kraken.origin.v1.BlobService/Stat", REMOTE_ORIGIN),
     ("/kraken.origin.v1.BlobService/Locations", REMOTE_ORIGIN),
+    (
+        "/kraken.buildindex.v1.ReplicationService/ListOrigins",
+        REMOTE_ORIGIN,
+    ),
 ];
 
 /// The roles that may call `path` (`/package.Service/Method`); `None` when the method is not

@@ -313,7 +313,7 @@ async fn every_method_admits_exactly_the_foreign_roles_in_the_foreign_table() {
                     "/kraken.buildindex.v1.TagService/Put"
                 ]
             ),
-            Role::Origin => assert_eq!(expected.len(), 6, "{expected:?}"),
+            Role::Origin => assert_eq!(expected.len(), 8, "{expected:?}"),
             // A foreign certificate never acts as an agent, tracker, proxy or client here.
             Role::Agent | Role::Tracker | Role::Proxy | Role::Client => {
                 assert!(expected.is_empty(), "a's {role} may call {expected:?}")

@@ -23,6 +23,8 @@ pub enum BuildIndexError {
     Origins(#[source] ClientError),
     #[error("opening the tag store")]
     Store(#[from] TagStoreError),
+    #[error("loading the CAs of `trusted_remotes`")]
+    Trust(#[source] Box<kraken_tls::TlsError>),
     #[error("a build-index task failed")]
     Task(#[source] tokio::task::JoinError),
 }

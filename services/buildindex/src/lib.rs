@@ -10,11 +10,16 @@
 //!
 //! Build-index must never acknowledge a tag that is not durable, never accept one whose
 //! dependencies it could not see on the origins, and never let a refused or failed write
-//! change what reads return. Replication to remote clusters is recorded durably (one task file
-//! per tag and remote) but not executed yet; neither is copying writes to `cluster` peers.
+//! change what reads return, nor move a tag back to an older version (every tag carries the
+//! version of its original push; an older put is superseded). Replication to remote clusters
+//! is recorded durably (one task file per tag and remote, the newest version kept) but not
+//! executed yet; neither is copying writes to `cluster` peers. Remote clusters listed under
+//! `trusted_remotes` may `Has` and `Put` the tags their rules allow and ask for our origins
+//! (`ReplicationService/ListOrigins`), nothing else.
 
 mod error;
 mod metrics;
+mod replication;
 mod server;
 mod service;
 mod store;
@@ -22,4 +27,4 @@ mod tags;
 
 pub use error::{BuildIndexError, TagError};
 pub use server::{BuildIndex, backends_from_config};
-pub use store::{TagRecord, TagStore, TagStoreError};
+pub use store::{PutOutcome, TagRecord, TagStore, TagStoreError};

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use kraken_backend::{BackendConfigError, Backends};
 use kraken_config::build_index::BuildIndexConfig;
 use kraken_originclient::OriginClusterClient;
+use kraken_proto::buildindex::v1::replication_service_server::ReplicationServiceServer;
 use kraken_proto::buildindex::v1::tag_service_server::TagServiceServer;
-use kraken_tls::TlsMaterial;
+use kraken_tls::{TlsMaterial, TrustDomains};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits};
 use kraken_transport::lifecycle::{SHUTDOWN_GRACE, drain};
 use tokio::net::TcpListener;
@@ -18,9 +19,10 @@ use tonic_health::server::HealthReporter;
 
 use crate::error::BuildIndexError;
 use crate::metrics as m;
+use crate::replication::ReplicationServiceImpl;
 use crate::service::TagServiceImpl;
 use crate::store::TagStore;
-use crate::tags::Tags;
+use crate::tags::{TagWriters, Tags};
 
 /// A running build-index. Stop it with [`BuildIndex::shutdown`]; dropping it only signals its
 /// server to stop.
@@ -42,7 +44,7 @@ pub fn backends_from_config(config: &BuildIndexConfig) -> Result<Backends, Backe
 
 impl BuildIndex {
     /// Opens the tag store under `config.tag_store.dir`, builds the tag backends and serves
-    /// `TagService`, gRPC health and reflection on `listener` with mutual TLS from `tls`.
+    /// `TagService`, `ReplicationService`, gRPC health and reflection on `listener` with mutual TLS from `tls`.
     pub async fn start(
         config: BuildIndexConfig,
         tls: TlsMaterial,
@@ -83,9 +85,18 @@ impl BuildIndex {
             backends,
             origins,
             config,
+            writers: TagWriters::new(),
+            task_writer: tokio::sync::Mutex::new(()),
         });
-        let server = GrpcServer::new(&tls, limits)?
-            .add_service(TagServiceServer::new(TagServiceImpl::new(tags.clone())));
+        // Remote clusters' build-indexes put replicated tags here and their origins ask for
+        // ours; their certificates are held to the foreign access table.
+        let domains = TrustDomains::load(&tls, &tags.config.trusted_remote_cas())
+            .map_err(|e| BuildIndexError::Trust(Box::new(e)))?;
+        let server = GrpcServer::with_trust(&tls, domains, limits)?
+            .add_service(TagServiceServer::new(TagServiceImpl::new(tags.clone())))
+            .add_service(ReplicationServiceServer::new(ReplicationServiceImpl::new(
+                tags.clone(),
+            )));
         let health = server.health();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(server.serve(listener, shutdown.clone().cancelled_owned()));
@@ -116,6 +127,9 @@ impl BuildIndex {
             .await;
         self.health
             .set_not_serving::<TagServiceServer<TagServiceImpl>>()
+            .await;
+        self.health
+            .set_not_serving::<ReplicationServiceServer<ReplicationServiceImpl>>()
             .await;
         self.shutdown.cancel();
         let result = match self.server.take() {

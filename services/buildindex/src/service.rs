@@ -17,6 +17,10 @@ use crate::error::TagError;
 use crate::metrics as m;
 use crate::tags::Tags;
 
+use kraken_tls::{Caller, Trust};
+
+use crate::store::PutOutcome;
+
 use kraken_proto::wire::{
     DEFAULT_TAG_PAGE_SIZE as DEFAULT_PAGE_SIZE, MAX_TAG_PAGE_SIZE as MAX_PAGE_SIZE,
 };
@@ -29,6 +33,28 @@ pub(crate) struct TagServiceImpl {
 impl TagServiceImpl {
     pub(crate) fn new(tags: Arc<Tags>) -> Self {
         Self { tags }
+    }
+}
+
+impl TagServiceImpl {
+    /// A remote cluster's build-index may put only the tags its `trusted_remotes` entry
+    /// lists.
+    fn check_foreign_put(&self, remote: &str, name: &TaggedName) -> Result<(), Status> {
+        let tag = name.to_string();
+        let allowed = self
+            .tags
+            .config
+            .trusted_remotes
+            .get(remote)
+            .is_some_and(|trusted| trusted.may_put(&tag));
+        if allowed {
+            return Ok(());
+        }
+        metrics::counter!(m::PUTS, "outcome" => "denied").increment(1);
+        Err(Status::permission_denied(format!(
+            "remote cluster `{remote}` may not put `{tag}`: not matched by \
+             trusted_remotes.{remote}.tags"
+        )))
     }
 }
 
@@ -51,20 +77,43 @@ fn page_size(requested: u32) -> usize {
 impl TagService for TagServiceImpl {
     #[tracing::instrument(skip_all, fields(tag = Empty, digest = Empty))]
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let name = parse_name("tag", &request.tag)?;
         let digest = parse_digest("digest", &request.digest).map_err(TagError::from)?;
         tracing::Span::current().record("digest", display(digest));
-        let result = self.tags.put(&name, digest, request.replicate).await;
+        if let Some(Caller {
+            trust: Trust::Remote(remote),
+            ..
+        }) = &caller
+        {
+            self.check_foreign_put(remote, &name)?;
+        }
+        let version = (request.version != 0).then_some(request.version);
+        let result = self
+            .tags
+            .put(&name, digest, request.replicate, version)
+            .await;
         let outcome = match &result {
-            Ok(()) => "accepted",
+            Ok(PutOutcome::Stored(_)) => "accepted",
+            Ok(PutOutcome::Superseded(_)) => "superseded",
             Err(TagError::Missing { .. }) => "missing_dependency",
             Err(_) => "failed",
         };
         metrics::counter!(m::PUTS, "outcome" => outcome).increment(1);
-        result?;
-        tracing::info!(replicate = request.replicate, "tag put");
-        Ok(Response::new(PutResponse {}))
+        let outcome = result?;
+        let superseded = matches!(outcome, PutOutcome::Superseded(_));
+        let version = outcome.record().version;
+        tracing::info!(
+            replicate = request.replicate,
+            version,
+            superseded,
+            "tag put"
+        );
+        Ok(Response::new(PutResponse {
+            superseded,
+            version,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(tag = Empty))]
@@ -81,8 +130,14 @@ impl TagService for TagServiceImpl {
     #[tracing::instrument(skip_all, fields(tag = Empty))]
     async fn has(&self, request: Request<HasRequest>) -> Result<Response<HasResponse>, Status> {
         let name = parse_name("tag", &request.get_ref().tag)?;
-        let exists = self.tags.get(&name).await?.is_some();
-        Ok(Response::new(HasResponse { exists }))
+        Ok(Response::new(match self.tags.get(&name).await? {
+            Some(record) => HasResponse {
+                exists: true,
+                digest: record.digest.to_string(),
+                version: record.version,
+            },
+            None => HasResponse::default(),
+        }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -144,7 +199,7 @@ impl TagService for TagServiceImpl {
             .get(&name)
             .await?
             .ok_or_else(|| TagError::NotFound(name.to_string()))?;
-        let remotes = self.tags.record_replication(&name, &record.digest).await?;
+        let remotes = self.tags.record_replication(&name, &record).await?;
         Ok(Response::new(ReplicateResponse { remotes }))
     }
 }

@@ -5,15 +5,21 @@
 //! `write_through` is on), then on local disk. A failure at any step leaves both as they were,
 //! so a refused or failed `Put` never changes what `Get` answers.
 //!
+//! Puts of one tag run one at a time (a lock per tag, striped): the version is taken, the
+//! backend written, the local store written and the replication task recorded in that order
+//! with no other write of the tag in between, so the store, the backend and the task always
+//! name the same version. A put older than the stored version is superseded and changes
+//! nothing.
+//!
 //! Backend layout: the [`Backend`](kraken_backend::Backend) trait stores blobs by namespace and
 //! digest, so a tag is stored in its repository's namespace under the sha256 of its full name
 //! (`repo:tag`), with a JSON record naming the tag (so a listing could rebuild the index). Use
 //! a backend (or root) of its own for tags: nothing but build-index should read these keys.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kraken_backend::{BackendError, Backends, UploadSource};
 use kraken_config::build_index::{BuildIndexConfig, TagType};
@@ -25,7 +31,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::TagError;
 use crate::metrics as m;
-use crate::store::{TagRecord, TagStore, TagStoreError, write_atomically};
+use crate::store::{PutOutcome, TagRecord, TagStore, TagStoreError, now_ms, write_atomically};
 
 /// A tag record in a backend is a few hundred bytes; anything larger is not ours.
 const MAX_BACKEND_RECORD: u64 = 64 << 10;
@@ -35,6 +41,9 @@ const MAX_BACKEND_RECORD: u64 = 64 << 10;
 struct BackendRecord {
     tag: TaggedName,
     digest: Digest,
+    /// The tag's version; 0 in records written before versions.
+    #[serde(default)]
+    version: u64,
 }
 
 /// Everything a tag call needs.
@@ -44,17 +53,53 @@ pub(crate) struct Tags {
     pub(crate) backends: Backends,
     pub(crate) origins: OriginClusterClient,
     pub(crate) config: BuildIndexConfig,
+    /// One writer per tag (striped): see the module doc.
+    pub(crate) writers: TagWriters,
+    /// Task files are read, compared and replaced under this lock, so the newer version of
+    /// two racing records stays.
+    pub(crate) task_writer: tokio::sync::Mutex<()>,
+}
+
+/// Locks serializing the writes of one tag; tags share a lock only by hash collision.
+#[derive(Debug)]
+pub(crate) struct TagWriters(Vec<tokio::sync::Mutex<()>>);
+
+impl TagWriters {
+    /// Enough stripes that unrelated tags rarely wait on each other.
+    const STRIPES: usize = 256;
+
+    pub(crate) fn new() -> Self {
+        Self(
+            (0..Self::STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        )
+    }
+
+    async fn lock(&self, name: &TaggedName) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut hasher = DefaultHasher::new();
+        name.to_string().hash(&mut hasher);
+        let stripe = (hasher.finish() % Self::STRIPES as u64) as usize;
+        self.0[stripe].lock().await
+    }
 }
 
 impl Tags {
-    /// Points `name` at `digest` once every dependency is on the origins. With `replicate`,
-    /// also records a replication task per matching remote.
+    /// Points `name` at `digest` once every dependency is on the origins. `version` is the
+    /// original push's (a replicated put); `None` assigns a new one. With `replicate`, also
+    /// records a replication task per matching remote.
     pub(crate) async fn put(
         self: &Arc<Self>,
         name: &TaggedName,
         digest: Digest,
         replicate: bool,
-    ) -> Result<(), TagError> {
+        version: Option<u64>,
+    ) -> Result<PutOutcome, TagError> {
+        // A late replicated put is answered before its dependencies are looked for: they may
+        // be long gone, and the answer would not change.
+        if let Some(superseded) = self.superseded(name, &digest, version) {
+            return Ok(superseded);
+        }
         let started = std::time::Instant::now();
         let kind = match self.config.tag_type_for(name.repository.as_str()) {
             TagType::Docker => TargetKind::Manifest,
@@ -66,31 +111,59 @@ impl Tags {
         metrics::histogram!(m::DEPENDENCY_CHECK_SECONDS).record(started.elapsed().as_secs_f64());
         let dependencies = checked?;
         tracing::debug!(dependencies, "every dependency is on the origins");
+
+        let _writer = self.writers.lock(name).await;
+        if let Some(superseded) = self.superseded(name, &digest, version) {
+            return Ok(superseded);
+        }
         let record = TagRecord {
             digest,
             replicate,
             updated_unix_ms: now_ms(),
+            version: version.unwrap_or_else(|| self.store.next_version(name)),
         };
         let write_through = self.config.tag_store.write_through;
         if write_through && !self.backends.is_empty() {
-            self.write_backend(name, &digest).await?;
+            self.write_backend(name, &record).await?;
         }
-        self.store.put(name, record).await?;
+        let outcome = self.store.put_versioned(name, record).await?;
+        let PutOutcome::Stored(record) = &outcome else {
+            // Only a restore from the backend can get in: a newer record another host wrote.
+            return Ok(outcome);
+        };
         if !write_through && !self.backends.is_empty() {
             // Not durable in the backend until this succeeds: without a retry queue (not
             // built yet), a failure is only logged; the local copy still serves the tag.
-            let (tags, name) = (Arc::clone(self), name.clone());
+            let (tags, name, record) = (Arc::clone(self), name.clone(), record.clone());
             tokio::spawn(async move {
-                if let Err(error) = tags.write_backend(&name, &digest).await {
+                if let Err(error) = tags.write_backend(&name, &record).await {
                     tracing::error!(tag = %name, %error, "background write of the tag to its backend failed");
                 }
             });
         }
         metrics::gauge!(m::TAGS).set(self.store.len() as f64);
         if replicate {
-            self.record_replication(name, &digest).await?;
+            self.record_replication(name, record).await?;
         }
-        Ok(())
+        Ok(outcome)
+    }
+
+    /// `Superseded` when a put of `digest` at `version` would lose to the stored record.
+    fn superseded(
+        &self,
+        name: &TaggedName,
+        digest: &Digest,
+        version: Option<u64>,
+    ) -> Option<PutOutcome> {
+        let version = version?;
+        let current = self.store.get(name)?;
+        let offered = TagRecord {
+            digest: *digest,
+            replicate: false,
+            updated_unix_ms: 0,
+            version,
+        };
+        (!offered.supersedes(&current)).then_some(PutOutcome::Superseded(current))
     }
 
     /// The tag's record: from the local store, else from the backend (then kept locally, so a
@@ -104,56 +177,74 @@ impl Tags {
             metrics::counter!(m::LOOKUPS, "source" => "none").increment(1);
             return Ok(None);
         }
-        let Some(digest) = self.read_backend(name).await? else {
+        let Some(stored) = self.read_backend(name).await? else {
             metrics::counter!(m::LOOKUPS, "source" => "none").increment(1);
             return Ok(None);
         };
         metrics::counter!(m::LOOKUPS, "source" => "backend").increment(1);
+        // The backend's version is kept: the record is as old as its push, not as its
+        // recovery, so a replicated put of a newer push still wins over it.
         let record = TagRecord {
-            digest,
+            digest: stored.digest,
             replicate: false,
             updated_unix_ms: now_ms(),
+            version: stored.version,
         };
-        self.store.put(name, record.clone()).await?;
-        Ok(Some(record))
+        // A put that raced this restore wins.
+        let outcome = self.store.put_versioned(name, record).await?;
+        Ok(Some(outcome.record().clone()))
     }
 
-    /// Writes a replication task for every remote whose rules match the tag; returns them.
-    /// Executing the tasks (copying blobs and the tag to the remote cluster) is not built yet:
-    /// the records wait on disk for it.
+    /// Writes a replication task for every remote whose rules match the tag, unless the task
+    /// on disk is for a newer version; returns the remotes. Executing the tasks (copying blobs
+    /// and the tag to the remote cluster) is not built yet: the records wait on disk for it.
     pub(crate) async fn record_replication(
         &self,
         name: &TaggedName,
-        digest: &Digest,
+        record: &TagRecord,
     ) -> Result<Vec<String>, TagError> {
         let full = name.to_string();
         let remotes: Vec<String> = self.config.remotes_for(&full).map(str::to_owned).collect();
+        let _writer = self.task_writer.lock().await;
         for remote in &remotes {
             let task = serde_json::json!({
                 "tag": full,
-                "digest": digest.to_string(),
+                "digest": record.digest.to_string(),
                 "remote": remote,
+                "version": record.version,
                 "created_unix_ms": now_ms(),
             });
             let body = serde_json::to_vec(&task)
                 .map_err(|error| TagStoreError::Encode(full.clone(), error))?;
             let file = Digest::of(format!("{full}\n{remote}").as_bytes()).hex();
             let dir: PathBuf = self.config.replication.dir.clone();
-            tokio::task::spawn_blocking(move || write_atomically(&dir, &file, &body))
-                .await
-                .map_err(TagStoreError::Task)??;
-            metrics::counter!(m::REPLICATION_TASKS).increment(1);
-            tracing::info!(tag = %full, remote, "replication task recorded");
+            let written = tokio::task::spawn_blocking(move || {
+                if task_version(&dir.join(&file))
+                    .is_some_and(|on_disk| on_disk > record_version(&task))
+                {
+                    return Ok(false);
+                }
+                write_atomically(&dir, &file, &body).map(|()| true)
+            })
+            .await
+            .map_err(TagStoreError::Task)??;
+            if written {
+                metrics::counter!(m::REPLICATION_TASKS).increment(1);
+                tracing::info!(tag = %full, remote, version = record.version, "replication task recorded");
+            } else {
+                tracing::info!(tag = %full, remote, "a task for a newer version is pending; kept");
+            }
         }
         Ok(remotes)
     }
 
-    async fn write_backend(&self, name: &TaggedName, digest: &Digest) -> Result<(), TagError> {
+    async fn write_backend(&self, name: &TaggedName, record: &TagRecord) -> Result<(), TagError> {
         let namespace = &name.repository;
         let backend = self.backends.backend_for(namespace)?;
         let body = serde_json::to_vec(&BackendRecord {
             tag: name.clone(),
-            digest: *digest,
+            digest: record.digest,
+            version: record.version,
         })
         .map_err(|error| TagStoreError::Encode(name.to_string(), error))?;
         let size = body.len() as u64;
@@ -168,7 +259,7 @@ impl Tags {
             .map_err(TagError::Backend)
     }
 
-    async fn read_backend(&self, name: &TaggedName) -> Result<Option<Digest>, TagError> {
+    async fn read_backend(&self, name: &TaggedName) -> Result<Option<BackendRecord>, TagError> {
         let namespace: &Namespace = &name.repository;
         let backend = self.backends.backend_for(namespace)?;
         let blob = match backend.download(namespace, &backend_key(name)).await {
@@ -196,7 +287,7 @@ impl Tags {
                 record.tag
             )));
         }
-        Ok(Some(record.digest))
+        Ok(Some(record))
     }
 }
 
@@ -205,8 +296,15 @@ fn backend_key(name: &TaggedName) -> Digest {
     Digest::of(name.to_string().as_bytes())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+/// The version in a task's JSON (0 when absent: tasks from before versions).
+fn record_version(task: &serde_json::Value) -> u64 {
+    task["version"].as_u64().unwrap_or(0)
+}
+
+/// The version of the task file at `path`, `None` when there is none or it is unreadable
+/// (then it is replaced). Blocking.
+fn task_version(path: &std::path::Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let task: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some(record_version(&task))
 }

@@ -13,16 +13,23 @@ use bytes::Bytes;
 use kraken_backend::{Backend, Backends, FsBackend};
 use kraken_buildindex::BuildIndex;
 use kraken_config::Pattern;
-use kraken_config::build_index::{BuildIndexConfig, TagType, TagTypeRule};
+use kraken_config::build_index::{BuildIndexConfig, BuildIndexRemote, TagType, TagTypeRule};
 use kraken_config::cluster::UpstreamConfig;
+use kraken_config::remote::{RemoteTlsSection, TrustedBuildIndexRemote};
 use kraken_core::{Digest, Namespace};
 use kraken_devcluster::DevCluster;
 use kraken_oci::TaggedName;
 use kraken_oci::media_type::{
     DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
 };
+use kraken_proto::buildindex::v1::replication_service_client::ReplicationServiceClient;
+use kraken_proto::buildindex::v1::tag_service_client::TagServiceClient;
+use kraken_proto::buildindex::v1::{
+    GetRequest, HasRequest, ListOriginsRequest, ListRequest, PutRequest, PutResponse,
+};
 use kraken_tagclient::TagClient;
 use kraken_tls::Role;
+use kraken_tls::TlsMaterial;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -66,9 +73,17 @@ impl Fixture {
                 tag_type: TagType::Default,
             },
         );
+        // Tasks are only recorded in this step: the remote's CA is never read.
         config.remotes.insert(
-            "127.0.0.1:25004".into(),
-            vec![Pattern::new("^release/").unwrap()],
+            "b".into(),
+            BuildIndexRemote {
+                build_index: UpstreamConfig::of(["127.0.0.1:25004"]),
+                tags: vec![Pattern::new("^release/").unwrap()],
+                tls: RemoteTlsSection {
+                    ca: dir.path().join("cluster-b-ca.pem"),
+                    ..RemoteTlsSection::default()
+                },
+            },
         );
         let tag_backend = dir.path().join("tag-backend");
         let mut fixture = Self {
@@ -396,11 +411,13 @@ async fn replicate_records_a_durable_task_per_matching_remote() {
     let task: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&tasks[0]).unwrap()).unwrap();
     assert_eq!(task["tag"], "release/app:1");
-    assert_eq!(task["remote"], "127.0.0.1:25004");
+    assert_eq!(task["remote"], "b");
+    let version = task["version"].as_u64().unwrap();
+    assert!(version > 0, "the task carries the tag's version: {task}");
     assert_eq!(task["digest"], release.to_string());
     assert_eq!(
         client.replicate(&tag("release/app:1")).await.unwrap(),
-        ["127.0.0.1:25004"]
+        ["b"]
     );
     let error = client.replicate(&tag("release/app:2")).await.unwrap_err();
     assert_eq!(error.code(), Some(Code::NotFound));
@@ -419,11 +436,11 @@ async fn bad_requests_and_roles_are_refused_with_precise_codes() {
     .unwrap();
     let mut raw =
         kraken_proto::buildindex::v1::tag_service_client::TagServiceClient::new(channel.clone());
-    use kraken_proto::buildindex::v1::{GetRequest, ListRepositoryRequest, PutRequest};
+    use kraken_proto::buildindex::v1::ListRepositoryRequest;
     let put = |tag: &str, digest: &str| PutRequest {
         tag: tag.into(),
         digest: digest.into(),
-        replicate: false,
+        ..PutRequest::default()
     };
     let good = Digest::of(b"x").to_string();
     for (request, expected) in [
@@ -475,5 +492,267 @@ async fn bad_requests_and_roles_are_refused_with_precise_codes() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     let _ = &fixture.dir;
+    fixture.stop().await;
+}
+
+impl Fixture {
+    /// A `TagService` client over mTLS presenting `tls`.
+    fn raw(&self, tls: &TlsMaterial) -> TagServiceClient<tonic::transport::Channel> {
+        TagServiceClient::new(
+            kraken_transport::grpc::channel(tls, &self.addr(), None, Role::BuildIndex).unwrap(),
+        )
+    }
+}
+
+fn versioned(tag: &str, digest: &Digest, version: u64) -> PutRequest {
+    PutRequest {
+        tag: tag.into(),
+        digest: digest.to_string(),
+        replicate: false,
+        version,
+    }
+}
+
+#[tokio::test]
+async fn versions_are_kept_and_an_older_put_is_superseded() {
+    let mut fixture = Fixture::start().await;
+    let mut raw = fixture.raw(&fixture.cluster.tls(Role::BuildIndex).unwrap());
+    let first = fixture.push("blobs/v", b"first".to_vec()).await;
+    let second = fixture.push("blobs/v", b"second".to_vec()).await;
+    let has = |raw: &mut TagServiceClient<_>| {
+        let mut raw = raw.clone();
+        async move {
+            raw.has(HasRequest {
+                tag: "blobs/v:1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let missing = has(&mut raw).await;
+    assert!(!missing.exists && missing.digest.is_empty(), "{missing:?}");
+
+    // A push gets a version here.
+    let PutResponse {
+        superseded,
+        version,
+    } = raw
+        .put(versioned("blobs/v:1", &first, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!superseded && version > 0);
+    let held = has(&mut raw).await;
+    assert!(held.exists);
+    assert_eq!(held.digest, first.to_string(), "Has names the digest");
+    assert_eq!(held.version, version);
+
+    // An older replicated put is acknowledged as superseded and changes nothing.
+    let older = raw
+        .put(versioned("blobs/v:1", &second, version - 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(older.superseded);
+    assert_eq!(older.version, version);
+    assert_eq!(has(&mut raw).await.digest, first.to_string());
+    // Even one whose blobs are not here: a late put is answered before any lookup.
+    let gone = Digest::of(b"never pushed");
+    assert!(
+        raw.put(versioned("blobs/v:1", &gone, 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .superseded
+    );
+
+    // A newer one is stored with the version it carries (a replica keeps the original's).
+    let newer = version + 5_000;
+    let stored = raw
+        .put(versioned("blobs/v:1", &second, newer))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stored.superseded);
+    assert_eq!(stored.version, newer);
+    assert_eq!(has(&mut raw).await.digest, second.to_string());
+    // A local push after it gets a later version, whatever the clock says.
+    let local = raw
+        .put(versioned("blobs/v:1", &first, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(local.version > newer, "{local:?}");
+
+    // Restored from the backend after the disk is lost, the tag keeps its version.
+    std::fs::remove_dir_all(&fixture.config.tag_store.dir).unwrap();
+    fixture.restart().await;
+    let mut raw = fixture.raw(&fixture.cluster.tls(Role::BuildIndex).unwrap());
+    let restored = has(&mut raw).await;
+    assert_eq!(restored.digest, first.to_string());
+    assert_eq!(restored.version, local.version);
+    let older = raw
+        .put(versioned("blobs/v:1", &second, newer))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(older.superseded, "the restored tag is no newer than it was");
+    fixture.stop().await;
+}
+
+#[tokio::test]
+async fn list_origins_names_the_local_origins() {
+    let fixture = Fixture::start().await;
+    let channel = |role| {
+        kraken_transport::grpc::channel(
+            &fixture.cluster.tls(role).unwrap(),
+            &fixture.addr(),
+            None,
+            Role::BuildIndex,
+        )
+        .unwrap()
+    };
+    let mut client = ReplicationServiceClient::new(channel(Role::Origin));
+    let mut origins = client
+        .list_origins(ListOriginsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .origins;
+    origins.sort();
+    let mut expected = fixture.config.origin.hosts.static_hosts.clone();
+    expected.sort();
+    assert_eq!(origins, expected);
+    assert_eq!(origins.len(), 3);
+    // Not something an agent needs.
+    let status = ReplicationServiceClient::new(channel(Role::Agent))
+        .list_origins(ListOriginsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    fixture.stop().await;
+}
+
+#[tokio::test]
+async fn a_foreign_build_index_may_has_and_put_only_the_tags_its_rules_allow() {
+    let mut fixture = Fixture::start().await;
+    // Cluster `a`, with its own CA, replicates release tags here.
+    let a = kraken_tls::generate_dev_pki(
+        &fixture.dir.path().join("cluster-a"),
+        &kraken_tls::DevPkiOptions::default(),
+    )
+    .unwrap();
+    fixture.config.trusted_remotes.insert(
+        "a".into(),
+        TrustedBuildIndexRemote {
+            ca: a.ca_cert_path(),
+            tags: vec![Pattern::new("^release/").unwrap()],
+        },
+    );
+    fixture.restart().await;
+    let ours = fixture.cluster.pki.ca_cert_path();
+    let from_a = |role| TlsMaterial::load_for_remote(&a.tls_config(role), &ours).unwrap();
+    let mut remote = fixture.raw(&from_a(Role::BuildIndex));
+
+    let (release, _) = fixture.image("release/app", "rel", &[(10, true)]).await;
+    let has = remote
+        .has(HasRequest {
+            tag: "release/app:1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!has.exists);
+    let put = remote
+        .put(PutRequest {
+            replicate: true,
+            ..versioned("release/app:1", &release, 1_700_000_000_000)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(put.version, 1_700_000_000_000, "a's version is kept");
+    let has = remote
+        .has(HasRequest {
+            tag: "release/app:1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(has.digest, release.to_string());
+    // A local reader sees the replicated tag.
+    assert_eq!(
+        fixture
+            .client(Role::Agent)
+            .get(&tag("release/app:1"))
+            .await
+            .unwrap(),
+        Some(release)
+    );
+
+    // A tag outside a's rules is refused, and nothing is written.
+    let digest = fixture.push("blobs/x", b"x".to_vec()).await;
+    let status = remote
+        .put(versioned("blobs/x:1", &digest, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("trusted_remotes.a.tags"),
+        "{status:?}"
+    );
+    assert_eq!(
+        fixture
+            .client(Role::Agent)
+            .get(&tag("blobs/x:1"))
+            .await
+            .unwrap(),
+        None
+    );
+    // Nothing outside replication, whatever the role: not even a read.
+    let status = remote
+        .get(GetRequest {
+            tag: "release/app:1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("remote cluster `a`"),
+        "{status:?}"
+    );
+    let status = remote.list(ListRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = fixture
+        .raw(&from_a(Role::Client))
+        .has(HasRequest {
+            tag: "release/app:1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "a's client: {status:?}"
+    );
+
+    // a's origins may ask for ours (before uploading a replicated blob), not its build-index.
+    let channel = |role| {
+        kraken_transport::grpc::channel(&from_a(role), &fixture.addr(), None, Role::BuildIndex)
+            .unwrap()
+    };
+    let origins = ReplicationServiceClient::new(channel(Role::Origin))
+        .list_origins(ListOriginsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .origins;
+    assert_eq!(origins.len(), 3);
+    let status = ReplicationServiceClient::new(channel(Role::BuildIndex))
+        .list_origins(ListOriginsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
     fixture.stop().await;
 }

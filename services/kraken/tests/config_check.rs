@@ -278,3 +278,63 @@ fn missing_secret_files_are_named_with_their_keys() {
         "the secret is never printed"
     );
 }
+
+#[test]
+fn remote_clusters_files_are_named_with_their_keys() {
+    let dir = with_certs();
+    let other = dir.path().join("cluster-b");
+    let build_index = dir.path().join("build-index.yaml");
+    let write = |trusted_ca: &Path| {
+        std::fs::write(
+            &build_index,
+            format!(
+                "extends: {}\nremotes:\n  b:\n    build_index: {{hosts: {{static: [b:15004]}}}}\n    \
+                 tags: [.*]\n    tls: {{ca: {}}}\ntrusted_remotes:\n  b:\n    ca: {}\n",
+                example("build-index").display(),
+                other.join("ca.pem").display(),
+                trusted_ca.display(),
+            ),
+        )
+        .unwrap();
+    };
+    write(&other.join("ca.pem"));
+    let checked = || {
+        kraken(
+            &["config", "check", build_index.to_str().unwrap()],
+            dir.path(),
+            &[],
+        )
+    };
+    let out = checked();
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    for key in ["remotes.b.tls.ca", "trusted_remotes.b.ca"] {
+        assert!(
+            text.contains(&format!(
+                "{}: {key}: cannot read {}: no such file",
+                build_index.display(),
+                other.join("ca.pem").display()
+            )),
+            "{key}: {text}"
+        );
+    }
+
+    // Our own CA listed as a remote's could not be told from ours: refused before start.
+    write(&dir.path().join("certs/ca.pem"));
+    let out = Command::new(env!("CARGO_BIN_EXE_kraken"))
+        .arg("certs")
+        .arg("--out")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = checked();
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(text.contains(": trusted_remotes: "), "{text}");
+
+    // With the remote cluster's own CA, the same file passes.
+    write(&other.join("ca.pem"));
+    let out = checked();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -127,6 +127,8 @@ pub enum OriginError {
     Cluster(#[source] ClusterError),
     #[error("the gRPC server failed")]
     Grpc(#[source] GrpcError),
+    #[error("cannot load the CAs of `trusted_remotes`")]
+    Trust(#[source] Box<kraken_tls::TlsError>),
     #[error("a background task failed")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -175,6 +177,7 @@ impl OriginError {
             | Self::Transport(_)
             | Self::Advertise(_)
             | Self::Grpc(_)
+            | Self::Trust(_)
             | Self::Task(_) => Code::Internal,
         }
     }

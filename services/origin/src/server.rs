@@ -11,7 +11,7 @@ use kraken_proto::origin::v1::blob_service_server::BlobServiceServer;
 use kraken_scheduler::core::RevealOrder;
 use kraken_scheduler::{DriverConfig, RevealPolicy, Scheduler, SwarmMember};
 use kraken_store::{BlobStore, CommitOptions};
-use kraken_tls::{Role, TlsMaterial};
+use kraken_tls::{Role, TlsMaterial, TrustDomains};
 use kraken_transport::advertise::{ADVERTISE_PATIENCE, advertise_ip, resolve_upstreams};
 use kraken_transport::cluster::{HostPool, PoolOptions};
 use kraken_transport::grpc::{GrpcError, GrpcServer, GrpcServerLimits, host_of};
@@ -94,8 +94,13 @@ impl Origin {
                 what: "gRPC",
                 source,
             })?;
-        let server = GrpcServer::new(&tls, GrpcServerLimits::from(&config.limits.grpc))
-            .map_err(OriginError::Grpc)?;
+        // Remote clusters' origins upload here when they replicate; their certificates are
+        // held to the foreign access table.
+        let domains = TrustDomains::load(&tls, &config.trusted_remote_cas())
+            .map_err(|e| OriginError::Trust(Box::new(e)))?;
+        let server =
+            GrpcServer::with_trust(&tls, domains, GrpcServerLimits::from(&config.limits.grpc))
+                .map_err(OriginError::Grpc)?;
 
         let store = BlobStore::open(config.store.clone())
             .await
@@ -183,6 +188,7 @@ impl Origin {
             cluster,
             max_replica: config.hashring.max_replica,
             scheduler: scheduler.clone(),
+            remotes: config.remotes.keys().cloned().collect(),
         });
         let server = server.add_service(BlobServiceServer::new(OriginService::new(shared.clone())));
         let health = server.health();

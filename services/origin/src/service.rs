@@ -57,6 +57,9 @@ pub(crate) struct Shared {
     pub(crate) cluster: HostPool,
     pub(crate) max_replica: usize,
     pub(crate) scheduler: Scheduler,
+    /// Names of the remote clusters under `remotes:`, the only ones `ReplicateToRemote` may
+    /// name.
+    pub(crate) remotes: Vec<String>,
 }
 
 /// The `BlobService` implementation.
@@ -475,11 +478,27 @@ impl BlobService for OriginService {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(digest = Empty, namespace = Empty, remote = %request.get_ref().remote_cluster))]
     async fn replicate_to_remote(
         &self,
-        _request: Request<ReplicateToRemoteRequest>,
+        request: Request<ReplicateToRemoteRequest>,
     ) -> Result<Response<ReplicateToRemoteResponse>, Status> {
+        let request = request.get_ref();
+        blob_ref(&request.namespace, &request.digest)?;
+        // A name, never an address: an origin only ever dials the clusters it is configured
+        // for, with the TLS configured for each.
+        if !self.shared.remotes.contains(&request.remote_cluster) {
+            return Err(OriginError::InvalidRequest(format!(
+                "field `remote_cluster`: `{}` is not a remote of this origin (configured: {})",
+                request.remote_cluster,
+                if self.shared.remotes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.shared.remotes.join(", ")
+                }
+            ))
+            .into());
+        }
         Err(OriginError::Unimplemented(
             "ReplicateToRemote is not implemented yet: cross-cluster replication arrives with \
              the build-index work",

@@ -1007,16 +1007,23 @@ async fn duplicates_are_stored_and_remote_replication_is_unimplemented() {
         "a replica does not write back (yet)"
     );
 
+    // A remote is named, never addressed: a name this origin was not configured with is
+    // refused before anything is dialed.
     let status = raw
         .replicate_to_remote(ReplicateToRemoteRequest {
             namespace: namespace.to_string(),
             digest: digest.to_string(),
-            remote: "remote-origin:15002".into(),
+            remote_cluster: "remote-origin:15002".into(),
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(status.message().contains("build-index"), "{status:?}");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("`remote-origin:15002` is not a remote of this origin (configured: none)"),
+        "{status:?}"
+    );
     origin.stop().await;
 }
 

@@ -126,6 +126,8 @@ impl TagClient {
             tag: name.to_string(),
             digest: digest.to_string(),
             replicate,
+            // The build-index assigns the version of a new push.
+            version: 0,
         };
         self.call(PUT_TIMEOUT, |mut client| {
             let request = request.clone();

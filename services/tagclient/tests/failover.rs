@@ -45,8 +45,11 @@ impl TagService for Canned {
     }
 
     async fn has(&self, request: Request<HasRequest>) -> Result<Response<HasResponse>, Status> {
+        let digest = self.tags.get(&request.into_inner().tag);
         Ok(Response::new(HasResponse {
-            exists: self.tags.contains_key(&request.into_inner().tag),
+            exists: digest.is_some(),
+            digest: digest.cloned().unwrap_or_default(),
+            version: 0,
         }))
     }
 

@@ -1,6 +1,7 @@
 //! What a component needs from the machine before it can serve, checked without starting it: the
 //! `tls:` files are readable and load as mutual-TLS material, every secret or CA file it names
-//! (`*_file`, a registry backend's `ca`) is readable, and every directory it writes to is a
+//! (`*_file`, a registry backend's `ca`) is readable, each remote cluster's TLS (`remotes.*.tls`)
+//! loads as material to dial it and the `trusted_remotes` CAs load as trust domains, and every directory it writes to is a
 //! writable directory or can be created. `kraken config check` runs these checks and every
 //! component runs them at start, so the two fail on the same things with the same messages.
 //!
@@ -18,9 +19,10 @@ use kraken_config::backend::{AuthConfig, BackendConfig, BackendKind};
 use kraken_config::build_index::BuildIndexConfig;
 use kraken_config::origin::OriginConfig;
 use kraken_config::proxy::ProxyConfig;
+use kraken_config::remote::RemoteTlsSection;
 use kraken_config::tls::TlsSection;
 use kraken_config::tracker::{PeerStoreBackend, TrackerConfig};
-use kraken_tls::{TlsConfig, TlsMaterial};
+use kraken_tls::{TlsConfig, TlsMaterial, TrustDomains};
 
 /// What a component reads and writes on this machine, each with the config key that names it.
 #[derive(Debug, Default)]
@@ -29,6 +31,10 @@ pub(crate) struct Needs<'a> {
     /// Files read at start or on first use: secrets and extra CAs.
     files: Vec<(String, PathBuf)>,
     dirs: Vec<(String, PathBuf)>,
+    /// `remotes.<name>.tls` of each remote cluster, by name.
+    remotes: Vec<(&'a str, &'a RemoteTlsSection)>,
+    /// `trusted_remotes.<name>.ca`, by name.
+    trusted: Vec<(String, PathBuf)>,
 }
 
 /// One thing that would make the component fail at start.
@@ -62,6 +68,7 @@ impl<'a> Needs<'a> {
             tls: Some(&config.tls),
             files: registry_tls_files(&config.registry_tls),
             dirs: vec![("store.dir".to_owned(), config.store.dir.clone())],
+            ..Self::default()
         }
     }
 
@@ -78,6 +85,12 @@ impl<'a> Needs<'a> {
             tls: Some(&config.tls),
             files: secret_files(&config.backends, &config.auth),
             dirs,
+            remotes: config
+                .remotes
+                .iter()
+                .map(|(name, remote)| (name.as_str(), &remote.tls))
+                .collect(),
+            trusted: config.trusted_remote_cas(),
         }
     }
 
@@ -92,7 +105,7 @@ impl<'a> Needs<'a> {
         Self {
             tls: Some(&config.tls),
             files,
-            dirs: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -109,6 +122,7 @@ impl<'a> Needs<'a> {
             tls: Some(&config.tls),
             files,
             dirs: vec![("store.dir".to_owned(), config.store.dir.clone())],
+            ..Self::default()
         }
     }
 
@@ -122,6 +136,12 @@ impl<'a> Needs<'a> {
             tls: Some(&config.tls),
             files: secret_files(&config.backends, &config.auth),
             dirs,
+            remotes: config
+                .remotes
+                .iter()
+                .map(|(name, remote)| (name.as_str(), &remote.tls))
+                .collect(),
+            trusted: config.trusted_remote_cas(),
         }
     }
 
@@ -129,7 +149,10 @@ impl<'a> Needs<'a> {
     pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         if let Some(tls) = self.tls {
-            problems.extend(tls_problems(tls));
+            let own = tls_problems(tls);
+            let own_usable = own.is_empty();
+            problems.extend(own);
+            problems.extend(self.remote_problems(tls, own_usable));
         }
         for (key, path) in &self.files {
             if let Err(error) = fs::read(path) {
@@ -144,6 +167,69 @@ impl<'a> Needs<'a> {
                 problems.push(Problem {
                     key: key.clone(),
                     what,
+                });
+            }
+        }
+        problems
+    }
+
+    /// The remote clusters' files must be readable and, once our own TLS loads (`own_usable`),
+    /// load as what the component builds from them at start.
+    fn remote_problems(&self, own: &TlsSection, own_usable: bool) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (name, remote) in &self.remotes {
+            let prefix = format!("remotes.{name}.tls");
+            let mut readable = true;
+            let files = [
+                ("ca", Some(&remote.ca)),
+                ("cert", remote.cert.as_ref()),
+                ("key", remote.key.as_ref()),
+            ];
+            for (key, path) in files {
+                let Some(path) = path else { continue };
+                if let Err(problem) = readable_file(format!("{prefix}.{key}"), path) {
+                    problems.push(problem);
+                    readable = false;
+                }
+            }
+            let (Some(identity), Some(own_ca), true, true) =
+                (remote.identity(own), &own.ca, readable, own_usable)
+            else {
+                continue;
+            };
+            let config = TlsConfig {
+                ca: own_ca.clone(),
+                cert: identity.0.to_owned(),
+                key: identity.1.to_owned(),
+            };
+            if let Err(error) = TlsMaterial::load_for_remote(&config, &remote.ca) {
+                problems.push(Problem {
+                    key: prefix,
+                    what: kraken_core::error_chain(&error),
+                });
+            }
+        }
+        let mut readable = true;
+        for (name, ca) in &self.trusted {
+            if let Err(problem) = readable_file(format!("trusted_remotes.{name}.ca"), ca) {
+                problems.push(problem);
+                readable = false;
+            }
+        }
+        if readable && own_usable && !self.trusted.is_empty() {
+            let (Some(ca), Some(cert), Some(key)) = (&own.ca, &own.cert, &own.key) else {
+                return problems;
+            };
+            let loaded = TlsMaterial::load(&TlsConfig {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .and_then(|material| TrustDomains::load(&material, &self.trusted));
+            if let Err(error) = loaded {
+                problems.push(Problem {
+                    key: "trusted_remotes".to_owned(),
+                    what: kraken_core::error_chain(&error),
                 });
             }
         }
@@ -275,6 +361,14 @@ fn tls_problems(section: &TlsSection) -> Vec<Problem> {
         });
     }
     problems
+}
+
+/// `path` (named by `key`) can be read.
+fn readable_file(key: String, path: &Path) -> Result<(), Problem> {
+    fs::read(path).map(drop).map_err(|error| Problem {
+        key,
+        what: format!("cannot read {}: {}", path.display(), describe(&error)),
+    })
 }
 
 fn describe(error: &io::Error) -> String {
