@@ -96,3 +96,28 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     );
     stdout
 }
+
+/// Sends SIGTERM to `child` and waits up to `patience` for it to exit: its exit status, or
+/// `None` if it is still running then (the caller decides what a hang means; nothing is
+/// killed here). Panics only if the signal cannot be sent.
+pub fn terminate(
+    child: &mut std::process::Child,
+    patience: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+    assert!(sent.success(), "kill -TERM {pid} failed");
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

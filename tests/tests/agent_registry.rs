@@ -8,37 +8,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use common::{push_blob, sha256};
 use kraken_devcluster::ConfigHooks;
 use kraken_proto::agent::v1::{PreloadRequest, StatRequest, preload_request::Target};
 use reqwest::{Client, StatusCode};
-use sha2::{Digest as _, Sha256};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// A second loopback address: Linux routes all of 127.0.0.0/8 to `lo`, so a client bound to it
 /// reaches the agent's 127.0.0.1 listener from a source outside the default `allowed_cidrs`.
 const OUTSIDER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-async fn push_blob(http: &Client, proxy: SocketAddr, repo: &str, data: &[u8]) -> String {
-    let digest = sha256(data);
-    let response = http
-        .post(format!(
-            "http://{proxy}/v2/{repo}/blobs/uploads/?digest={digest}"
-        ))
-        .header("content-type", "application/octet-stream")
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    digest
-}
 
 /// Pushes a one-layer image (layer made of `seed`) tagged `tag`; returns (manifest, blobs).
 async fn push_image(

@@ -5,62 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+mod common;
 
+use common::{push_blob, push_manifest, sha256};
 use kraken_oci::ErrorBody;
 use reqwest::{Client, Method, Response, StatusCode};
-use sha2::{Digest as _, Sha256};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-async fn push_blob(http: &Client, proxy: SocketAddr, repo: &str, data: &[u8]) -> String {
-    let digest = sha256(data);
-    let response = http
-        .post(format!(
-            "http://{proxy}/v2/{repo}/blobs/uploads/?digest={digest}"
-        ))
-        .header("content-type", "application/octet-stream")
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        response.text().await
-    );
-    digest
-}
-
-async fn push_manifest(
-    http: &Client,
-    proxy: SocketAddr,
-    repo: &str,
-    reference: &str,
-    media_type: &str,
-    body: &[u8],
-) -> String {
-    let response = http
-        .put(format!("http://{proxy}/v2/{repo}/manifests/{reference}"))
-        .header("content-type", media_type)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        response.text().await
-    );
-    sha256(body)
-}
 
 /// The error codes of a registry error response (which must be JSON).
 async fn codes(response: Response) -> Vec<String> {

@@ -177,20 +177,7 @@ impl Herd {
     fn stop(&mut self) {
         let mut failures = Vec::new();
         for member in self.members.iter_mut().rev() {
-            let pid = member.child.id().to_string();
-            let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-            assert!(sent.success(), "kill -TERM {pid} ({})", member.name);
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            let status = loop {
-                if let Some(status) = member.child.try_wait().unwrap() {
-                    break Some(status);
-                }
-                if Instant::now() >= deadline {
-                    break None;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            match status {
+            match kraken_interop::terminate(&mut member.child, STOP_TIMEOUT) {
                 Some(status) if status.success() => {}
                 Some(status) => failures.push(format!(
                     "{} exited with {status} after SIGTERM:\n{}",

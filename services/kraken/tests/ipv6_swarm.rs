@@ -306,28 +306,8 @@ fn a_blob_crosses_a_swarm_of_ipv6_only_hosts() {
 
     // Clean stops.
     for process in &mut processes.0 {
-        let pid = process.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    for process in &mut processes.0 {
-        let status = loop {
-            if let Some(status) = process.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop on SIGTERM",
-                process.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = kraken_interop::terminate(&mut process.child, STOP_TIMEOUT)
+            .unwrap_or_else(|| panic!("{} did not stop on SIGTERM", process.name));
         assert!(
             status.success(),
             "{} exited with {status} on SIGTERM",

@@ -221,21 +221,7 @@ fn an_acknowledged_upload_reaches_the_backend_after_a_sigkill_mid_write_back() {
         "exactly one copy in the backend"
     );
 
-    let pid = origin.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = origin.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "hang guard: the stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = kraken_interop::terminate(&mut origin.child, PATIENCE)
+        .expect("hang guard: the origin stops on SIGTERM");
     assert!(status.success(), "exit status on SIGTERM: {status}");
 }
