@@ -182,6 +182,9 @@ pub async fn serve(
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let limiter = ClientLimiter::new(limits.requests_per_second_per_client);
     let graceful = GracefulShutdown::new();
+    // Tells connections still waiting for their first byte (before hyper, and so before the
+    // graceful watcher, has them) that the server is stopping.
+    let stopping = tokio_util::sync::CancellationToken::new();
     let mut connections = JoinSet::new();
     let local = listener.local_addr().ok();
     let mut incoming = CappedIncoming::new(listener, limits.max_connections);
@@ -222,10 +225,12 @@ pub async fn serve(
         };
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let stopping = stopping.clone();
         // The stream holds its slot until the connection ends.
-        connections.spawn(async move { connection.run(stream, tls, watcher).await });
+        connections.spawn(async move { connection.run(stream, tls, watcher, stopping).await });
     }
     drop(incoming);
+    stopping.cancel();
     // Ask every connection to finish its requests and close. The caller bounds this with
     // `lifecycle::drain`, whose abort drops the connection set and so cuts the stragglers.
     graceful.shutdown().await;
@@ -307,6 +312,7 @@ impl Connection {
         stream: CappedStream,
         tls: Option<tokio_rustls::TlsAcceptor>,
         watcher: hyper_util::server::graceful::Watcher,
+        stopping: tokio_util::sync::CancellationToken,
     ) {
         let Connection {
             builder,
@@ -334,8 +340,17 @@ impl Connection {
                 // hyper-util reads the first bytes to tell HTTP/1.1 from HTTP/2 with no
                 // timeout of its own: a client that connects and says nothing would sit there
                 // forever. It gets the header timeout to say something.
+                // A connection still silent when the server stops is closed at once: the
+                // graceful shutdown below only reaches connections hyper already serves.
                 let mut first = [0u8; 1];
-                match tokio::time::timeout(header_read_timeout, stream.peek(&mut first)).await {
+                let peeked = tokio::select! {
+                    peeked = tokio::time::timeout(header_read_timeout, stream.peek(&mut first)) => peeked,
+                    () = stopping.cancelled() => {
+                        tracing::debug!(%remote, "server stopping; closing a connection that sent nothing");
+                        return;
+                    }
+                };
+                match peeked {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => {
                         tracing::debug!(%remote, "closing a connection that sent nothing");
@@ -346,18 +361,24 @@ impl Connection {
                 watcher.watch(connection).await
             }
             Some(acceptor) => {
-                let stream =
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%remote, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%remote, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                let handshake = tokio::select! {
+                    handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => handshake,
+                    () = stopping.cancelled() => {
+                        tracing::debug!(%remote, "server stopping; dropping a TLS handshake");
+                        return;
+                    }
+                };
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%remote, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
                 // ALPN already chose the protocol; skipping detection also means a client
                 // silent after its handshake meets HTTP/1.1's header timeout.
                 let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {

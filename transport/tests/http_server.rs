@@ -258,3 +258,34 @@ async fn a_client_over_its_rate_gets_429_and_others_do_not() {
     assert!(statuses[..2].iter().all(|s| s == "200"), "{statuses:?}");
     server.shut_down().await;
 }
+
+#[tokio::test]
+async fn a_stop_closes_connections_that_have_sent_nothing_yet() {
+    // Timeouts far beyond the test's bound: if the stop waited for the silent connections to
+    // time out (as it did: they were not yet hyper's, so the graceful shutdown missed them),
+    // `shut_down` would hit its bound and fail.
+    let patient = HttpServerLimits {
+        header_read_timeout: Duration::from_secs(3600),
+        tls_handshake_timeout: Duration::from_secs(3600),
+        ..HttpServerLimits::default()
+    };
+    let server = Server::start(patient, None).await;
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    // A served request first, so the server certainly accepted connections before the stop.
+    let mut served = TcpStream::connect(server.addr).await.unwrap();
+    served
+        .write_all(b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut served)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    server.shut_down().await;
+    assert_eq!(
+        read_until_closed(&mut silent).await,
+        "",
+        "closed without a word"
+    );
+}
