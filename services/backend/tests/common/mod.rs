@@ -94,6 +94,12 @@ impl ServerProcess {
         server
     }
 
+    /// Whether the process is still running (a server that lost the race for its port exits,
+    /// while whoever won it answers on the address).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     fn wait_until_listening(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
