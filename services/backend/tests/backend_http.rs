@@ -68,6 +68,27 @@ fn config(addr: SocketAddr, backoff: bool) -> HttpBackendConfig {
     }
 }
 
+/// `data` (held by the server) is stat'ed and downloaded whole; a blob it lacks is absent
+/// and its download `NotFound`.
+async fn serves_what_it_holds(
+    backend: &HttpBackend,
+    namespace: &kraken_core::Namespace,
+    data: &[u8],
+) {
+    let digest = digest(data);
+    assert_eq!(
+        backend.stat(namespace, &digest).await.unwrap(),
+        Some(data.len() as u64)
+    );
+    let downloaded = backend.download(namespace, &digest).await.unwrap();
+    assert_eq!(downloaded.size, data.len() as u64);
+    assert_eq!(read_all(downloaded).await, data);
+    let missing = common::digest(b"absent");
+    assert_eq!(backend.stat(namespace, &missing).await.unwrap(), None);
+    let error = backend.download(namespace, &missing).await.unwrap_err();
+    assert!(matches!(error, BackendError::NotFound { .. }), "{error}");
+}
+
 #[tokio::test]
 async fn downloads_and_stats_by_digest_and_refuses_uploads() {
     let (files, addr) = start().await;
@@ -80,19 +101,7 @@ async fn downloads_and_stats_by_digest_and_refuses_uploads() {
         .insert(digest.hex(), data.clone());
     let backend = HttpBackend::new(&config(addr, false)).unwrap();
     let namespace = ns("build/artifacts");
-
-    assert_eq!(
-        backend.stat(&namespace, &digest).await.unwrap(),
-        Some(data.len() as u64)
-    );
-    let downloaded = backend.download(&namespace, &digest).await.unwrap();
-    assert_eq!(downloaded.size, data.len() as u64);
-    assert_eq!(read_all(downloaded).await, data);
-
-    let missing = common::digest(b"absent");
-    assert_eq!(backend.stat(&namespace, &missing).await.unwrap(), None);
-    let error = backend.download(&namespace, &missing).await.unwrap_err();
-    assert!(matches!(error, BackendError::NotFound { .. }), "{error}");
+    serves_what_it_holds(&backend, &namespace, &data).await;
 
     let error = backend
         .upload(&namespace, &digest, UploadSource::File(file_with(&data)), 1)
@@ -252,17 +261,6 @@ async fn works_against_a_real_http_file_server() {
     let server = PythonFileServer::start(&[(&digest.hex(), &data)]).await;
     let backend = HttpBackend::new(&config(server.addr, false)).unwrap();
     let namespace = ns("build/artifacts");
-
-    assert_eq!(
-        backend.stat(&namespace, &digest).await.unwrap(),
-        Some(data.len() as u64)
-    );
-    let downloaded = backend.download(&namespace, &digest).await.unwrap();
-    assert_eq!(downloaded.size, data.len() as u64);
-    assert_eq!(read_all(downloaded).await, data);
-    let missing = common::digest(b"absent");
-    assert_eq!(backend.stat(&namespace, &missing).await.unwrap(), None);
-    let error = backend.download(&namespace, &missing).await.unwrap_err();
-    assert!(matches!(error, BackendError::NotFound { .. }), "{error}");
-    common::contract::read_only(&backend, &namespace, &data, &missing).await;
+    serves_what_it_holds(&backend, &namespace, &data).await;
+    common::contract::read_only(&backend, &namespace, &data, &common::digest(b"absent")).await;
 }

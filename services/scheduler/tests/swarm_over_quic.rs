@@ -89,6 +89,13 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
+impl FakeTracker {
+    /// Hands `origin` out with every announce, as the real tracker does with a blob's owners.
+    fn add_origin(&self, origin: &Node) {
+        self.origins.lock().unwrap().push(*origin.scheduler.local());
+    }
+}
+
 async fn node(
     ca: &DevCa,
     role: Role,
@@ -183,11 +190,7 @@ async fn agents_download_a_blob_from_an_origin_and_each_other() {
     let ca = DevCa::new().unwrap();
     let tracker = Arc::new(FakeTracker::default());
     let origin = node(&ca, Role::Origin, true, None, Faults::default()).await;
-    tracker
-        .origins
-        .lock()
-        .unwrap()
-        .push(*origin.scheduler.local());
+    tracker.add_origin(&origin);
     let data = blob(6 << 20);
     let metainfo = seed(&origin, &data).await;
     assert!(
@@ -244,11 +247,7 @@ async fn a_peer_serving_corrupt_pieces_is_blacklisted_and_the_download_still_suc
     let ca = DevCa::new().unwrap();
     let tracker = Arc::new(FakeTracker::default());
     let origin = node(&ca, Role::Origin, true, None, Faults::default()).await;
-    tracker
-        .origins
-        .lock()
-        .unwrap()
-        .push(*origin.scheduler.local());
+    tracker.add_origin(&origin);
     let data = blob(2 << 20);
     let metainfo = seed(&origin, &data).await;
 
@@ -353,11 +352,7 @@ async fn a_removed_download_is_seen_out_and_the_next_request_starts_afresh() {
         }) => {}
         other => panic!("the removed download ended with {other:?}"),
     }
-    tracker
-        .origins
-        .lock()
-        .unwrap()
-        .push(*origin.scheduler.local());
+    tracker.add_origin(&origin);
     tokio::time::timeout(Duration::from_secs(60), second.wait())
         .await
         .expect("download finished in time")
@@ -679,11 +674,7 @@ async fn configured_bandwidth_caps_are_on_the_data_path_in_both_directions() {
         capped(true),
     )
     .await;
-    tracker
-        .origins
-        .lock()
-        .unwrap()
-        .push(*origin.scheduler.local());
+    tracker.add_origin(&origin);
     let capped_agent = node_with(
         &ca,
         Role::Agent,
@@ -734,11 +725,7 @@ async fn an_idle_seeder_closes_after_its_seeder_tti_and_one_with_the_default_doe
     let ca = DevCa::new().unwrap();
     let tracker = Arc::new(FakeTracker::default());
     let origin = node(&ca, Role::Origin, true, None, Faults::default()).await;
-    tracker
-        .origins
-        .lock()
-        .unwrap()
-        .push(*origin.scheduler.local());
+    tracker.add_origin(&origin);
     // `brief` has a 300 ms seeder_tti, `patient` the default (minutes). What is compared is the
     // order of events (one has closed its seeder while the other still seeds), not a clock.
     let brief = node_with(
