@@ -21,6 +21,7 @@ apt_pairs=(
   docker-registry:docker-registry
   skopeo:skopeo
   podman:podman
+  containerd:containerd
   systemd-analyze:systemd
 )
 apt_needs=()

@@ -17,16 +17,15 @@
 //! one agent pulls at a time) and nothing else.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
 use kraken_bench::loopback::LoopbackShaper;
 use kraken_devcluster::{DevCluster, Ports};
+use kraken_interop::servers::DockerRegistry;
 use sha2::{Digest as _, Sha256};
 
 #[derive(Parser, Debug)]
@@ -47,55 +46,6 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-/// Kills the baseline registry when the benchmark ends, however it ends.
-struct Registry(Child);
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn start_docker_registry(dir: &Path) -> anyhow::Result<(Registry, SocketAddr)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let config = dir.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\n",
-            dir.join("registry-data").display()
-        ),
-    )?;
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("docker-registry is missing: apt-get install docker-registry")?;
-    Ok((Registry(child), addr))
-}
-
-async fn wait_ready(http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<()> {
-    for _ in 0..100 {
-        if let Ok(response) = http.get(format!("http://{addr}/v2/")).send().await
-            && response.status().is_success()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("registry on {addr} did not come up")
 }
 
 /// Pushes the blobs and the manifest (tag `v1`) with the distribution API.
@@ -238,8 +188,12 @@ async fn main() -> anyhow::Result<()> {
     blobs.push(config);
 
     let http = reqwest::Client::new();
-    let (_registry, registry) = start_docker_registry(work.path())?;
-    wait_ready(&http, registry).await?;
+    // Killed when the benchmark ends, however it ends.
+    let baseline = {
+        let dir = work.path().join("docker-registry");
+        tokio::task::spawn_blocking(move || DockerRegistry::start(&dir)).await?
+    };
+    let registry = baseline.addr;
     let cluster = DevCluster::builder(work.path().join("cluster"))
         .ports(Ports::Ephemeral)
         .start()

@@ -19,11 +19,12 @@ use kraken_buildindex::BuildIndex;
 use kraken_config::Pattern;
 use kraken_config::agent::AgentConfig;
 use kraken_config::backend::{BackendConfig, BackendKind, FsBackendConfig};
-use kraken_config::build_index::BuildIndexConfig;
+use kraken_config::build_index::{BuildIndexConfig, BuildIndexRemote};
 use kraken_config::cluster::{HostList, UpstreamConfig};
-use kraken_config::origin::OriginConfig;
+use kraken_config::origin::{OriginConfig, OriginRemote};
 use kraken_config::proxy::ProxyConfig;
 use kraken_config::registry_auth::RegistryTlsConfig;
+use kraken_config::remote::{RemoteTlsSection, TrustedBuildIndexRemote, TrustedRemote};
 use kraken_config::store::StoreConfig;
 use kraken_config::tls::TlsSection;
 use kraken_config::tracker::TrackerConfig;
@@ -38,6 +39,9 @@ use kraken_transport::ring::{Member, Ring};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod multi;
+pub use multi::{CLUSTER_PORT_STRIDE, DevClusters, cluster_name};
 
 /// Where components listen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +93,8 @@ pub enum DevClusterError {
     Check(String),
     #[error("no running origin listens on {0}")]
     NoSuchOrigin(SocketAddr),
+    #[error("the build-index is not running")]
+    BuildIndexStopped,
     #[error("wiping {path}")]
     Wipe {
         path: PathBuf,
@@ -177,15 +183,45 @@ impl StoppedOrigin {
 
     /// Deletes everything the origin kept on disk, as if its disk had been replaced.
     pub fn wipe_store(&self) -> Result<(), DevClusterError> {
-        match std::fs::remove_dir_all(&self.store_dir) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(DevClusterError::Wipe {
-                path: self.store_dir.clone(),
-                source,
-            }),
-        }
+        remove_dir_all(&self.store_dir)
     }
+}
+
+/// The build-index taken out by [`DevCluster::stop_build_index`]: its address and disk stay
+/// for [`DevCluster::restart_build_index`].
+#[derive(Debug)]
+pub struct StoppedBuildIndex {
+    addr: SocketAddr,
+    dirs: Vec<PathBuf>,
+}
+
+impl StoppedBuildIndex {
+    /// Its gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Deletes what the build-index kept on its own disk (tags and pending replications), as
+    /// if the disk had been replaced; the tag backend is storage shared by the cluster and
+    /// stays.
+    pub fn wipe(&self) -> Result<(), DevClusterError> {
+        for dir in &self.dirs {
+            remove_dir_all(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Another cluster this one replicates tags and their blobs to
+/// ([`DevClusterBuilder::remote`]).
+#[derive(Debug, Clone)]
+pub struct RemoteSpec {
+    /// The remote cluster's build-index (gRPC).
+    pub build_index: SocketAddr,
+    /// The remote cluster's CA certificate (PEM), which its servers' certificates chain to.
+    pub ca: PathBuf,
+    /// Regexes of the `repository:tag` names to replicate there.
+    pub tags: Vec<Pattern>,
 }
 
 /// What to start.
@@ -199,6 +235,9 @@ pub struct DevClusterBuilder {
     origin_setup: OriginSetup,
     secure_registry: bool,
     hooks: ConfigHooks,
+    name: Option<String>,
+    remotes: Vec<(String, RemoteSpec)>,
+    trusted: Vec<(String, PathBuf)>,
 }
 
 /// Where [`DevClusterBuilder::secure_registry`] keeps the registry login, under the data
@@ -257,7 +296,9 @@ pub struct DevCluster {
     pub tracker_addr: SocketAddr,
     pub origins: Vec<Origin>,
     pub agents: Vec<Agent>,
-    pub build_index: BuildIndex,
+    /// `None` while stopped ([`DevCluster::stop_build_index`]).
+    build_index: Option<BuildIndex>,
+    build_index_addr: SocketAddr,
     pub proxy: Proxy,
     origin_labels: Vec<String>,
     max_replica: usize,
@@ -281,6 +322,9 @@ impl DevCluster {
             origin_setup: OriginSetup::default(),
             secure_registry: false,
             hooks: ConfigHooks::default(),
+            name: None,
+            remotes: Vec::new(),
+            trusted: Vec::new(),
         }
     }
 }
@@ -331,6 +375,29 @@ impl DevClusterBuilder {
         self
     }
 
+    /// Names the cluster (`a`, `b`, …: the name other clusters know it by in their
+    /// `remotes:` and `trusted_remotes:`), shown in [`DevCluster::summary`].
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Replicates the tags matching `remote.tags`, and every blob under them, to the cluster
+    /// `name`: the build-index's and every origin's `remotes.<name>`, dialed with mutual TLS
+    /// that trusts `remote.ca` and presents this cluster's own certificates.
+    pub fn remote(mut self, name: impl Into<String>, remote: RemoteSpec) -> Self {
+        self.remotes.push((name.into(), remote));
+        self
+    }
+
+    /// Accepts the cluster `name`, whose CA certificate is `ca`, as a replication source: its
+    /// build-index may put any tag here and its origins may upload blobs (the build-index's
+    /// and every origin's `trusted_remotes.<name>`), and nothing else.
+    pub fn trust(mut self, name: impl Into<String>, ca: impl Into<PathBuf>) -> Self {
+        self.trusted.push((name.into(), ca.into()));
+        self
+    }
+
     /// Every origin uses `backends` (e.g. a backend a test can make fail) instead of the fs
     /// backend under the data directory.
     pub fn origin_backends(mut self, backends: Backends) -> Self {
@@ -345,18 +412,7 @@ impl DevClusterBuilder {
             path: dir.clone(),
             source,
         })?;
-        let pki_dir = dir.join("pki");
-        // Keep the PKI across restarts so clients configured once keep working.
-        let pki = match DevPki::open(&pki_dir) {
-            Ok(pki) => pki,
-            Err(_) => generate_dev_pki(
-                &pki_dir,
-                &DevPkiOptions {
-                    overwrite: true,
-                    ..DevPkiOptions::default()
-                },
-            )?,
-        };
+        let pki = open_pki(&dir)?;
 
         // Origins first: the ring needs every origin's address before any of them starts.
         let mut listeners = Vec::new();
@@ -404,30 +460,10 @@ impl DevClusterBuilder {
 
         let build_index = {
             let listener = bind(self.addr(Slot::BuildIndex), "build-index gRPC").await?;
-            let mut config = BuildIndexConfig {
-                origin: UpstreamConfig::of(origin_labels.clone()),
-                // Tags are written through to their own fs backend: the blob backend's layout
-                // is keyed by digest.
-                backends: vec![BackendConfig {
-                    namespace: Pattern::any(),
-                    backend: BackendKind::Fs(FsBackendConfig {
-                        root: dir.join("tag-backend"),
-                    }),
-                    bandwidth: Default::default(),
-                }],
-                tls: tls_section(&pki, Role::BuildIndex),
-                ..BuildIndexConfig::default()
-            };
-            config.hashring.max_replica = self.max_replica.min(origin_labels.len());
-            config.tag_store.dir = dir.join("build-index/tags");
-            config.replication.dir = dir.join("build-index/replication");
-            if let Some(hook) = &self.hooks.build_index {
-                hook(&mut config);
-            }
-            BuildIndex::start(config, tls(&pki, Role::BuildIndex)?, listener)
-                .await
-                .map_err(DevClusterError::BuildIndex)?
+            self.start_build_index(&pki, &origin_labels, listener)
+                .await?
         };
+        let build_index_addr = build_index.addr();
         let registry_login = if self.secure_registry {
             Some(registry_credentials(&dir)?)
         } else {
@@ -438,7 +474,7 @@ impl DevClusterBuilder {
             let grpc = bind(self.addr(Slot::ProxyGrpc), "proxy gRPC").await?;
             let mut config = ProxyConfig {
                 origin: UpstreamConfig::of(origin_labels.clone()),
-                build_index: UpstreamConfig::of([build_index.addr().to_string()]),
+                build_index: UpstreamConfig::of([build_index_addr.to_string()]),
                 tls: tls_section(&pki, Role::Proxy),
                 ..ProxyConfig::default()
             };
@@ -475,7 +511,7 @@ impl DevClusterBuilder {
         for index in 0..self.agents {
             let listener = bind(self.addr(Slot::AgentGrpc(index)), "agent gRPC").await?;
             let registry = bind(self.addr(Slot::AgentRegistry(index)), "agent registry").await?;
-            let config = self.agent_config(&pki, tracker_addr, build_index.addr(), index);
+            let config = self.agent_config(&pki, tracker_addr, build_index_addr, index);
             let mut agent = Agent::start(config, tls(&pki, Role::Agent)?, listener)
                 .await
                 .map_err(|source| DevClusterError::Agent { index, source })?;
@@ -490,7 +526,8 @@ impl DevClusterBuilder {
             tracker_addr,
             origins,
             agents,
-            build_index,
+            build_index: Some(build_index),
+            build_index_addr,
             proxy,
             origin_labels,
             max_replica: self.max_replica,
@@ -539,6 +576,61 @@ impl DevClusterBuilder {
         started.map_err(|source| DevClusterError::Origin { index, source })
     }
 
+    async fn start_build_index(
+        &self,
+        pki: &DevPki,
+        origin_labels: &[String],
+        listener: TcpListener,
+    ) -> Result<BuildIndex, DevClusterError> {
+        let config = self.build_index_config(pki, origin_labels);
+        BuildIndex::start(config, tls(pki, Role::BuildIndex)?, listener)
+            .await
+            .map_err(DevClusterError::BuildIndex)
+    }
+
+    fn build_index_config(&self, pki: &DevPki, origin_labels: &[String]) -> BuildIndexConfig {
+        let mut config = BuildIndexConfig {
+            origin: UpstreamConfig::of(origin_labels.to_vec()),
+            // Tags are written through to their own fs backend: the blob backend's layout
+            // is keyed by digest.
+            backends: vec![BackendConfig {
+                namespace: Pattern::any(),
+                backend: BackendKind::Fs(FsBackendConfig {
+                    root: self.dir.join("tag-backend"),
+                }),
+                bandwidth: Default::default(),
+            }],
+            tls: tls_section(pki, Role::BuildIndex),
+            ..BuildIndexConfig::default()
+        };
+        config.hashring.max_replica = self.max_replica.min(origin_labels.len());
+        config.tag_store.dir = self.dir.join("build-index/tags");
+        config.replication.dir = self.dir.join("build-index/replication");
+        for (name, remote) in &self.remotes {
+            config.remotes.insert(
+                name.clone(),
+                BuildIndexRemote {
+                    build_index: UpstreamConfig::of([remote.build_index.to_string()]),
+                    tags: remote.tags.clone(),
+                    tls: remote_tls(remote),
+                },
+            );
+        }
+        for (name, ca) in &self.trusted {
+            config.trusted_remotes.insert(
+                name.clone(),
+                TrustedBuildIndexRemote {
+                    ca: ca.clone(),
+                    ..TrustedBuildIndexRemote::default()
+                },
+            );
+        }
+        if let Some(hook) = &self.hooks.build_index {
+            hook(&mut config);
+        }
+        config
+    }
+
     fn origin_config(&self, pki: &DevPki, labels: &[String], index: usize) -> OriginConfig {
         let backend = self.dir.join("backend");
         let mut config = OriginConfig {
@@ -565,6 +657,21 @@ impl DevClusterBuilder {
             dns: None,
         };
         config.hashring.max_replica = self.max_replica.min(labels.len());
+        for (name, remote) in &self.remotes {
+            config.remotes.insert(
+                name.clone(),
+                OriginRemote {
+                    build_index: UpstreamConfig::of([remote.build_index.to_string()]),
+                    tls: remote_tls(remote),
+                    ..OriginRemote::default()
+                },
+            );
+        }
+        for (name, ca) in &self.trusted {
+            config
+                .trusted_remotes
+                .insert(name.clone(), TrustedRemote { ca: ca.clone() });
+        }
         if let Some(hook) = &self.origin_setup.hook {
             hook(index, &mut config);
         }
@@ -618,9 +725,52 @@ impl DevCluster {
         self.proxy.registry_addr()
     }
 
-    /// Where the build-index serves `TagService` (gRPC, mutual TLS).
+    /// Where the build-index serves `TagService` (gRPC, mutual TLS), running or not.
     pub fn build_index_addr(&self) -> SocketAddr {
-        self.build_index.addr()
+        self.build_index_addr
+    }
+
+    /// The running build-index (`None` while stopped).
+    pub fn build_index(&self) -> Option<&BuildIndex> {
+        self.build_index.as_ref()
+    }
+
+    /// The cluster's name ([`DevClusterBuilder::name`]).
+    pub fn name(&self) -> Option<&str> {
+        self.builder.name.as_deref()
+    }
+
+    /// Stops the build-index gracefully; its address and disk stay for
+    /// [`restart_build_index`](Self::restart_build_index).
+    pub async fn stop_build_index(&mut self) -> Result<StoppedBuildIndex, DevClusterError> {
+        let build_index = self
+            .build_index
+            .take()
+            .ok_or(DevClusterError::BuildIndexStopped)?;
+        let config = self
+            .builder
+            .build_index_config(&self.pki, &self.origin_labels);
+        if let Err(error) = build_index.shutdown().await {
+            tracing::warn!(%error, "build-index stopped with an error");
+        }
+        Ok(StoppedBuildIndex {
+            addr: self.build_index_addr,
+            dirs: vec![config.tag_store.dir, config.replication.dir],
+        })
+    }
+
+    /// Starts the stopped build-index again on its address with whatever its disk holds now.
+    pub async fn restart_build_index(
+        &mut self,
+        stopped: StoppedBuildIndex,
+    ) -> Result<(), DevClusterError> {
+        let build_index = rebind(stopped.addr, "build-index gRPC", |listener| {
+            self.builder
+                .start_build_index(&self.pki, &self.origin_labels, listener)
+        })
+        .await?;
+        self.build_index = Some(build_index);
+        Ok(())
     }
 
     /// Where agent `index` serves its read-only registry API (plain HTTP on loopback).
@@ -713,29 +863,13 @@ impl DevCluster {
             .origin_config(&self.pki, &self.origin_labels, stopped.index);
         // Same QUIC port: trackers cache an origin's seeder address.
         config.listen.p2p = stopped.p2p_addr;
-        let mut last = None;
-        // The old sockets may take a moment to be released.
-        for _ in 0..50 {
-            let started = match bind(stopped.grpc_addr, "origin gRPC").await {
-                Ok(listener) => {
-                    self.builder
-                        .start_origin(&self.pki, config.clone(), listener, stopped.index)
-                        .await
-                }
-                Err(error) => Err(error),
-            };
-            match started {
-                Ok(origin) => {
-                    self.origins.push(origin);
-                    return Ok(());
-                }
-                Err(error) => {
-                    last = Some(error);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        Err(last.unwrap_or(DevClusterError::NoSuchOrigin(stopped.grpc_addr)))
+        let origin = rebind(stopped.grpc_addr, "origin gRPC", |listener| {
+            self.builder
+                .start_origin(&self.pki, config.clone(), listener, stopped.index)
+        })
+        .await?;
+        self.origins.push(origin);
+        Ok(())
     }
 
     /// A client of `origin` presenting the `client` role (what a CI uploader uses).
@@ -854,10 +988,7 @@ impl DevCluster {
             "PKI (mTLS):     {pki} (ca.pem, client.pem/.key for tools)\n"
         ));
         text.push_str(&format!("tracker:        {}\n", self.tracker_addr));
-        text.push_str(&format!(
-            "build-index:    gRPC {}\n",
-            self.build_index.addr()
-        ));
+        text.push_str(&format!("build-index:    gRPC {}\n", self.build_index_addr));
         let scheme = if self.registry_credentials().is_some() {
             "https"
         } else {
@@ -926,12 +1057,76 @@ impl DevCluster {
             let _ = agent.shutdown().await;
         }
         let _ = self.proxy.shutdown().await;
-        let _ = self.build_index.shutdown().await;
+        if let Some(build_index) = self.build_index {
+            let _ = build_index.shutdown().await;
+        }
         for origin in self.origins {
             let _ = origin.shutdown().await;
         }
         self.tracker_stop.cancel();
         let _ = self.tracker_task.await;
+    }
+}
+
+/// Binds `addr` again and starts a component on it, retrying for up to 5 s: the stopped
+/// component's sockets may take a moment to be released.
+async fn rebind<T, F, Fut>(addr: SocketAddr, what: &str, start: F) -> Result<T, DevClusterError>
+where
+    F: Fn(TcpListener) -> Fut,
+    Fut: std::future::Future<Output = Result<T, DevClusterError>>,
+{
+    let mut last = None;
+    for _ in 0..50 {
+        let started = match bind(addr, what).await {
+            Ok(listener) => start(listener).await,
+            Err(error) => Err(error),
+        };
+        match started {
+            Ok(started) => return Ok(started),
+            Err(error) => {
+                last = Some(error);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or(DevClusterError::Bind {
+        what: what.to_owned(),
+        addr,
+        source: std::io::Error::other("never tried"),
+    }))
+}
+
+/// The development PKI under `<dir>/pki`, generated on first use and kept across restarts so
+/// clients configured once keep working (and other clusters keep trusting its CA).
+pub fn open_pki(dir: &Path) -> Result<DevPki, DevClusterError> {
+    let pki_dir = dir.join("pki");
+    match DevPki::open(&pki_dir) {
+        Ok(pki) => Ok(pki),
+        Err(_) => Ok(generate_dev_pki(
+            &pki_dir,
+            &DevPkiOptions {
+                overwrite: true,
+                ..DevPkiOptions::default()
+            },
+        )?),
+    }
+}
+
+fn remote_tls(remote: &RemoteSpec) -> RemoteTlsSection {
+    RemoteTlsSection {
+        ca: remote.ca.clone(),
+        ..RemoteTlsSection::default()
+    }
+}
+
+fn remove_dir_all(dir: &Path) -> Result<(), DevClusterError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DevClusterError::Wipe {
+            path: dir.to_owned(),
+            source,
+        }),
     }
 }
 

@@ -46,6 +46,9 @@ enum Command {
     Prefetch(cmd::blob::PrefetchArgs),
     /// Ask a component's gRPC health service (over mTLS) whether it serves; exit 0 if so.
     Health(cmd::health::HealthArgs),
+    /// Make this node's container runtime (containerd, podman, CRI-O, Docker) pull through
+    /// its local agent, falling back to the upstream registry when the agent fails.
+    MirrorConfig(cmd::mirror_config::MirrorConfigArgs),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::pull(args))),
         Command::Prefetch(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::prefetch(args))),
         Command::Health(args) => runtime().and_then(|rt| rt.block_on(cmd::health::run(args))),
+        Command::MirrorConfig(args) => cmd::mirror_config::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,7 +41,7 @@ impl Fixture {
             .unwrap();
         let mut config = ProxyConfig {
             origin: UpstreamConfig::of([cluster.origins[0].grpc_addr().to_string()]),
-            build_index: UpstreamConfig::of([cluster.build_index.addr().to_string()]),
+            build_index: UpstreamConfig::of([cluster.build_index_addr().to_string()]),
             ..ProxyConfig::default()
         };
         config.hashring.max_replica = 1;

@@ -48,7 +48,7 @@ impl Fixture {
             .collect();
         let mut config = ProxyConfig {
             origin: UpstreamConfig::of(hosts),
-            build_index: UpstreamConfig::of([cluster.build_index.addr().to_string()]),
+            build_index: UpstreamConfig::of([cluster.build_index_addr().to_string()]),
             uploads: limits,
             ..ProxyConfig::default()
         };

@@ -7,6 +7,7 @@ pub(crate) mod certs;
 pub(crate) mod config;
 pub(crate) mod devcluster;
 pub(crate) mod health;
+pub(crate) mod mirror_config;
 pub(crate) mod origin;
 pub(crate) mod preflight;
 pub(crate) mod proxy;
