@@ -1026,7 +1026,7 @@ async fn duplicate_and_delete_are_refused_to_every_role_but_origin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicates_are_stored_and_remote_replication_is_unimplemented() {
+async fn duplicates_are_stored_and_an_unconfigured_remote_is_refused() {
     let ca = DevCa::new().unwrap();
     let origin = start_origin(&ca, |_| {}).await;
     let mut raw = origin.client(&ca, Role::Origin).raw();
