@@ -239,6 +239,10 @@ pub struct PoolOptions {
     pub refresh_interval: Duration,
     /// Passive checks from the caller's requests; `None` for pools that only probe.
     pub passive: Option<PassiveHealthCheckConfig>,
+    /// The name every member's certificate is checked against (and sent as SNI), whatever
+    /// its label or DNS name: a remote cluster's `remotes.<name>.tls.server_name`, for when
+    /// its addresses are not the names in its certificates. `None`: each member's own name.
+    pub server_name: Option<String>,
 }
 
 impl PoolOptions {
@@ -250,6 +254,7 @@ impl PoolOptions {
             default_weight: HashRingConfig::DEFAULT_WEIGHT,
             refresh_interval: HashRingConfig::default().refresh_interval,
             passive: Some(passive.clone()),
+            server_name: None,
         }
     }
 
@@ -261,6 +266,7 @@ impl PoolOptions {
             default_weight: HashRingConfig::DEFAULT_WEIGHT,
             refresh_interval: hashring.refresh_interval,
             passive: None,
+            server_name: None,
         }
     }
 }
@@ -276,6 +282,8 @@ struct PoolInner {
     role: Role,
     tls: TlsMaterial,
     members: watch::Receiver<Arc<Members>>,
+    /// [`PoolOptions::server_name`].
+    server_name: Option<String>,
     passive: Option<Mutex<PassiveHealth<String>>>,
     active: Mutex<ActiveHealth<String>>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -323,6 +331,7 @@ impl HostPool {
                 role: options.role,
                 tls: tls.clone(),
                 members: receiver,
+                server_name: options.server_name.clone(),
                 passive,
                 active: Mutex::new(ActiveHealth::new(1, 1)),
                 channels: Mutex::new(HashMap::new()),
@@ -419,16 +428,17 @@ impl HostPool {
             return Ok(channel.clone());
         }
         let members = self.members();
-        let channel = grpc::channel(
-            &self.inner.tls,
-            label,
-            members.tls_name(label),
-            self.inner.role,
-        )
-        .map_err(|source| ClusterError::Channel {
-            host: label.to_owned(),
-            source,
-        })?;
+        let server_name = self
+            .inner
+            .server_name
+            .as_deref()
+            .or_else(|| members.tls_name(label));
+        let channel = grpc::channel(&self.inner.tls, label, server_name, self.inner.role).map_err(
+            |source| ClusterError::Channel {
+                host: label.to_owned(),
+                source,
+            },
+        )?;
         channels.insert(label.to_owned(), channel.clone());
         Ok(channel)
     }

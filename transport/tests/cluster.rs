@@ -215,3 +215,59 @@ async fn passive_checks_count_network_errors_and_answers_heal() {
         [first, "elsewhere:1".to_owned()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_name_override_is_what_every_members_certificate_is_checked_against() {
+    kraken_tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    // A remote cluster's origin whose certificate names it `origin.b.example` (and loopback).
+    let options = DevPkiOptions {
+        hosts: vec!["origin.b.example".into()],
+        ..DevPkiOptions::default()
+    };
+    let pki = Pki {
+        pki: generate_dev_pki(dir.path(), &options).unwrap(),
+        _dir: dir,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let _server = serve(&pki, listener);
+    let check = |server_name: Option<&str>| {
+        let options = PoolOptions {
+            server_name: server_name.map(str::to_owned),
+            ..PoolOptions::upstream(Role::Origin, &PassiveHealthCheckConfig::default())
+        };
+        let pool = HostPool::new(
+            &HostList::of([addr.clone()]),
+            &pki.tls(Role::Origin),
+            options,
+        )
+        .unwrap();
+        let channel = pool.channel(&addr).unwrap();
+        async move {
+            let request = tonic_health::pb::HealthCheckRequest::default();
+            let answer = tokio::time::timeout(
+                Duration::from_secs(20),
+                tonic_health::pb::health_client::HealthClient::new(channel).check(request),
+            )
+            .await
+            .expect("the health check hung");
+            answer.map(drop)
+        }
+    };
+    check(None)
+        .await
+        .expect("the address itself is in the certificate");
+    check(Some("origin.b.example"))
+        .await
+        .expect("the override names a SAN of the certificate");
+    let refused = check(Some("origin.c.example")).await.unwrap_err();
+    let failure = kraken_tls::handshake_failure(&refused, "b");
+    assert!(
+        matches!(
+            &failure,
+            Some(kraken_tls::HandshakeFailure::RemoteCertificateRefused { .. })
+        ),
+        "the override is what the certificate is checked against: {failure:?} ({refused:?})"
+    );
+}

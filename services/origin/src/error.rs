@@ -77,8 +77,21 @@ pub enum OriginError {
          lose the only copy"
     )]
     NotPersisted(Digest),
-    #[error("{0}")]
-    Unimplemented(&'static str),
+    /// `ReplicateToRemote` named a cluster that is not under `remotes:`.
+    #[error(
+        "field `remote_cluster`: `{name}` is not a remote of this origin (configured: {configured})"
+    )]
+    UnknownRemote {
+        name: String,
+        /// The names under `remotes:`, comma-separated, or `none`.
+        configured: String,
+    },
+    /// Sending a blob to a remote cluster failed (its build-index or origins unreachable,
+    /// our certificate refused, an upload refused). This origin did its part: the caller
+    /// retries the transfer later (`ABORTED`, not `UNAVAILABLE`, which would count against
+    /// this origin's health and send the caller to the next origin, which cannot do better).
+    #[error("replicating to remote cluster `{remote}` failed: {reason}")]
+    Remote { remote: String, reason: String },
     #[error("the origin is shutting down")]
     ShuttingDown,
     #[error("the client sent nothing for {} s", .0.as_secs())]
@@ -138,6 +151,7 @@ impl OriginError {
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidRequest(_)
+            | Self::UnknownRemote { .. }
             | Self::Wire(_)
             | Self::Namespace(_)
             | Self::UploadId(_)
@@ -158,9 +172,8 @@ impl OriginError {
             | Self::Backend(BackendError::ReadOnly { .. })
             | Self::Store(StoreError::WrongOffset { .. }) => Code::FailedPrecondition,
             Self::Store(StoreError::AlreadyExists(_)) => Code::AlreadyExists,
-            Self::Unimplemented(_) | Self::Backend(BackendError::Unsupported { .. }) => {
-                Code::Unimplemented
-            }
+            Self::Backend(BackendError::Unsupported { .. }) => Code::Unimplemented,
+            Self::Remote { .. } => Code::Aborted,
             Self::StreamIdle(_) => Code::DeadlineExceeded,
             Self::Stream(status) => status.code(),
             // A full disk is not a bug: the client may try another origin or come back later.

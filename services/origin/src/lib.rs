@@ -13,6 +13,10 @@
 //! for the rule that keeps the write-back to one per blob), and an owner that lost its disk
 //! fetches blobs back from the backend on demand.
 //!
+//! Between clusters, each with its own CA: `ReplicateToRemote` sends a blob to a remote
+//! cluster named under `remotes:` (see `remote.rs`), resumably and under a per-remote egress
+//! cap, and origins of the clusters under `trusted_remotes:` may upload here, and nothing else.
+//!
 //! The origin must never serve or seed a blob that has not been verified against its digest:
 //! uploads, replica copies and backend fetches all go through the store's hashing commit, and
 //! a backend copy that does not match its name is reported as corrupt and not stored. It must
@@ -27,6 +31,7 @@
 mod error;
 mod fetch;
 mod metrics;
+mod remote;
 mod replicate;
 mod server;
 mod service;

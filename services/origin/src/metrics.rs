@@ -32,3 +32,10 @@ pub(crate) const REPLICATIONS: &str = "kraken_origin_replications_total";
 pub(crate) const REPLICATION_BYTES: &str = "kraken_origin_replication_bytes_total";
 /// Failed requests; label `code`: the gRPC status code in snake_case.
 pub(crate) const ERRORS: &str = "kraken_origin_errors_total";
+/// Bytes sent to remote clusters by `ReplicateToRemote` (lost in a cut included); label
+/// `remote`. Not `kraken_origin_replication_bytes_total`, which counts copies between the
+/// owners of this cluster.
+pub(crate) const REMOTE_BYTES: &str = "kraken_origin_remote_replication_bytes_total";
+/// Blobs handled by `ReplicateToRemote`; labels `remote` and `outcome`: `sent`, `resumed` (a
+/// cut transfer went on from the remote's offset), `skipped` (the remote held it) or `failed`.
+pub(crate) const REMOTE_BLOBS: &str = "kraken_origin_remote_replication_blobs_total";

@@ -25,6 +25,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::error::OriginError;
 use crate::fetch::BackendFetcher;
+use crate::remote::Remotes;
 use crate::replicate::{Persistence, Replicator};
 use crate::service::{OriginService, Shared};
 use crate::writeback::{TaskSource, WriteBackQueue};
@@ -101,6 +102,8 @@ impl Origin {
         let server =
             GrpcServer::with_trust(&tls, domains, GrpcServerLimits::from(&config.limits.grpc))
                 .map_err(OriginError::Grpc)?;
+
+        let remotes = Remotes::from_config(&config)?;
 
         let store = BlobStore::open(config.store.clone())
             .await
@@ -188,7 +191,7 @@ impl Origin {
             cluster,
             max_replica: config.hashring.max_replica,
             scheduler: scheduler.clone(),
-            remotes: config.remotes.keys().cloned().collect(),
+            remotes,
         });
         let server = server.add_service(BlobServiceServer::new(OriginService::new(shared.clone())));
         let health = server.health();

@@ -32,6 +32,7 @@ use tracing::field::{Empty, display};
 use crate::error::OriginError;
 use crate::fetch::{BackendFetcher, Presence, stat_with_timeout};
 use crate::metrics as m;
+use crate::remote::Remotes;
 use crate::replicate::{Persistence, Replicator};
 use crate::staging::StagedUpload;
 use crate::writeback::{TaskSource, WriteBackQueue};
@@ -57,9 +58,8 @@ pub(crate) struct Shared {
     pub(crate) cluster: HostPool,
     pub(crate) max_replica: usize,
     pub(crate) scheduler: Scheduler,
-    /// Names of the remote clusters under `remotes:`, the only ones `ReplicateToRemote` may
-    /// name.
-    pub(crate) remotes: Vec<String>,
+    /// The remote clusters under `remotes:`, the only ones `ReplicateToRemote` may name.
+    pub(crate) remotes: Remotes,
 }
 
 /// The `BlobService` implementation.
@@ -483,27 +483,16 @@ impl BlobService for OriginService {
         &self,
         request: Request<ReplicateToRemoteRequest>,
     ) -> Result<Response<ReplicateToRemoteResponse>, Status> {
-        let request = request.get_ref();
-        blob_ref(&request.namespace, &request.digest)?;
+        let request = request.into_inner();
+        let (namespace, digest) = blob_ref(&request.namespace, &request.digest)?;
         // A name, never an address: an origin only ever dials the clusters it is configured
         // for, with the TLS configured for each.
-        if !self.shared.remotes.contains(&request.remote_cluster) {
-            return Err(OriginError::InvalidRequest(format!(
-                "field `remote_cluster`: `{}` is not a remote of this origin (configured: {})",
-                request.remote_cluster,
-                if self.shared.remotes.is_empty() {
-                    "none".to_owned()
-                } else {
-                    self.shared.remotes.join(", ")
-                }
-            ))
-            .into());
-        }
-        Err(OriginError::Unimplemented(
-            "ReplicateToRemote is not implemented yet: cross-cluster replication arrives with \
-             the build-index work",
-        )
-        .into())
+        let response = self
+            .shared
+            .remotes
+            .replicate(&self.shared, &request.remote_cluster, &namespace, &digest)
+            .await?;
+        Ok(Response::new(response))
     }
 
     #[tracing::instrument(skip_all, fields(digest = Empty, namespace = Empty))]

@@ -5,8 +5,11 @@
 // Test helpers outside `#[test]` functions: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,7 +25,8 @@ use kraken_config::store::StoreConfig;
 use kraken_core::{Digest, Namespace, PeerId, PeerInfo};
 use kraken_origin::Origin;
 use kraken_originclient::{
-    ByteStream, CHUNK_SIZE, ClientError, OriginClient, RETRY_AFTER_MS, UPLOAD_OFFSET,
+    ByteStream, CHUNK_SIZE, ClientError, OriginClient, RETRY_AFTER_MS, UPLOAD_OFFSET, UploadCursor,
+    upload_resumable,
 };
 use kraken_proto::origin::v1::{
     AbortUploadRequest, CommitUploadRequest, DeleteRequest, DownloadRequest, DuplicateHeader,
@@ -38,6 +42,8 @@ use kraken_transport::quic::{PeerEndpoint, QuicTuning};
 use kraken_transport::ring::{Member, Ring};
 use tokio::net::TcpListener;
 use tonic::Code;
+
+use common::{blob, delete_and_duplicate_refusals, ns, planted, put_in_backend};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -116,24 +122,6 @@ impl TestOrigin {
     async fn stop(self) {
         self.origin.shutdown().await.unwrap();
     }
-}
-
-fn ns(text: &str) -> Namespace {
-    text.parse().unwrap()
-}
-
-/// Deterministic incompressible bytes.
-fn blob(len: usize, seed: u32) -> Bytes {
-    let mut state = 0x9e37_79b9_u32 ^ seed.wrapping_mul(0x85eb_ca6b);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        })
-        .collect::<Vec<_>>()
-        .into()
 }
 
 async fn collect(mut stream: ByteStream) -> (Vec<u8>, Vec<usize>) {
@@ -511,6 +499,105 @@ async fn a_resumable_upload_refuses_a_wrong_offset_and_resumes() {
     origin.stop().await;
 }
 
+/// Reads `data`, then fails: a source (or a connection) cut mid-blob.
+fn cut_after(data: Bytes) -> impl tokio::io::AsyncRead + Send + 'static {
+    struct Cut;
+    impl tokio::io::AsyncRead for Cut {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Err(std::io::Error::other("cut")))
+        }
+    }
+    tokio::io::AsyncReadExt::chain(std::io::Cursor::new(data), Cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_resumable_resumes_at_the_origins_offset() {
+    let ca = DevCa::new().unwrap();
+    let origin = start_origin(&ca, |_| {}).await;
+    let client = origin.client(&ca, Role::Origin);
+    let namespace = ns("team/app");
+    let size = (6 << 20) + 123;
+    let data = blob(size, 12);
+    let digest = Digest::of(&data);
+    let mut cursor = UploadCursor::new(origin.name.clone());
+    let sent = Arc::new(AtomicU64::new(0));
+
+    // The first call loses its source a little after half the blob: final for the call, and
+    // the origin keeps every whole chunk it received.
+    let half = data.slice(..size / 2 + 1000);
+    let error = upload_resumable(
+        &client,
+        &mut cursor,
+        &namespace,
+        &digest,
+        size as u64,
+        |_| {
+            let half = half.clone();
+            async move { Ok(cut_after(half)) }
+        },
+        None,
+        &sent,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, ClientError::Source(_)), "{error:?}");
+    assert!(!cursor.upload_id.is_empty(), "the cursor keeps the upload");
+    let held = client.upload_status(&cursor.upload_id).await.unwrap();
+    assert_eq!(
+        held,
+        (size / 2) as u64 / CHUNK_SIZE as u64 * CHUNK_SIZE as u64
+    );
+
+    // The next call asks the origin where it stands and sends only the rest, every byte
+    // through the pace given.
+    let pace = BandwidthLimiter::new(Some(64_000_000), None);
+    let opened_at = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let done = upload_resumable(
+        &client,
+        &mut cursor,
+        &namespace,
+        &digest,
+        size as u64,
+        |offset| {
+            opened_at.lock().unwrap().push(offset);
+            let rest = data.slice(offset as usize..);
+            async move { Ok(std::io::Cursor::new(rest)) }
+        },
+        Some(&pace),
+        &sent,
+    )
+    .await
+    .unwrap();
+    assert_eq!(*opened_at.lock().unwrap(), [held]);
+    let paced = pace.stats().egress.unwrap();
+    assert_eq!(paced.bytes, size as u64 - held);
+    assert!(
+        paced.delay > Duration::ZERO,
+        "the cap held the transfer back"
+    );
+    assert_eq!(done.resumed_at, held);
+    assert!(done.uploaded.created);
+    assert_eq!(done.uploaded.size, size as u64);
+    assert_eq!(
+        cursor,
+        UploadCursor::new(origin.name.clone()),
+        "finished: reset"
+    );
+    // Every byte went once, plus the partial chunk the cut lost; not twice the blob.
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(
+        sent >= size as u64 && sent < size as u64 + CHUNK_SIZE as u64,
+        "{sent} bytes sent for {size}"
+    );
+    let (downloaded, _) = collect(client.download(&namespace, &digest).await.unwrap()).await;
+    assert!(downloaded == data[..]);
+    origin.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_uploads_of_the_same_blob_both_succeed() {
     let ca = DevCa::new().unwrap();
@@ -614,17 +701,7 @@ async fn a_blob_only_in_the_backend_is_fetched_then_served() {
     let client = origin.client(&ca, Role::Agent);
     let namespace = ns("library/debian");
     let data = blob((3 << 20) + 77, 6);
-    let digest = Digest::of(&data);
-    origin
-        .backend()
-        .upload(
-            &namespace,
-            &digest,
-            UploadSource::Reader(Box::pin(std::io::Cursor::new(data.clone()))),
-            data.len() as u64,
-        )
-        .await
-        .unwrap();
+    let digest = put_in_backend(&origin.backend(), &namespace, &data).await;
 
     let status = client
         .raw()
@@ -928,40 +1005,28 @@ async fn duplicate_and_delete_are_refused_to_every_role_but_origin() {
         .unwrap();
     for role in Role::ALL.into_iter().filter(|r| *r != Role::Origin) {
         let mut raw = origin.client(&ca, role).raw();
-        let status = raw
-            .delete(DeleteRequest {
-                namespace: namespace.to_string(),
-                digest: digest.to_string(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied, "{role}: {status:?}");
+        let (delete, duplicate) =
+            delete_and_duplicate_refusals(&mut raw, &namespace, &digest).await;
+        assert_eq!(delete.code(), Code::PermissionDenied, "{role}: {delete:?}");
         assert!(
-            status.message().contains(&format!("`{role}`")),
-            "{status:?}"
+            delete.message().contains(&format!("`{role}`")),
+            "{delete:?}"
         );
-        let header = DuplicateRequest {
-            part: Some(duplicate_request::Part::Header(DuplicateHeader {
-                namespace: namespace.to_string(),
-                digest: Digest::of(b"planted").to_string(),
-                size: Some(7),
-                write_back_delay: None,
-            })),
-        };
-        let status = raw
-            .duplicate(futures::stream::iter(vec![header]))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied, "{role}: {status:?}");
+        assert_eq!(
+            duplicate.code(),
+            Code::PermissionDenied,
+            "{role}: {duplicate:?}"
+        );
     }
     // Nothing was removed or planted.
+    assert!(!origin.origin.store().contains(&planted()));
     assert!(origin.origin.store().contains(&digest));
     assert_eq!(origin.origin.store().list().len(), 1);
     origin.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicates_are_stored_and_remote_replication_is_unimplemented() {
+async fn duplicates_are_stored_and_an_unconfigured_remote_is_refused() {
     let ca = DevCa::new().unwrap();
     let origin = start_origin(&ca, |_| {}).await;
     let mut raw = origin.client(&ca, Role::Origin).raw();

@@ -11,7 +11,8 @@ use kraken_core::{Digest, MetaInfo, Namespace, PeerInfo, WireError, parse_digest
 use kraken_proto::origin::v1::blob_service_client::BlobServiceClient;
 use kraken_proto::origin::v1::{
     DownloadRequest, DuplicateHeader, DuplicateRequest, GetMetaInfoRequest, GetPeerContextRequest,
-    LocationsRequest, StatRequest, UploadHeader, UploadRequest, duplicate_request, upload_request,
+    LocationsRequest, ReplicateToRemoteRequest, StatRequest, UploadHeader, UploadRequest,
+    duplicate_request, upload_request,
 };
 use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::grpc::{GrpcError, channel};
@@ -106,6 +107,20 @@ pub struct Uploaded {
     pub created: bool,
 }
 
+impl Uploaded {
+    /// From an upload's or a commit's answer.
+    pub(crate) fn from_wire(digest: &str, size: u64, created: bool) -> Result<Self, ClientError> {
+        Ok(Self {
+            digest: parse_digest("digest", digest).map_err(|source| ClientError::Response {
+                what: "digest",
+                source,
+            })?,
+            size,
+            created,
+        })
+    }
+}
+
 /// What an origin knows about a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobStat {
@@ -114,6 +129,21 @@ pub struct BlobStat {
     pub local: bool,
     /// Written back to the storage backend.
     pub persisted: bool,
+}
+
+/// What an origin did for `ReplicateToRemote`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replicated {
+    /// The remote's owner already held the blob: nothing was sent.
+    pub already_present: bool,
+    pub size: u64,
+    /// Bytes sent to the remote by this call (more than `size - resumed_at` only when a cut
+    /// lost bytes in flight).
+    pub bytes_sent: u64,
+    /// The offset a transfer cut before went on from; 0 when sent from the start.
+    pub resumed_at: u64,
+    /// The remote origin (`host:port`) that holds the blob now.
+    pub remote_origin: String,
 }
 
 /// An owner of a digest on the origin ring.
@@ -194,13 +224,7 @@ impl OriginClient {
         tokio::select! {
             response = client.upload(body) => {
                 let response = response.map_err(ClientError::from_status)?.into_inner();
-                Ok(Uploaded {
-                    digest: parse_digest("digest", &response.digest).map_err(|source| {
-                        ClientError::Response { what: "digest", source }
-                    })?,
-                    size: response.size,
-                    created: response.created,
-                })
+                Uploaded::from_wire(&response.digest, response.size, response.created)
             }
             // Dropping the call resets the stream: the origin aborts the upload.
             Ok(error) = source_error => Err(ClientError::Source(error)),
@@ -327,6 +351,37 @@ impl OriginClient {
         }
     }
 
+    /// Asks this origin to send a blob to the remote cluster named `remote_cluster` (one of
+    /// its `remotes:`): it skips a blob the remote holds, and resumes a transfer an earlier
+    /// call left cut. [`ClientError::Retry`] while it fetches the blob from its backend; no
+    /// deadline, since a large blob takes long.
+    pub async fn replicate_to_remote(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+        remote_cluster: &str,
+    ) -> Result<Replicated, ClientError> {
+        let request = ReplicateToRemoteRequest {
+            namespace: namespace.to_string(),
+            digest: digest.to_string(),
+            remote_cluster: remote_cluster.to_owned(),
+        };
+        let response = self
+            .inner
+            .clone()
+            .replicate_to_remote(request)
+            .await
+            .map_err(ClientError::from_status)?
+            .into_inner();
+        Ok(Replicated {
+            already_present: response.already_present,
+            size: response.size,
+            bytes_sent: response.bytes_sent,
+            resumed_at: response.resumed_at,
+            remote_origin: response.remote_origin,
+        })
+    }
+
     /// The blob's metainfo; [`ClientError::Retry`] while the origin fetches it from its
     /// backend.
     pub async fn get_metainfo(
@@ -414,7 +469,7 @@ impl OriginClient {
 }
 
 /// Reads `reader` in chunks of [`CHUNK_SIZE`] (the last may be shorter).
-fn read_chunks<R>(reader: R) -> impl Stream<Item = io::Result<Bytes>> + Send
+pub(crate) fn read_chunks<R>(reader: R) -> impl Stream<Item = io::Result<Bytes>> + Send
 where
     R: AsyncRead + Send + 'static,
 {

@@ -25,7 +25,9 @@ use kraken_transport::cluster::{HostPool, HostStatus, PoolOptions};
 use tokio::io::AsyncRead;
 use tonic::Code;
 
-use crate::client::{BlobStat, ByteStream, ClientError, Location, OriginClient, Uploaded};
+use crate::client::{
+    BlobStat, ByteStream, ClientError, Location, OriginClient, Replicated, Uploaded,
+};
 
 /// How long the first call waits for a DNS host list to resolve.
 const READY_PATIENCE: Duration = Duration::from_secs(10);
@@ -89,8 +91,37 @@ impl OriginClusterClient {
         hashring: &HashRingConfig,
         tls: &TlsMaterial,
     ) -> Result<Self, ClientError> {
+        Self::build(upstream, hashring, tls, None)
+    }
+
+    /// A client of another cluster's origins (`upstream`, as its build-index names them),
+    /// dialed with `tls` (material for that remote: its CA, our certificate) and each
+    /// certificate checked against `server_name` when given (`remotes.<name>.tls.server_name`).
+    pub fn for_remote(
+        upstream: &UpstreamConfig,
+        tls: &TlsMaterial,
+        server_name: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        if upstream.hosts.is_empty() {
+            return Err(ClientError::NoHosts);
+        }
+        Self::build(
+            upstream,
+            &HashRingConfig::default(),
+            tls,
+            server_name.map(str::to_owned),
+        )
+    }
+
+    fn build(
+        upstream: &UpstreamConfig,
+        hashring: &HashRingConfig,
+        tls: &TlsMaterial,
+        server_name: Option<String>,
+    ) -> Result<Self, ClientError> {
         let options = PoolOptions {
             passive: Some(upstream.healthcheck.clone()),
+            server_name,
             ..PoolOptions::ring(Role::Origin, hashring)
         };
         let pool = HostPool::new(&upstream.hosts, tls, options).map_err(ClientError::Cluster)?;
@@ -425,41 +456,60 @@ impl OriginClusterClient {
         let mut last = None;
         let mut not_found = false;
         for (address, client) in self.owner_clients(digest).await? {
-            let deadline = tokio::time::Instant::now() + BACKEND_FETCH_PATIENCE;
-            loop {
-                let outcome = client
-                    .download_range(namespace, digest, offset, length)
-                    .await;
-                self.record(&address, &outcome);
-                match outcome {
-                    Ok(stream) => return Ok(stream),
-                    Err(ClientError::Retry(after))
-                        if tokio::time::Instant::now() + after.min(MAX_RETRY_WAIT) < deadline =>
-                    {
-                        tokio::time::sleep(after.min(MAX_RETRY_WAIT)).await;
-                    }
-                    Err(error) => {
-                        if error.code() == Some(Code::NotFound) {
-                            not_found = true;
-                        } else {
-                            tracing::debug!(origin = %address, %digest, %error, "download failed");
-                            last = Some(error);
-                        }
-                        break;
-                    }
+            let outcome = retrying_while_fetching(|| {
+                client.download_range(namespace, digest, offset, length)
+            })
+            .await;
+            self.record(&address, &outcome);
+            match outcome {
+                Ok(stream) => return Ok(stream),
+                Err(error) if error.code() == Some(Code::NotFound) => not_found = true,
+                Err(error) => {
+                    tracing::debug!(origin = %address, %digest, %error, "download failed");
+                    last = Some(error);
                 }
             }
         }
-        match last {
-            Some(source) if !not_found => Err(OriginsError::Unavailable {
-                digest: *digest,
-                source,
-            }),
-            _ => Err(OriginsError::NotFound {
-                namespace: namespace.clone(),
-                digest: *digest,
-            }),
+        Err(none_served(namespace, digest, last, not_found))
+    }
+
+    /// Has a local origin send a blob to the remote cluster `remote_cluster`: its owners
+    /// first (they hold it), then the other members (which fetch it from the backend). Waits
+    /// while an origin fetches the blob from its backend, as [`download`](Self::download)
+    /// does, and moves on to the next origin on a network error; any other answer is final.
+    /// No deadline: a large blob takes long to send.
+    pub async fn replicate_to_remote(
+        &self,
+        namespace: &Namespace,
+        digest: &Digest,
+        remote_cluster: &str,
+    ) -> Result<Replicated, OriginsError> {
+        let mut last = None;
+        let mut not_found = false;
+        for (address, client) in self.candidate_clients(digest).await? {
+            let outcome = retrying_while_fetching(|| {
+                client.replicate_to_remote(namespace, digest, remote_cluster)
+            })
+            .await;
+            self.record(&address, &outcome);
+            match outcome {
+                Ok(replicated) => return Ok(replicated),
+                Err(error) if error.code() == Some(Code::NotFound) => not_found = true,
+                Err(error)
+                    if error.is_network_error() || matches!(error, ClientError::Retry(_)) =>
+                {
+                    tracing::debug!(origin = %address, %digest, %error, "replicate failed; next origin");
+                    last = Some(error);
+                }
+                Err(source) => {
+                    return Err(OriginsError::Unavailable {
+                        digest: *digest,
+                        source,
+                    });
+                }
+            }
         }
+        Err(none_served(namespace, digest, last, not_found))
     }
 
     /// Uploads the blob in the file at `path` (`size` bytes) to its first owner that accepts
@@ -655,6 +705,47 @@ impl OriginClusterClient {
                 source,
             }),
             None => Ok(cached),
+        }
+    }
+}
+
+/// Why no origin served a blob: unavailable with the last failure, unless one said it does not
+/// have it (or none failed).
+fn none_served(
+    namespace: &Namespace,
+    digest: &Digest,
+    last: Option<ClientError>,
+    not_found: bool,
+) -> OriginsError {
+    match last {
+        Some(source) if !not_found => OriginsError::Unavailable {
+            digest: *digest,
+            source,
+        },
+        _ => OriginsError::NotFound {
+            namespace: namespace.clone(),
+            digest: *digest,
+        },
+    }
+}
+
+/// Runs `call` again as long as the origin answers [`ClientError::Retry`] (it is fetching the
+/// blob from its backend), waiting as told (at most [`MAX_RETRY_WAIT`] at a time) for up to
+/// [`BACKEND_FETCH_PATIENCE`]; then the last answer.
+async fn retrying_while_fetching<T, F, Fut>(call: F) -> Result<T, ClientError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + BACKEND_FETCH_PATIENCE;
+    loop {
+        match call().await {
+            Err(ClientError::Retry(after))
+                if tokio::time::Instant::now() + after.min(MAX_RETRY_WAIT) < deadline =>
+            {
+                tokio::time::sleep(after.min(MAX_RETRY_WAIT)).await;
+            }
+            outcome => return outcome,
         }
     }
 }

@@ -4,11 +4,14 @@
 //!
 //! - [`OriginClient`] talks to one origin: one-shot uploads from a reader or a stream,
 //!   ranged downloads, stat, metainfo (with retry-while-fetching), locations, duplicate.
+//! - [`upload_resumable`] sends a blob to one origin in a resumable upload that survives cut
+//!   connections ([`UploadCursor`]), optionally paced: replication to other clusters.
 //! - [`OriginClusterClient`] talks to the ring: owners from the origins' own `Locations`,
 //!   failover between them, passive health checks, waiting while an owner fetches a blob from
 //!   its backend, small verified fetches, prefetches.
 //! - [`check_manifest_references`] and [`check_tag_dependencies`] walk a manifest (an index's
-//!   children and their layers too) and check that the origins hold every blob it needs.
+//!   children and their layers too) and check that the origins hold every blob it needs;
+//!   [`tag_dependencies`] lists them in the order another cluster must receive them.
 //!
 //! Errors: [`ClientError`] is how a call to one origin failed (an answer, a retry hint, or a
 //! network error); [`OriginsError`] is what a cluster-level call concluded (missing,
@@ -22,10 +25,13 @@
 mod client;
 mod cluster;
 mod references;
+mod resumable;
 
-pub use client::{BlobStat, ByteStream, ClientError, Location, OriginClient, Uploaded};
+pub use client::{BlobStat, ByteStream, ClientError, Location, OriginClient, Replicated, Uploaded};
 pub use cluster::{OriginClusterClient, OriginsError};
 pub use kraken_proto::wire::{CHUNK_SIZE, RETRY_AFTER_MS, UPLOAD_OFFSET};
 pub use references::{
-    MAX_DEPENDENCIES, ReferenceError, TargetKind, check_manifest_references, check_tag_dependencies,
+    Dependency, MAX_DEPENDENCIES, ReferenceError, TargetKind, check_manifest_references,
+    check_tag_dependencies, tag_dependencies,
 };
+pub use resumable::{MAX_RESUMES, ResumedUpload, UploadCursor, resume_offset, upload_resumable};

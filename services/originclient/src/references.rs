@@ -7,9 +7,10 @@
 //!
 //! The build-index runs the walk before it accepts a tag ([`check_tag_dependencies`]); the
 //! proxy runs it on a manifest before storing it ([`check_manifest_references`]), so a push it
-//! refuses stores nothing.
+//! refuses stores nothing. Replication to another cluster runs it to list what to send
+//! ([`tag_dependencies`]), in the order the remote's own check accepts them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
 use kraken_core::{Digest, Namespace};
@@ -46,11 +47,15 @@ pub enum ReferenceError {
     Origins(#[source] OriginsError),
 }
 
-/// A blob the tag needs, and what it is to the tag (for the error message).
+/// A blob a tag needs, and what it is to the tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Dependency {
-    digest: Digest,
-    what: String,
+pub struct Dependency {
+    pub digest: Digest,
+    /// What the blob is, for messages: "manifest", "child manifest of sha256:…", "blob
+    /// (config or layer) of manifest sha256:…".
+    pub what: String,
+    /// A manifest (the tag's target or an index's child), whose own references come first.
+    pub manifest: bool,
 }
 
 /// The dependencies found so far; manifests are fetched from the origins (so proven present)
@@ -58,6 +63,8 @@ struct Dependency {
 #[derive(Debug, Default)]
 struct Walk {
     dependencies: Vec<Dependency>,
+    /// Nesting depth of every manifest listed (the tag's target is 0).
+    depths: HashMap<Digest, usize>,
     fetched: HashSet<Digest>,
     seen: HashSet<Digest>,
     /// Manifests still to fetch: digest, what it is, nesting depth.
@@ -81,25 +88,35 @@ impl Walk {
                     max: MAX_DEPENDENCIES,
                 });
             }
-            let what = if manifest.is_index() {
-                if depth + 1 > MAX_DEPTH {
-                    return Err(ReferenceError::NotAManifest {
-                        digest: manifest_digest,
-                        reason: format!("indexes nest deeper than {MAX_DEPTH} levels"),
-                    });
-                }
-                let what = format!("child manifest of {manifest_digest}");
-                self.pending.push((child, what.clone(), depth + 1));
-                what
-            } else {
-                format!("blob (config or layer) of manifest {manifest_digest}")
-            };
-            self.dependencies.push(Dependency {
-                digest: child,
-                what,
-            });
+            if !manifest.is_index() {
+                self.dependencies.push(Dependency {
+                    digest: child,
+                    what: format!("blob (config or layer) of manifest {manifest_digest}"),
+                    manifest: false,
+                });
+                continue;
+            }
+            if depth + 1 > MAX_DEPTH {
+                return Err(ReferenceError::NotAManifest {
+                    digest: manifest_digest,
+                    reason: format!("indexes nest deeper than {MAX_DEPTH} levels"),
+                });
+            }
+            let what = format!("child manifest of {manifest_digest}");
+            self.queue_manifest(child, what, depth + 1);
         }
         Ok(())
+    }
+
+    /// Lists a manifest and queues it for fetching and walking.
+    fn queue_manifest(&mut self, digest: Digest, what: String, depth: usize) {
+        self.depths.insert(digest, depth);
+        self.pending.push((digest, what.clone(), depth));
+        self.dependencies.push(Dependency {
+            digest,
+            what,
+            manifest: true,
+        });
     }
 
     /// Fetches and walks every queued manifest.
@@ -108,23 +125,32 @@ impl Walk {
         origins: &OriginClusterClient,
         namespace: &Namespace,
     ) -> Result<(), ReferenceError> {
+        self.run_with(
+            |digest| async move { origins.fetch(namespace, &digest, MAX_MANIFEST_SIZE).await },
+        )
+        .await
+    }
+
+    /// [`run`](Self::run) with manifests from `fetch` (the origins, or a test's map).
+    async fn run_with<F, Fut>(&mut self, fetch: F) -> Result<(), ReferenceError>
+    where
+        F: Fn(Digest) -> Fut,
+        Fut: Future<Output = Result<bytes::Bytes, OriginsError>>,
+    {
         while let Some((digest, what, depth)) = self.pending.pop() {
-            let body = origins
-                .fetch(namespace, &digest, MAX_MANIFEST_SIZE)
-                .await
-                .map_err(|error| match error {
-                    OriginsError::NotFound { .. } => ReferenceError::Missing {
+            let body = fetch(digest).await.map_err(|error| match error {
+                OriginsError::NotFound { .. } => ReferenceError::Missing {
+                    digest,
+                    what: what.clone(),
+                },
+                OriginsError::TooLarge { .. } | OriginsError::Corrupt { .. } => {
+                    ReferenceError::NotAManifest {
                         digest,
-                        what: what.clone(),
-                    },
-                    OriginsError::TooLarge { .. } | OriginsError::Corrupt { .. } => {
-                        ReferenceError::NotAManifest {
-                            digest,
-                            reason: error.to_string(),
-                        }
+                        reason: error.to_string(),
                     }
-                    other => ReferenceError::Origins(other),
-                })?;
+                }
+                other => ReferenceError::Origins(other),
+            })?;
             self.fetched.insert(digest);
             let manifest =
                 Manifest::parse(None, &body).map_err(|error| ReferenceError::NotAManifest {
@@ -157,6 +183,20 @@ impl Walk {
         })
         .await?;
         Ok(count)
+    }
+
+    /// The dependencies in the order another cluster must receive them for its own check to
+    /// pass at each step: every blob (configs and layers) first, then the manifests, the
+    /// most deeply nested first, so each manifest arrives after everything it references and
+    /// the tag's target comes last. Otherwise in walk order.
+    fn into_ordered(self) -> Vec<Dependency> {
+        let depths = self.depths;
+        let mut dependencies = self.dependencies;
+        dependencies.sort_by_key(|dependency| {
+            let depth = depths.get(&dependency.digest).copied().unwrap_or(0);
+            (dependency.manifest, std::cmp::Reverse(depth))
+        });
+        dependencies
     }
 }
 
@@ -202,22 +242,47 @@ pub async fn check_tag_dependencies(
     namespace: &Namespace,
     digest: &Digest,
 ) -> Result<usize, ReferenceError> {
+    walk_tag(origins, kind, namespace, digest)
+        .await?
+        .verify(origins, namespace)
+        .await
+}
+
+/// Everything a tag on `digest` depends on, the blob itself included, in the order a remote
+/// cluster must receive them: blobs, then child manifests, then the tag's manifest (see
+/// [`Dependency`]). Manifests are fetched from the origins to be walked; other blobs are
+/// listed, not checked.
+pub async fn tag_dependencies(
+    origins: &OriginClusterClient,
+    kind: TargetKind,
+    namespace: &Namespace,
+    digest: &Digest,
+) -> Result<Vec<Dependency>, ReferenceError> {
+    Ok(walk_tag(origins, kind, namespace, digest)
+        .await?
+        .into_ordered())
+}
+
+/// Walks a tag's target: a manifest and what it references, or a single blob.
+async fn walk_tag(
+    origins: &OriginClusterClient,
+    kind: TargetKind,
+    namespace: &Namespace,
+    digest: &Digest,
+) -> Result<Walk, ReferenceError> {
     let mut walk = Walk::default();
     walk.seen.insert(*digest);
     if kind == TargetKind::Blob {
         walk.dependencies.push(Dependency {
             digest: *digest,
             what: "blob".to_owned(),
+            manifest: false,
         });
     } else {
-        walk.dependencies.push(Dependency {
-            digest: *digest,
-            what: "manifest".to_owned(),
-        });
-        walk.pending.push((*digest, "manifest".to_owned(), 0));
+        walk.queue_manifest(*digest, "manifest".to_owned(), 0);
         walk.run(origins, namespace).await?;
     }
-    walk.verify(origins, namespace).await
+    Ok(walk)
 }
 
 /// Checks that the origins hold everything `manifest` (whose digest is `digest`, not yet
@@ -251,8 +316,123 @@ mod tests {
             .map(|index| Dependency {
                 digest: Digest::of(index.to_string().as_bytes()),
                 what: format!("layer {index}"),
+                manifest: false,
             })
             .collect()
+    }
+
+    fn descriptor(media_type: &str, digest: &Digest) -> String {
+        format!(r#"{{"mediaType":"{media_type}","digest":"{digest}","size":1}}"#)
+    }
+
+    /// An image manifest on `config` and `layers`, as stored bytes and digest.
+    fn image(config: &Digest, layers: &[Digest]) -> (Digest, bytes::Bytes) {
+        let layers: Vec<String> = layers
+            .iter()
+            .map(|layer| descriptor(kraken_oci::media_type::OCI_LAYER_GZIP, layer))
+            .collect();
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{},"layers":[{}]}}"#,
+            kraken_oci::media_type::OCI_MANIFEST,
+            descriptor(kraken_oci::media_type::OCI_CONFIG, config),
+            layers.join(",")
+        );
+        (Digest::of(body.as_bytes()), body.into())
+    }
+
+    fn index(children: &[Digest]) -> (Digest, bytes::Bytes) {
+        let children: Vec<String> = children
+            .iter()
+            .map(|child| descriptor(kraken_oci::media_type::OCI_MANIFEST, child))
+            .collect();
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#,
+            kraken_oci::media_type::OCI_INDEX,
+            children.join(",")
+        );
+        (Digest::of(body.as_bytes()), body.into())
+    }
+
+    #[tokio::test]
+    async fn an_index_lists_children_and_their_layers_manifests_last() {
+        let blob = |name: &str| Digest::of(name.as_bytes());
+        let (amd64, amd64_body) = image(&blob("config-amd64"), &[blob("base"), blob("amd64")]);
+        // The base layer is shared: listed once.
+        let (arm64, arm64_body) = image(&blob("config-arm64"), &[blob("base"), blob("arm64")]);
+        let (top, top_body) = index(&[amd64, arm64]);
+        let stored: HashMap<Digest, bytes::Bytes> =
+            [(amd64, amd64_body), (arm64, arm64_body), (top, top_body)].into();
+
+        let mut walk = Walk::default();
+        walk.seen.insert(top);
+        walk.queue_manifest(top, "manifest".to_owned(), 0);
+        walk.run_with(|digest| {
+            let body = stored.get(&digest).cloned();
+            async move {
+                body.ok_or(OriginsError::NotFound {
+                    namespace: "team/app".parse().unwrap(),
+                    digest,
+                })
+            }
+        })
+        .await
+        .unwrap();
+        let ordered = walk.into_ordered();
+
+        let digests: Vec<Digest> = ordered.iter().map(|d| d.digest).collect();
+        assert_eq!(digests.len(), 8, "{ordered:#?}");
+        let unique: HashSet<Digest> = digests.iter().copied().collect();
+        assert_eq!(unique.len(), 8, "each blob once: {ordered:#?}");
+        // Every config and layer before any manifest, the children before the index.
+        let (blobs, manifests) = digests.split_at(5);
+        let expected_blobs: HashSet<Digest> =
+            ["config-amd64", "config-arm64", "base", "amd64", "arm64"]
+                .map(blob)
+                .into();
+        assert_eq!(
+            blobs.iter().copied().collect::<HashSet<_>>(),
+            expected_blobs
+        );
+        assert_eq!(manifests.last(), Some(&top));
+        assert_eq!(
+            manifests[..2].iter().copied().collect::<HashSet<_>>(),
+            HashSet::from([amd64, arm64])
+        );
+        for dependency in &ordered {
+            let is_manifest = [amd64, arm64, top].contains(&dependency.digest);
+            assert_eq!(dependency.manifest, is_manifest, "{dependency:?}");
+        }
+        let child = ordered.iter().find(|d| d.digest == amd64).unwrap();
+        assert_eq!(child.what, format!("child manifest of {top}"));
+    }
+
+    #[tokio::test]
+    async fn nested_indexes_come_after_their_children() {
+        let blob = |name: &str| Digest::of(name.as_bytes());
+        let (image_digest, image_body) = image(&blob("config"), &[blob("layer")]);
+        let (inner, inner_body) = index(&[image_digest]);
+        let (outer, outer_body) = index(&[inner]);
+        let stored: HashMap<Digest, bytes::Bytes> = [
+            (image_digest, image_body),
+            (inner, inner_body),
+            (outer, outer_body),
+        ]
+        .into();
+        let mut walk = Walk::default();
+        walk.seen.insert(outer);
+        walk.queue_manifest(outer, "manifest".to_owned(), 0);
+        walk.run_with(|digest| {
+            let body = stored.get(&digest).cloned();
+            async move { Ok(body.unwrap_or_default()) }
+        })
+        .await
+        .unwrap();
+        let digests: Vec<Digest> = walk.into_ordered().iter().map(|d| d.digest).collect();
+        assert_eq!(
+            digests[2..],
+            [image_digest, inner, outer],
+            "the deepest manifest first, the tag's target last"
+        );
     }
 
     #[tokio::test]

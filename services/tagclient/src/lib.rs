@@ -15,9 +15,11 @@ use std::time::Duration;
 use kraken_config::cluster::UpstreamConfig;
 use kraken_core::{Digest, parse_digest};
 use kraken_oci::TaggedName;
+use kraken_proto::buildindex::v1::replication_service_client::ReplicationServiceClient;
 use kraken_proto::buildindex::v1::tag_service_client::TagServiceClient;
 use kraken_proto::buildindex::v1::{
-    GetRequest, HasRequest, ListRepositoryRequest, ListRequest, PutRequest, ReplicateRequest,
+    GetRequest, HasRequest, ListOriginsRequest, ListRepositoryRequest, ListRequest, PutRequest,
+    ReplicateRequest,
 };
 pub use kraken_proto::wire::{DEFAULT_TAG_PAGE_SIZE, MAX_TAG_PAGE_SIZE};
 use kraken_tls::{Role, TlsMaterial};
@@ -92,6 +94,15 @@ impl TagPage {
     }
 }
 
+/// What a versioned `Put` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The tag points at the digest now, at this version.
+    Stored { version: u64 },
+    /// The build-index holds a newer version of the tag (this one): nothing changed.
+    Superseded { version: u64 },
+}
+
 /// A client of the build-index hosts. Cheap to clone; clones share channels and health.
 #[derive(Debug, Clone)]
 pub struct TagClient {
@@ -102,10 +113,33 @@ impl TagClient {
     /// Lazily connecting mTLS channels to the hosts of `upstream` (static or DNS), with its
     /// passive checks; [`TagClientError::NoHosts`] when it lists none.
     pub fn new(upstream: &UpstreamConfig, tls: &TlsMaterial) -> Result<Self, TagClientError> {
+        Self::with_server_name(upstream, tls, None)
+    }
+
+    /// A client of another cluster's build-index (`remotes.<name>.build_index`), dialed with
+    /// `tls` (material for that remote: its CA, our certificate), each server's certificate
+    /// checked against `server_name` when given (`remotes.<name>.tls.server_name`) instead of
+    /// the host dialed.
+    pub fn for_remote(
+        upstream: &UpstreamConfig,
+        tls: &TlsMaterial,
+        server_name: Option<&str>,
+    ) -> Result<Self, TagClientError> {
+        Self::with_server_name(upstream, tls, server_name.map(str::to_owned))
+    }
+
+    fn with_server_name(
+        upstream: &UpstreamConfig,
+        tls: &TlsMaterial,
+        server_name: Option<String>,
+    ) -> Result<Self, TagClientError> {
         if upstream.hosts.is_empty() {
             return Err(TagClientError::NoHosts);
         }
-        let options = PoolOptions::upstream(Role::BuildIndex, &upstream.healthcheck);
+        let options = PoolOptions {
+            server_name,
+            ..PoolOptions::upstream(Role::BuildIndex, &upstream.healthcheck)
+        };
         let pool = HostPool::new(&upstream.hosts, tls, options).map_err(TagClientError::Cluster)?;
         Ok(Self { pool })
     }
@@ -122,19 +156,43 @@ impl TagClient {
         digest: &Digest,
         replicate: bool,
     ) -> Result<(), TagClientError> {
+        // The build-index assigns the version of a new push.
+        self.put_versioned(name, digest, replicate, 0)
+            .await
+            .map(drop)
+    }
+
+    /// Points `name` at `digest` as of `version` (ms since the Unix epoch of the original
+    /// push; 0: the build-index assigns one), unless it holds a newer version: then
+    /// [`PutOutcome::Superseded`] and nothing changes, so a replica never moves back.
+    pub async fn put_versioned(
+        &self,
+        name: &TaggedName,
+        digest: &Digest,
+        replicate: bool,
+        version: u64,
+    ) -> Result<PutOutcome, TagClientError> {
         let request = PutRequest {
             tag: name.to_string(),
             digest: digest.to_string(),
             replicate,
-            // The build-index assigns the version of a new push.
-            version: 0,
+            version,
         };
-        self.call(PUT_TIMEOUT, |mut client| {
-            let request = request.clone();
-            async move { client.put(request).await }
+        let response = self
+            .call(PUT_TIMEOUT, |mut client| {
+                let request = request.clone();
+                async move { client.put(request).await }
+            })
+            .await?;
+        Ok(if response.superseded {
+            PutOutcome::Superseded {
+                version: response.version,
+            }
+        } else {
+            PutOutcome::Stored {
+                version: response.version,
+            }
         })
-        .await
-        .map(drop)
     }
 
     /// The digest `name` points at now, `None` if the tag is unknown.
@@ -153,9 +211,9 @@ impl TagClient {
             tag: name.to_string(),
         };
         let (host, response) = self
-            .call_on(READ_TIMEOUT, |mut client| {
+            .call_on(READ_TIMEOUT, |channel| {
                 let request = request.clone();
-                async move { client.get(request).await }
+                async move { TagServiceClient::new(channel).get(request).await }
             })
             .await
             .map_err(|error| match error {
@@ -173,15 +231,50 @@ impl TagClient {
     }
 
     pub async fn has(&self, name: &TaggedName) -> Result<bool, TagClientError> {
+        self.has_request(name)
+            .await
+            .map(|(_, response)| response.exists)
+    }
+
+    /// The digest `name` points at, `None` if the tag is unknown: what a replicating cluster
+    /// asks a remote (which answers `Has`, and not `Get`, to a foreign build-index).
+    pub async fn has_digest(&self, name: &TaggedName) -> Result<Option<Digest>, TagClientError> {
+        let (host, response) = self.has_request(name).await?;
+        if !response.exists {
+            return Ok(None);
+        }
+        parse_digest("digest", &response.digest)
+            .map(Some)
+            .map_err(|_| TagClientError::BadDigest {
+                host,
+                digest: response.digest,
+            })
+    }
+
+    async fn has_request(
+        &self,
+        name: &TaggedName,
+    ) -> Result<(String, kraken_proto::buildindex::v1::HasResponse), TagClientError> {
         let request = HasRequest {
             tag: name.to_string(),
         };
-        self.call(READ_TIMEOUT, |mut client| {
+        self.call_on(READ_TIMEOUT, |channel| {
             let request = request.clone();
-            async move { client.has(request).await }
+            async move { TagServiceClient::new(channel).has(request).await }
         })
         .await
-        .map(|response| response.exists)
+    }
+
+    /// The gRPC addresses of the cluster's origins (`ReplicationService/ListOrigins`),
+    /// healthy ones first: where another cluster's origins send replicated blobs.
+    pub async fn list_origins(&self) -> Result<Vec<String>, TagClientError> {
+        self.call_on(READ_TIMEOUT, |channel| async move {
+            ReplicationServiceClient::new(channel)
+                .list_origins(ListOriginsRequest {})
+                .await
+        })
+        .await
+        .map(|(_, response)| response.origins)
     }
 
     /// Full `repo:tag` names starting with `prefix`, a page at a time.
@@ -245,19 +338,21 @@ impl TagClient {
         F: Fn(TagServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_on(timeout, call).await.map(|(_, answer)| answer)
+        self.call_on(timeout, |channel| call(TagServiceClient::new(channel)))
+            .await
+            .map(|(_, answer)| answer)
     }
 
-    /// Runs `call` against the hosts, healthy ones first, until one answers; returns the
-    /// host that did. An error status that is not a network error is final: the host is up
-    /// and said no.
+    /// Runs `call` against the hosts' channels, healthy ones first, until one answers;
+    /// returns the host that did. An error status that is not a network error is final: the
+    /// host is up and said no.
     async fn call_on<T, F, Fut>(
         &self,
         timeout: Duration,
         call: F,
     ) -> Result<(String, T), TagClientError>
     where
-        F: Fn(TagServiceClient<Channel>) -> Fut,
+        F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let members = self
@@ -279,8 +374,7 @@ impl TagClient {
                     continue;
                 }
             };
-            let client = TagServiceClient::new(channel);
-            let status = match tokio::time::timeout(timeout, call(client)).await {
+            let status = match tokio::time::timeout(timeout, call(channel)).await {
                 Ok(Ok(response)) => {
                     self.pool.record_success(&host);
                     return Ok((host, response.into_inner()));
