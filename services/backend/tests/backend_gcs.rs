@@ -34,21 +34,21 @@ impl Emulator {
     fn start() -> Self {
         let program = venv_program("gcp-storage-emulator", "gcp-storage-emulator");
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut command = Command::new(program);
-        command
-            .args(["start", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--default-bucket", BUCKET, "--in-memory"])
-            .current_dir(dir.path());
-        let server = ServerProcess::start(
+        let server = ServerProcess::start_on_free_port(
             "gcp-storage-emulator",
-            command,
-            ([127, 0, 0, 1], port).into(),
+            |port| {
+                let mut command = Command::new(&program);
+                command
+                    .args(["start", "--host", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--default-bucket", BUCKET, "--in-memory"])
+                    .current_dir(dir.path());
+                command
+            },
             &dir.path().join("emulator.log"),
         );
         Self {
+            endpoint: format!("http://{}", server.addr),
             _server: server,
-            endpoint: format!("http://127.0.0.1:{port}"),
             _dir: dir,
         }
     }

@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::{blob, digest, file_with, free_port, ns, read_all};
+use common::{ServerProcess, blob, digest, file_with, free_port, ns, read_all};
 use kraken_backend::{Backend, BackendError, HttpBackend, UploadSource};
 use kraken_config::backend::{BackoffConfig, HttpBackendConfig};
 
@@ -203,54 +203,35 @@ async fn keeps_the_backend_contract() {
 /// CPython's `http.server` serving a directory: a real, independent HTTP server (HTTP/1.0,
 /// `Content-Length` from the file, its own `HEAD`), killed on drop.
 struct PythonFileServer {
-    child: std::process::Child,
-    addr: SocketAddr,
+    server: ServerProcess,
     _root: tempfile::TempDir,
 }
 
 impl PythonFileServer {
-    async fn start(files: &[(&str, &[u8])]) -> Self {
+    fn start(files: &[(&str, &[u8])]) -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("blobs")).unwrap();
         for (name, data) in files {
             std::fs::write(root.path().join("blobs").join(name), data).unwrap();
         }
-        let port = free_port();
-        let child = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .arg("--directory")
-            .arg(root.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 runs (tests/run.sh's machines have CPython)");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "hang guard: python3 -m http.server never listened"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // tests/run.sh's machines have CPython.
+        let server = ServerProcess::start_on_free_port(
+            "python3 -m http.server",
+            |port| {
+                let mut command = std::process::Command::new("python3");
+                command
+                    .args(["-m", "http.server", "--bind", "127.0.0.1"])
+                    .arg(port.to_string())
+                    .arg("--directory")
+                    .arg(root.path());
+                command
+            },
+            &root.path().join("http.server.log"),
+        );
         Self {
-            child,
-            addr,
+            server,
             _root: root,
         }
-    }
-}
-
-impl Drop for PythonFileServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -258,8 +239,8 @@ impl Drop for PythonFileServer {
 async fn works_against_a_real_http_file_server() {
     let data = blob(3 << 20, 5);
     let digest = digest(&data);
-    let server = PythonFileServer::start(&[(&digest.hex(), &data)]).await;
-    let backend = HttpBackend::new(&config(server.addr, false)).unwrap();
+    let files = PythonFileServer::start(&[(&digest.hex(), &data)]);
+    let backend = HttpBackend::new(&config(files.server.addr, false)).unwrap();
     let namespace = ns("build/artifacts");
     serves_what_it_holds(&backend, &namespace, &data).await;
     common::contract::read_only(&backend, &namespace, &data, &common::digest(b"absent")).await;

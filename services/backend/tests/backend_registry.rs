@@ -4,9 +4,10 @@
 //! with a private CA. Blobs and manifests are pushed with the registry's own HTTP API, then
 //! pulled through the backends.
 //!
-//! distribution cannot issue tokens itself (it only verifies them), so Docker's token flow is
-//! exercised against an in-test registry front whose challenges and token endpoint follow the
-//! token authentication spec.
+//! distribution cannot issue tokens itself (it only verifies them), so Docker's token flow runs
+//! against the real registry configured for token auth with an in-test token service whose
+//! certificate is the registry's `rootcertbundle`, and against an in-test registry front (token
+//! caching, OAuth2-style answers).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,7 +24,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::{ServerProcess, blob, digest, file_with, free_port, ns, read_all, system_program};
+use common::{ServerProcess, blob, digest, file_with, ns, read_all, system_program};
 use kraken_backend::{
     Backend, BackendError, Backends, RegistryBlobBackend, RegistryTagBackend, UploadSource,
 };
@@ -37,24 +38,55 @@ use kraken_core::{Digest, Namespace};
 const USER: &str = "puller";
 const PASSWORD: &str = "s3cret-pass";
 
-/// A running `docker-registry` with basic auth for [`USER`].
+/// A running `docker-registry`: with basic auth for [`USER`], or wanting tokens of a
+/// [`TokenIssuer`].
 struct Registry {
     server: ServerProcess,
     dir: tempfile::TempDir,
     /// The CA that signed the registry's certificate, when it serves TLS.
     ca_pem: Option<PathBuf>,
     client: reqwest::Client,
+    /// Signs the tokens the test pushes with, when the registry wants tokens.
+    issuer: Option<Arc<TokenIssuer>>,
 }
 
 impl Registry {
+    /// With htpasswd basic auth for [`USER`].
     fn start(tls: bool) -> Self {
-        let program = system_program("docker-registry", "apt-get install -y docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let hash = bcrypt::hash_with_result(PASSWORD, 4)
             .unwrap()
             .format_for_version(bcrypt::Version::TwoY);
-        std::fs::write(dir.path().join("htpasswd"), format!("{USER}:{hash}\n")).unwrap();
-        let port = free_port();
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, format!("{USER}:{hash}\n")).unwrap();
+        let auth = format!(
+            "auth:\n  htpasswd:\n    realm: kraken-test\n    path: {}\n",
+            htpasswd.display()
+        );
+        Self::start_with(dir, tls, &auth, None)
+    }
+
+    /// Wanting tokens `issuer` signs, from its endpoint at `realm` (token auth: the registry
+    /// only verifies tokens, against the certificate in its `rootcertbundle`).
+    fn start_with_tokens(issuer: Arc<TokenIssuer>, realm: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("token-issuer.pem");
+        std::fs::write(&bundle, &issuer.cert_pem).unwrap();
+        let auth = format!(
+            "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    \
+             issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+            bundle.display()
+        );
+        Self::start_with(dir, false, &auth, Some(issuer))
+    }
+
+    fn start_with(
+        dir: tempfile::TempDir,
+        tls: bool,
+        auth: &str,
+        issuer: Option<Arc<TokenIssuer>>,
+    ) -> Self {
+        let program = system_program("docker-registry", "apt-get install -y docker-registry");
         let mut tls_section = String::new();
         let mut ca_pem = None;
         kraken_tls::install_crypto_provider();
@@ -85,24 +117,24 @@ impl Registry {
             );
             ca_pem = Some(ca_path);
         }
-        let config = format!(
-            "version: 0.1\n\
-             log:\n  level: error\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {root}\n  \
-             maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: kraken-test\n{tls_section}\
-             auth:\n  htpasswd:\n    realm: kraken-test\n    path: {htpasswd}\n",
-            root = dir.path().join("data").display(),
-            htpasswd = dir.path().join("htpasswd").display(),
-        );
+        let root = dir.path().join("data");
         let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let mut command = Command::new(program);
-        command.arg("serve").arg(&config_path);
-        let server = ServerProcess::start(
+        let server = ServerProcess::start_on_free_port(
             "docker-registry",
-            command,
-            ([127, 0, 0, 1], port).into(),
+            |port| {
+                let config = format!(
+                    "version: 0.1\n\
+                     log:\n  level: error\n  accesslog:\n    disabled: true\n\
+                     storage:\n  filesystem:\n    rootdirectory: {root}\n  \
+                     maintenance:\n    uploadpurging:\n      enabled: false\n\
+                     http:\n  addr: 127.0.0.1:{port}\n  secret: kraken-test\n{tls_section}{auth}",
+                    root = root.display(),
+                );
+                std::fs::write(&config_path, config).unwrap();
+                let mut command = Command::new(&program);
+                command.arg("serve").arg(&config_path);
+                command
+            },
             &dir.path().join("registry.log"),
         );
         Self {
@@ -110,6 +142,19 @@ impl Registry {
             dir,
             ca_pem,
             client: client.build().unwrap(),
+            issuer,
+        }
+    }
+
+    /// What the test's own pushes to `repository` authenticate with.
+    fn push_auth(
+        &self,
+        request: reqwest::RequestBuilder,
+        repository: &str,
+    ) -> reqwest::RequestBuilder {
+        match &self.issuer {
+            Some(issuer) => request.bearer_auth(issuer.token(repository, &["pull", "push"])),
+            None => request.basic_auth(USER, Some(PASSWORD)),
         }
     }
 
@@ -129,10 +174,9 @@ impl Registry {
     /// Pushes a blob with the registry API (monolithic upload), as `docker push` would.
     async fn push_blob(&self, repository: &str, data: &[u8]) -> Digest {
         let digest = digest(data);
+        let started = format!("{}/v2/{repository}/blobs/uploads/", self.base());
         let started = self
-            .client
-            .post(format!("{}/v2/{repository}/blobs/uploads/", self.base()))
-            .basic_auth(USER, Some(PASSWORD))
+            .push_auth(self.client.post(started), repository)
             .send()
             .await
             .unwrap();
@@ -150,9 +194,7 @@ impl Registry {
         url.query_pairs_mut()
             .append_pair("digest", &digest.to_string());
         let finished = self
-            .client
-            .put(url)
-            .basic_auth(USER, Some(PASSWORD))
+            .push_auth(self.client.put(url), repository)
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(data.to_vec())
             .send()
@@ -184,10 +226,9 @@ impl Registry {
             }],
         }))
         .unwrap();
+        let pushed = format!("{}/v2/{repository}/manifests/{tag}", self.base());
         let pushed = self
-            .client
-            .put(format!("{}/v2/{repository}/manifests/{tag}", self.base()))
-            .basic_auth(USER, Some(PASSWORD))
+            .push_auth(self.client.put(pushed), repository)
             .header(
                 header::CONTENT_TYPE,
                 "application/vnd.docker.distribution.manifest.v2+json",
@@ -489,6 +530,161 @@ async fn bearer_tokens_are_fetched_with_basic_credentials_and_cached() {
         request.starts_with("service=test-registry scope=repository:library/app:pull auth=Basic "),
         "{request}"
     );
+}
+
+const TOKEN_SERVICE: &str = "kraken-test-registry";
+const TOKEN_ISSUER: &str = "kraken-test-token-issuer";
+
+/// A token service for a registry configured with `auth: token`: an ES256 key whose
+/// self-signed certificate is the registry's `rootcertbundle`, and the tokens it signs
+/// (Docker's token spec, as distribution verifies them: the certificate in the `x5c` header,
+/// issuer, audience, lifetime and the granted `access`).
+struct TokenIssuer {
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    key: jsonwebtoken::EncodingKey,
+}
+
+impl TokenIssuer {
+    fn new() -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec![TOKEN_ISSUER.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        Self {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key: jsonwebtoken::EncodingKey::from_ec_der(&key.serialize_der()),
+        }
+    }
+
+    /// A token granting `actions` on `repository`, valid for five minutes.
+    fn token(&self, repository: &str, actions: &[&str]) -> String {
+        use base64::Engine as _;
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.x5c = Some(vec![
+            base64::engine::general_purpose::STANDARD.encode(&self.cert_der),
+        ]);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER,
+            "sub": USER,
+            "aud": TOKEN_SERVICE,
+            "iat": now,
+            "nbf": now - 10,
+            "exp": now + 300,
+            "jti": format!("{now}-{repository}"),
+            "access": [{"type": "repository", "name": repository, "actions": actions}],
+        });
+        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+    }
+}
+
+/// What the token endpoint was asked, and the issuer it signs with.
+struct TokenEndpoint {
+    issuer: Arc<TokenIssuer>,
+    /// `service scope` of every request.
+    requests: Mutex<Vec<String>>,
+}
+
+/// `GET /token?service=…&scope=repository:<name>:<actions>` with basic credentials: a token
+/// granting what the scope asks (pulls only), or 401 for other credentials.
+async fn issue_token(
+    State(endpoint): State<Arc<TokenEndpoint>>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    use base64::Engine as _;
+    let (service, scope) = (
+        query.get("service").cloned().unwrap_or_default(),
+        query.get("scope").cloned().unwrap_or_default(),
+    );
+    endpoint
+        .requests
+        .lock()
+        .unwrap()
+        .push(format!("{service} {scope}"));
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|value| value.as_bytes() == expected.as_bytes());
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#,
+        )
+            .into_response();
+    }
+    let repository = scope
+        .strip_prefix("repository:")
+        .and_then(|rest| rest.strip_suffix(":pull"))
+        .unwrap_or_default();
+    let token = endpoint.issuer.token(repository, &["pull"]);
+    axum::Json(serde_json::json!({"token": token, "expires_in": 300})).into_response()
+}
+
+#[tokio::test]
+async fn registry_blob_pulls_from_docker_registry_with_token_auth() {
+    let issuer = Arc::new(TokenIssuer::new());
+    let endpoint = Arc::new(TokenEndpoint {
+        issuer: issuer.clone(),
+        requests: Mutex::new(Vec::new()),
+    });
+    // Bound before the registry starts: its config names the realm.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let realm = format!("http://{}/token", listener.local_addr().unwrap());
+    let app = Router::new()
+        .route("/token", get(issue_token))
+        .with_state(endpoint.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let registry = Registry::start_with_tokens(issuer, &realm);
+    let namespace = ns("library/app");
+    let data = blob(1 << 20, 12);
+    let digest = registry.push_blob(namespace.as_str(), &data).await;
+
+    // The registry answers the backend with a challenge naming the realm; the backend fetches
+    // a token there with its basic credentials, and the registry accepts the token.
+    let backend = pull_through(registry.backend_config(USER, PASSWORD), &namespace);
+    assert_eq!(
+        backend.stat(&namespace, &digest).await.unwrap(),
+        Some(data.len() as u64)
+    );
+    let bytes = read_all(backend.download(&namespace, &digest).await.unwrap()).await;
+    assert!(bytes == data, "the pulled bytes are the pushed ones");
+    assert_eq!(
+        *endpoint.requests.lock().unwrap(),
+        [format!("{TOKEN_SERVICE} repository:library/app:pull")],
+        "one token, for what the registry's challenge asked, serves both requests"
+    );
+
+    // Other credentials get no token: the token endpoint's refusal is the backend's error.
+    let wrong = RegistryBlobBackend::new(&registry.backend_config(USER, "wrong")).unwrap();
+    let error = wrong.download(&namespace, &digest).await.unwrap_err();
+    assert!(matches!(error, BackendError::Other { .. }), "{error}");
+    assert!(
+        chain(&error).contains("get a token for repository:library/app:pull"),
+        "{}",
+        chain(&error)
+    );
+    assert!(chain(&error).contains("401"), "{}", chain(&error));
+
+    // A token the registry's bundle does not vouch for is refused by the registry itself.
+    let stranger = TokenIssuer::new().token(namespace.as_str(), &["pull"]);
+    let refused = registry
+        .client
+        .get(format!("{}/v2/library/app/blobs/{digest}", registry.base()))
+        .bearer_auth(stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
 }
 
 fn chain(error: &dyn std::error::Error) -> String {

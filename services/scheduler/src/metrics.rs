@@ -8,6 +8,8 @@ pub(crate) const CONNECTIONS: &str = "kraken_p2p_connections";
 pub(crate) const LINKS: &str = "kraken_p2p_links";
 /// Incoming links refused because a connection limit was reached.
 pub(crate) const REFUSED_LINKS: &str = "kraken_p2p_refused_links_total";
+/// Links closed for time: idle for `conn_tti`, or older than `conn_ttl`.
+pub(crate) const EXPIRED_LINKS: &str = "kraken_p2p_expired_links_total";
 /// Dials to a peer that failed.
 pub(crate) const DIAL_FAILURES: &str = "kraken_p2p_dial_failures_total";
 /// Pieces received and verified.

@@ -5,7 +5,7 @@
 // Test helpers outside `#[test]` functions: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use kraken_config::store::StoreConfig;
 use kraken_core::{Digest, MetaInfo, Namespace, PeerId, PeerInfo};
 use kraken_scheduler::{
     AnnounceError, AnnounceReply, Announcer, BlobState, DownloadError, DriverConfig, Faults,
-    PeerReports, Scheduler, SchedulerError, SwarmMember, TorrentState,
+    PeerReports, Scheduler, SchedulerError, SchedulerStats, SwarmMember, TorrentState,
 };
 use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::{DevCa, LeafOptions, Role, TlsMaterial};
@@ -28,6 +28,10 @@ struct FakeTracker {
     peers: Mutex<HashMap<Digest, HashMap<PeerId, PeerInfo>>>,
     origins: Mutex<Vec<PeerInfo>>,
     reports: Mutex<Vec<(PeerId, PeerReports)>>,
+    /// Set: each peer is told of each other one once, so a link that closed is not dialled
+    /// again and what closed it stays visible.
+    introduce_once: bool,
+    introduced: Mutex<HashSet<(PeerId, PeerId)>>,
 }
 
 impl FakeTracker {
@@ -74,6 +78,10 @@ impl Announcer for FakeTracker {
             .filter(|p| p.peer_id != me.peer_id)
             .copied()
             .collect();
+        if self.introduce_once {
+            let mut introduced = self.introduced.lock().unwrap();
+            others.retain(|p| introduced.insert((me.peer_id, p.peer_id)));
+        }
         others.sort_by_key(|p| !p.complete);
         others.extend(self.origins.lock().unwrap().iter().copied());
         Ok(AnnounceReply {
@@ -459,6 +467,128 @@ async fn a_download_nobody_serves_gives_up_at_its_leecher_tti() {
     let again = agent.download(&namespace, &metainfo).await.unwrap();
     assert!(matches!(again, BlobState::Downloading(_)), "{again:?}");
     agent.shutdown().await;
+}
+
+/// Waits until `condition` holds for every node (the bound is a hang guard).
+async fn until_all(what: &str, nodes: &[&Node], condition: impl Fn(SchedulerStats) -> bool) {
+    within(what, async {
+        while !nodes.iter().all(|n| condition(n.scheduler.stats())) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Two pairs of agents link up over blobs nobody holds, so no piece ever moves and no link can
+/// close because a transfer completed: the pair `configure`d with a short limit must drop its
+/// link for time while the pair with the defaults keeps its own. What is compared is the
+/// order of events and what closed the link (the driver's count of links closed for time),
+/// not a clock.
+async fn only_the_short_limit_closes_an_idle_link(
+    configure: impl Fn(&mut kraken_config::scheduler::SchedulerConfig) + Copy,
+) {
+    kraken_tls::install_crypto_provider();
+    let ca = DevCa::new().unwrap();
+    let tracker = Arc::new(FakeTracker {
+        introduce_once: true,
+        ..FakeTracker::default()
+    });
+    let namespace: Namespace = "library/linger".parse().unwrap();
+    let unheld = |len| {
+        MetaInfo::generate(
+            &blob(len)[..],
+            64 << 10,
+            kraken_core::PieceHashAlgorithm::Blake3,
+        )
+        .unwrap()
+    };
+    let start = async |node: &Node, metainfo: &MetaInfo| match node
+        .scheduler
+        .download(&namespace, metainfo)
+        .await
+        .unwrap()
+    {
+        BlobState::Downloading(download) => download,
+        BlobState::Stored => panic!("an empty store holds the blob"),
+    };
+
+    // The patient pair first, on one blob: linked, and staying so.
+    let patient = [agent(&ca, &tracker).await, agent(&ca, &tracker).await];
+    let theirs = unheld(320 << 10);
+    for node in &patient {
+        start(node, &theirs).await;
+    }
+    let [p0, p1] = &patient;
+    until_all("the patient pair linked", &[p0, p1], |s| s.links == 1).await;
+
+    // Then the short-lived pair, on another.
+    let mut short = Vec::new();
+    for _ in 0..2 {
+        short.push(
+            node_with(
+                &ca,
+                Role::Agent,
+                false,
+                Some(tracker.clone()),
+                Faults::default(),
+                configure,
+            )
+            .await,
+        );
+    }
+    let ours = unheld(256 << 10);
+    let mut downloads = Vec::new();
+    for node in &short {
+        downloads.push(start(node, &ours).await);
+    }
+    let [s0, s1] = [&short[0], &short[1]];
+    within("the short limit closed their link", async {
+        loop {
+            let (a, b) = (s0.scheduler.stats(), s1.scheduler.stats());
+            if a.expired_links + b.expired_links > 0 && a.links == 0 && b.links == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for node in &patient {
+        let stats = node.scheduler.stats();
+        assert_eq!(stats.links, 1, "the defaults have not passed: {stats:?}");
+        assert_eq!(stats.expired_links, 0, "{stats:?}");
+    }
+    // Only the link closed: the downloads still wait for a peer that holds the blob.
+    for node in &short {
+        assert_eq!(
+            node.scheduler.state(ours.digest()),
+            Some(TorrentState::Downloading)
+        );
+    }
+    assert!(downloads.iter().all(|d| matches!(
+        *d.status.borrow(),
+        kraken_scheduler::Status::Downloading { .. }
+    )));
+    for node in [p0, p1, s0, s1] {
+        node.scheduler.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_exchanges_nothing_closes_at_its_conn_tti() {
+    only_the_short_limit_closes_an_idle_link(|config| {
+        config.conn_tti = Duration::from_millis(300);
+        config.conn_ttl = Duration::from_secs(3600);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_closes_at_its_conn_ttl_even_when_its_conn_tti_is_far_off() {
+    only_the_short_limit_closes_an_idle_link(|config| {
+        config.conn_tti = Duration::from_secs(3600);
+        config.conn_ttl = Duration::from_millis(300);
+    })
+    .await;
 }
 
 /// Fails the test instead of hanging it.

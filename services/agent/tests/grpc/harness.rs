@@ -17,7 +17,7 @@ use kraken_proto::tracker::v1::{
     AnnounceRequest, AnnounceResponse, GetMetaInfoRequest, GetMetaInfoResponse,
     tracker_service_server::{TrackerService, TrackerServiceServer},
 };
-use kraken_scheduler::{DriverConfig, Scheduler};
+use kraken_scheduler::{BlobState, DriverConfig, Scheduler};
 use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::{DevCa, LeafOptions, Role, TlsMaterial};
 use kraken_transport::bandwidth::BandwidthLimiter;
@@ -218,6 +218,13 @@ impl RunningTracker {
     }
 }
 
+impl RunningTracker {
+    /// Hands `seeder` out with every announce from now on.
+    pub(crate) fn add_seeder(&self, seeder: &Seeder) {
+        self.fake.state.lock().unwrap().seeders.push(seeder.peer());
+    }
+}
+
 impl Drop for RunningTracker {
     fn drop(&mut self) {
         self.stop.cancel();
@@ -238,8 +245,7 @@ pub(crate) struct Seeder {
 }
 
 impl Seeder {
-    /// `egress_bits_per_sec` caps its upload, to make downloads take a while.
-    pub(crate) async fn start(pki: &Pki, egress_bits_per_sec: Option<u64>) -> Self {
+    pub(crate) async fn start(pki: &Pki) -> Self {
         let tls = pki.tls(Role::Origin);
         let endpoint =
             PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &tls, &QuicTuning::default())
@@ -258,8 +264,14 @@ impl Seeder {
             origin: true,
         };
         let config = DriverConfig::from_config(&Default::default(), true);
-        let limiter = BandwidthLimiter::new(egress_bits_per_sec, None);
-        let scheduler = Scheduler::start(local, config, endpoint, store.clone(), limiter, None);
+        let scheduler = Scheduler::start(
+            local,
+            config,
+            endpoint,
+            store.clone(),
+            BandwidthLimiter::unlimited(),
+            None,
+        );
         Self {
             scheduler,
             store,
@@ -280,6 +292,31 @@ impl Seeder {
             .unwrap()
             .metainfo()
             .clone()
+    }
+
+    /// Holds only the first `pieces` pieces of the blob `data`: a download in progress that
+    /// nobody completes, whose pieces it serves like a stored blob's. An agent pulling through
+    /// it gets those and then waits, however slow or loaded the machine, until the test hands
+    /// out a seeder of the whole blob ([`RunningTracker::add_seeder`]): what a test sees
+    /// before that is mid-transfer by construction, not because the transfer was slow.
+    pub(crate) async fn hold_first(&self, metainfo: &MetaInfo, data: &Bytes, pieces: u32) {
+        assert!(pieces < metainfo.num_pieces(), "a part, not the whole");
+        let namespace = "library/partial".parse().unwrap();
+        let BlobState::Downloading(download) =
+            self.scheduler.download(&namespace, metainfo).await.unwrap()
+        else {
+            panic!("an empty store holds the blob");
+        };
+        for piece in 0..pieces {
+            let start = metainfo.piece_offset(piece) as usize;
+            let len = metainfo.piece_len(piece).unwrap() as usize;
+            let verified = download
+                .handle
+                .write_piece(piece, data.slice(start..start + len))
+                .await
+                .unwrap();
+            assert!(verified, "piece {piece} is new");
+        }
     }
 
     pub(crate) async fn stop(self) {

@@ -16,8 +16,10 @@ use harness::{
 use kraken_agent::{BlobSource, TrackerClient, TrackerClientOptions};
 use kraken_config::cluster::{PassiveHealthCheckConfig, UpstreamConfig};
 use kraken_core::{Digest, Namespace, PeerId, PeerInfo};
+use kraken_proto::agent::v1::agent_service_client::AgentServiceClient;
 use kraken_proto::agent::v1::{
-    EvictRequest, GetBlobRequest, PreloadRequest, StatRequest, preload_request::Target,
+    EvictRequest, GetBlobRequest, GetBlobResponse, PreloadProgress, PreloadRequest, StatRequest,
+    preload_request::Target,
 };
 use kraken_proto::common::v1::BlobRef;
 use kraken_store::CommitOptions;
@@ -45,7 +47,7 @@ fn preload(digest: &Digest) -> PreloadRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_blob_through_the_swarm_is_byte_identical_whole_and_by_range() {
     let pki = Pki::new();
-    let seeder = Seeder::start(&pki, None).await;
+    let seeder = Seeder::start(&pki).await;
     let data = blob(6 << 20, 1);
     let metainfo = seeder.seed(&data).await;
     let digest = *metainfo.digest();
@@ -125,29 +127,73 @@ async fn get_blob_through_the_swarm_is_byte_identical_whole_and_by_range() {
     tracker.stop().await;
 }
 
+/// A seeder of the whole of `data` (not yet handed out), and one holding only the pieces of
+/// its first half, which `tracker` hands out: a pull through it stays mid-transfer until the
+/// test calls `tracker.add_seeder(&whole)`. (Half, not one piece: a GetBlob stream holds its
+/// latest chunk back until the blob verified, so the first one leaves only once a second
+/// is ready, and chunks are up to a MiB.)
+async fn partly_seeded(
+    pki: &Pki,
+    data: &bytes::Bytes,
+) -> (Seeder, Seeder, kraken_core::MetaInfo, RunningTracker) {
+    let whole = Seeder::start(pki).await;
+    let metainfo = whole.seed(data).await;
+    let half = metainfo.num_pieces() / 2;
+    assert!(
+        metainfo.piece_offset(half) > 2 * kraken_agent::STREAM_CHUNK as u64,
+        "more than two chunks before the missing half: {} pieces",
+        metainfo.num_pieces()
+    );
+    let part = Seeder::start(pki).await;
+    part.hold_first(&metainfo, data, half).await;
+    let tracker = tracker_for(pki, &part, &metainfo).await;
+    (whole, part, metainfo, tracker)
+}
+
+/// The first message of a GetBlob stream.
+async fn first_chunk(
+    client: &mut AgentServiceClient<tonic::transport::Channel>,
+    digest: &Digest,
+) -> (tonic::Streaming<GetBlobResponse>, Vec<u8>) {
+    let mut stream = within(30, client.get_blob(get_blob(NS, digest)))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = within(30, stream.message()).await.unwrap().unwrap();
+    assert!(!first.chunk.is_empty());
+    (stream, first.chunk.to_vec())
+}
+
+/// Reads the rest of a GetBlob stream after `got`.
+async fn rest(mut stream: tonic::Streaming<GetBlobResponse>, mut got: Vec<u8>) -> Vec<u8> {
+    while let Some(message) = within(60, stream.message()).await.unwrap() {
+        got.extend_from_slice(&message.chunk);
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_get_blobs_share_one_download() {
     let pki = Pki::new();
-    // 16 Mbit/s: the download takes about two seconds, so the two requests overlap.
-    let seeder = Seeder::start(&pki, Some(16_000_000)).await;
-    let data = blob(4 << 20, 2);
-    let metainfo = seeder.seed(&data).await;
+    let data = blob(6 << 20, 2);
+    let (whole, part, metainfo, tracker) = partly_seeded(&pki, &data).await;
     let digest = *metainfo.digest();
-    let tracker = tracker_for(&pki, &seeder, &metainfo).await;
     tracker.fake.state.lock().unwrap().pending_answers = 2;
     let agent = TestAgent::start(&pki, &[tracker.addr]).await;
     let mut a = pki.client(Role::Client, &agent);
     let mut b = pki.client(Role::Client, &agent);
 
-    let (one, two) = within(60, async {
-        tokio::join!(
-            read_all(&mut a, get_blob(NS, &digest)),
-            read_all(&mut b, get_blob(NS, &digest)),
-        )
-    })
-    .await;
-    assert!(one.unwrap() == data[..]);
-    assert!(two.unwrap() == data[..]);
+    // Both streams are under way while the download cannot finish (nobody holds the rest).
+    let ((a_stream, a_got), (b_stream, b_got)) =
+        tokio::join!(first_chunk(&mut a, &digest), first_chunk(&mut b, &digest));
+    assert!(
+        !agent.store().contains(&digest),
+        "the blob cannot be whole yet"
+    );
+    tracker.add_seeder(&whole);
+    let (one, two) = tokio::join!(rest(a_stream, a_got), rest(b_stream, b_got));
+    assert!(one == data[..]);
+    assert!(two == data[..]);
     // One metainfo lookup (two pending answers, then the metainfo) for both requests, one
     // peer in the swarm, one torrent.
     assert_eq!(tracker.fake.metainfo_calls(&digest), 3);
@@ -158,30 +204,23 @@ async fn concurrent_get_blobs_share_one_download() {
     assert_eq!(agent.scheduler().stats().torrents, 1);
 
     agent.stop().await;
-    seeder.stop().await;
+    for seeder in [whole, part] {
+        seeder.stop().await;
+    }
     tracker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_starts_before_the_whole_blob_has_arrived() {
     let pki = Pki::new();
-    // 16 Mbit/s for 16 MiB: about eight seconds, so that even a test process starved of CPU
-    // for seconds (the suite runs in parallel on two cores) sees the first chunk long before
-    // the download completes. (At 6 MiB it once failed under load.)
-    let seeder = Seeder::start(&pki, Some(16_000_000)).await;
-    let data = blob(16 << 20, 3);
-    let metainfo = seeder.seed(&data).await;
+    let data = blob(6 << 20, 3);
+    // Only the first half can arrive until the whole blob's seeder is handed out.
+    let (whole, part, metainfo, tracker) = partly_seeded(&pki, &data).await;
     let digest = *metainfo.digest();
-    let tracker = tracker_for(&pki, &seeder, &metainfo).await;
     let agent = TestAgent::start(&pki, &[tracker.addr]).await;
     let mut client = pki.client(Role::Client, &agent);
 
-    let mut stream = within(30, client.get_blob(get_blob(NS, &digest)))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = within(30, stream.message()).await.unwrap().unwrap();
-    assert!(!first.chunk.is_empty());
+    let (stream, first) = first_chunk(&mut client, &digest).await;
     let status = client.stat(stat(&digest)).await.unwrap().into_inner();
     assert!(
         !status.complete,
@@ -190,16 +229,16 @@ async fn the_stream_starts_before_the_whole_blob_has_arrived() {
     assert!(status.pieces_held < status.pieces_total, "{status:?}");
     assert_eq!(status.size, data.len() as u64);
 
-    let mut got = first.chunk.to_vec();
-    while let Some(message) = within(60, stream.message()).await.unwrap() {
-        got.extend_from_slice(&message.chunk);
-    }
+    tracker.add_seeder(&whole);
+    let got = rest(stream, first).await;
     assert!(got == data[..]);
     let status = client.stat(stat(&digest)).await.unwrap().into_inner();
     assert!(status.complete);
 
     agent.stop().await;
-    seeder.stop().await;
+    for seeder in [whole, part] {
+        seeder.stop().await;
+    }
     tracker.stop().await;
 }
 
@@ -315,16 +354,21 @@ async fn unknown_blobs_and_bad_requests_get_precise_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preload_streams_progress_and_ends_with_done() {
     let pki = Pki::new();
-    let seeder = Seeder::start(&pki, Some(16_000_000)).await;
-    let data = blob(4 << 20, 5);
-    let metainfo = seeder.seed(&data).await;
+    let data = blob(6 << 20, 5);
+    let (whole, part, metainfo, tracker) = partly_seeded(&pki, &data).await;
     let digest = *metainfo.digest();
-    let tracker = tracker_for(&pki, &seeder, &metainfo).await;
     let agent = TestAgent::start(&pki, &[tracker.addr]).await;
     let mut client = pki.client(Role::Client, &agent);
 
     let mut stream = client.preload(preload(&digest)).await.unwrap().into_inner();
-    let mut updates = Vec::new();
+    // Progress before the end: the download cannot finish until the whole blob's seeder is
+    // handed out, after the first update that counts bytes.
+    let mut updates: Vec<PreloadProgress> = Vec::new();
+    while updates.last().is_none_or(|u| u.bytes_done == 0) {
+        let update = within(30, stream.message()).await.unwrap();
+        updates.push(update.expect("the preload ended before the download could"));
+    }
+    tracker.add_seeder(&whole);
     while let Some(update) = within(60, stream.message()).await.unwrap() {
         updates.push(update);
     }
@@ -335,7 +379,7 @@ async fn preload_streams_progress_and_ends_with_done() {
     assert_eq!(last.digest, digest.to_string());
     assert!(
         !progress.is_empty(),
-        "a two-second download reports progress before it ends"
+        "a download in progress reports progress before it ends"
     );
     assert!(progress.iter().all(|p| !p.done && p.bytes_total == total));
     assert!(
@@ -367,14 +411,16 @@ async fn preload_streams_progress_and_ends_with_done() {
     assert!(only.done && only.bytes_done == total);
 
     agent.stop().await;
-    seeder.stop().await;
+    for seeder in [whole, part] {
+        seeder.stop().await;
+    }
     tracker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stat_and_evict() {
     let pki = Pki::new();
-    let seeder = Seeder::start(&pki, None).await;
+    let seeder = Seeder::start(&pki).await;
     let data = blob(2 << 20, 6);
     let metainfo = seeder.seed(&data).await;
     let digest = *metainfo.digest();
@@ -488,8 +534,10 @@ async fn every_announce_of_a_blob_reaches_its_home_tracker() {
     let two = RunningTracker::start(&pki, FakeTracker::default()).await;
     let upstream = UpstreamConfig::of([one.addr.to_string(), two.addr.to_string()]);
     let namespace: Namespace = NS.parse().unwrap();
-    let digests: Vec<Digest> = (0u32..8).map(|i| Digest::of(&i.to_le_bytes())).collect();
-    // Several agents (separate clients) announce every blob a few times.
+    let digests: Vec<Digest> = (0u32..32).map(|i| Digest::of(&i.to_le_bytes())).collect();
+    // Several agents (separate clients) announce every blob a few times. 32 blobs: with 8, all
+    // landed on one tracker about once in 128 runs (the ports, hence the hashes, are random),
+    // failing "load spreads".
     for _ in 0..3 {
         let client =
             TrackerClient::new(&upstream, &pki.tls(Role::Agent), Default::default()).unwrap();
@@ -588,7 +636,7 @@ async fn callers_need_a_permitted_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metainfo_waits_end_at_the_configured_timeout() {
     let pki = Pki::new();
-    let seeder = Seeder::start(&pki, None).await;
+    let seeder = Seeder::start(&pki).await;
     let data = blob(64 << 10, 7);
     let metainfo = seeder.seed(&data).await;
     let digest = *metainfo.digest();
@@ -618,25 +666,14 @@ async fn metainfo_waits_end_at_the_configured_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_streams_in_flight() {
     let pki = Pki::new();
-    // 8 Mbit/s for 4 MiB: four seconds, so the stream is mid-way at shutdown.
-    let seeder = Seeder::start(&pki, Some(8_000_000)).await;
-    let data = blob(4 << 20, 8);
-    let metainfo = seeder.seed(&data).await;
+    let data = blob(6 << 20, 8);
+    // The whole blob's seeder is never handed out: the stream is mid-way at shutdown.
+    let (whole, part, metainfo, tracker) = partly_seeded(&pki, &data).await;
     let digest = *metainfo.digest();
-    let tracker = tracker_for(&pki, &seeder, &metainfo).await;
     let agent = TestAgent::start(&pki, &[tracker.addr]).await;
     let mut client = pki.client(Role::Client, &agent);
-    let mut stream = client
-        .get_blob(get_blob(NS, &digest))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut got = within(30, stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .chunk
-        .len();
+    let (mut stream, first) = first_chunk(&mut client, &digest).await;
+    let mut got = first.len();
     within(15, agent.stop()).await;
     let ended = within(15, async {
         loop {
@@ -653,7 +690,9 @@ async fn shutdown_ends_streams_in_flight() {
         "a stream cut short must not end successfully"
     );
     assert!(got < data.len());
-    seeder.stop().await;
+    for seeder in [whole, part] {
+        seeder.stop().await;
+    }
     tracker.stop().await;
 }
 

@@ -9,7 +9,7 @@
 pub mod contract;
 pub mod moto;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,7 +56,10 @@ pub fn system_program(name: &str, install: &str) -> PathBuf {
     })
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now. A server told to listen on it can lose it to
+/// another test's server before it binds: start servers with
+/// [`ServerProcess::start_on_free_port`], which notices. Only tests of refused connections
+/// use this directly.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -73,9 +76,42 @@ pub struct ServerProcess {
     log: PathBuf,
 }
 
+/// How a started server came up, or did not.
+enum Listening {
+    /// The server listens on its address itself.
+    Yes,
+    /// Its port was taken by another process before the server bound it.
+    PortTaken,
+}
+
 impl ServerProcess {
-    /// Starts `command` (which must listen on `addr`) and waits until `addr` accepts.
-    pub fn start(name: &str, mut command: Command, addr: SocketAddr, log: &Path) -> Self {
+    /// Starts the server `command(port)` makes, told to listen on `port` of 127.0.0.1, and
+    /// waits until it does. `free_port` releases the port before the server binds it, so
+    /// another test's server can take it in between: then this one fails to bind (and exits,
+    /// or keeps running without the port) while the other answers on the address. Such a start
+    /// is detected by who owns the listening socket, and retried on a new port.
+    pub fn start_on_free_port(
+        name: &str,
+        mut command: impl FnMut(u16) -> Command,
+        log: &Path,
+    ) -> Self {
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1..=ATTEMPTS {
+            let port = free_port();
+            let mut server = Self::spawn(name, command(port), ([127, 0, 0, 1], port).into(), log);
+            match server.wait_until_listening(Duration::from_secs(60)) {
+                Listening::Yes => return server,
+                Listening::PortTaken => eprintln!(
+                    "{name} lost port {port} to another process (attempt {attempt} of \
+                     {ATTEMPTS}); trying another:\n{}",
+                    server.log_text()
+                ),
+            }
+        }
+        panic!("{name} could not get a port of its own in {ATTEMPTS} attempts");
+    }
+
+    fn spawn(name: &str, mut command: Command, addr: SocketAddr, log: &Path) -> Self {
         let out = std::fs::File::create(log).unwrap();
         let err = out.try_clone().unwrap();
         let child = command
@@ -84,14 +120,12 @@ impl ServerProcess {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let mut server = Self {
+        Self {
             name: name.to_owned(),
             child,
             addr,
             log: log.to_owned(),
-        };
-        server.wait_until_listening(Duration::from_secs(60));
-        server
+        }
     }
 
     /// Whether the process is still running (a server that lost the race for its port exits,
@@ -100,13 +134,25 @@ impl ServerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    fn wait_until_listening(&mut self, timeout: Duration) {
+    /// Waits until the server's own socket listens on its address. A server that exits while
+    /// another process listens there lost the race for the port; one that exits otherwise
+    /// failed, and the test with it.
+    fn wait_until_listening(&mut self, timeout: Duration) -> Listening {
         let deadline = Instant::now() + timeout;
         loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return;
+            let owner = listening_pids(self.addr.port());
+            if owner.iter().any(|pid| descends_from(*pid, self.child.id())) {
+                return Listening::Yes;
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            let exited = self.child.try_wait();
+            if !owner.is_empty() {
+                // Someone else's socket. Ours may still come up beside it (SO_REUSEPORT) or
+                // not at all: either way the address is not ours alone.
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Listening::PortTaken;
+            }
+            if let Ok(Some(status)) = exited {
                 panic!(
                     "{} exited ({status}) before listening:\n{}",
                     self.name,
@@ -126,6 +172,73 @@ impl ServerProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The processes with a TCP socket listening on `port` (any local address), from `/proc`: the
+/// socket inodes `/proc/net/tcp{,6}` lists in state LISTEN (0A), and the processes whose file
+/// descriptors are those sockets. Processes of other users are not readable, and not ours.
+fn listening_pids(port: u16) -> Vec<u32> {
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1)?.rsplit(':').next()?;
+                    let listening = u16::from_str_radix(local_port, 16).ok()? == port
+                        && *fields.get(3)? == "0A";
+                    let inode = fields.get(9)?;
+                    listening.then(|| format!("socket:[{inode}]"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    processes
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok).any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|target| {
+                        inodes
+                            .iter()
+                            .any(|inode| target.as_os_str() == inode.as_str())
+                    })
+                })
+            })
+        })
+        .collect()
+}
+
+/// Whether `pid` is `ancestor` or one of its descendants (a server may listen from a worker
+/// process it forked).
+fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    loop {
+        if pid == ancestor {
+            return true;
+        }
+        // The parent is the field after the command, which is in parentheses and may hold
+        // spaces.
+        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let after_command = stat.rsplit_once(')')?.1;
+                after_command.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        match parent {
+            Some(parent) if parent > 1 => pid = parent,
+            _ => return false,
+        }
     }
 }
 

@@ -1,12 +1,12 @@
 //! A moto S3 server (`moto[server]` from PyPI, in tests/run.sh's venv) with one bucket, on a
-//! free loopback port; killed when dropped.
+//! free loopback port of its own ([`ServerProcess::start_on_free_port`]); killed when dropped.
 
 use std::process::Command;
 
 use bytesize::ByteSize;
 use kraken_config::backend::{NamePath, S3BackendConfig};
 
-use super::{ServerProcess, free_port, http, venv_program};
+use super::{ServerProcess, http, venv_program};
 
 pub const BUCKET: &str = "kraken-blobs";
 
@@ -19,41 +19,31 @@ pub struct Moto {
 
 impl Moto {
     pub async fn start() -> Self {
-        // `free_port` releases the port before moto binds it, so another test's server can
-        // take it in between: then moto exits and the other server answers. Such a start is
-        // detected (moto gone, or the bucket request not answered by moto) and retried on a
-        // new port.
-        for attempt in 1..=5 {
-            let program = venv_program("moto_server", "moto[server]");
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let mut command = Command::new(program);
-            command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-            let mut server = ServerProcess::start(
-                "moto_server",
-                command,
-                ([127, 0, 0, 1], port).into(),
-                &dir.path().join("moto.log"),
-            );
-            let endpoint = format!("http://127.0.0.1:{port}");
-            // moto accepts unsigned requests, so plain HTTP is enough to create the bucket and
-            // to look at objects independently of the backend under test.
-            let created = http().put(format!("{endpoint}/{BUCKET}")).send().await;
-            match created {
-                Ok(response) if response.status().is_success() && server.running() => {
-                    return Self {
-                        _server: server,
-                        endpoint,
-                        _dir: dir,
-                    };
-                }
-                other => eprintln!(
-                    "moto on port {port} (attempt {attempt}) lost its port to another server: \
-                     {other:?}; trying another"
-                ),
-            }
+        let program = venv_program("moto_server", "moto[server]");
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start_on_free_port(
+            "moto_server",
+            |port| {
+                let mut command = Command::new(&program);
+                command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                command
+            },
+            &dir.path().join("moto.log"),
+        );
+        let endpoint = format!("http://{}", server.addr);
+        // moto accepts unsigned requests, so plain HTTP is enough to create the bucket and to
+        // look at objects independently of the backend under test.
+        let created = http()
+            .put(format!("{endpoint}/{BUCKET}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(created.status().is_success(), "{created:?}");
+        Self {
+            _server: server,
+            endpoint,
+            _dir: dir,
         }
-        panic!("moto_server could not get a port of its own in 5 attempts");
     }
 
     pub fn config(&self, root: &str, name_path: NamePath) -> S3BackendConfig {

@@ -124,6 +124,38 @@ impl<B: Clone + Eq + Hash> ConnState<B> {
         Ok(())
     }
 
+    /// Which peers of a tracker's hand-out to dial for `blob`, in hand-out order, reserving a
+    /// slot for each as [`start_dial`](Self::start_dial) does. `handout` holds (peer, is
+    /// origin) for the peers the dialler can reach and has no link or dial to;
+    /// `origin_linked`: an origin is linked or being dialled for the blob. Peers that are
+    /// blacklisted, or would exceed the blob's limit, are passed over; so are agents while the
+    /// last free slot is kept for an origin (see [`slot_decision`]).
+    pub fn plan_dials(
+        &mut self,
+        blob: &B,
+        handout: &[(PeerId, bool)],
+        origin_linked: bool,
+        now: Instant,
+    ) -> Vec<PeerId> {
+        let mut origin_wanted = !origin_linked
+            && handout
+                .iter()
+                .any(|(peer, origin)| *origin && !self.is_blacklisted(blob, *peer, now));
+        let mut dialled = Vec::new();
+        for (peer, origin) in handout {
+            match slot_decision(self.free_slots(blob), *origin, origin_wanted) {
+                SlotDecision::Full => break,
+                SlotDecision::KeepForOrigin => continue,
+                SlotDecision::Dial => {}
+            }
+            if self.start_dial(blob, *peer, now).is_ok() {
+                dialled.push(*peer);
+                origin_wanted &= !*origin;
+            }
+        }
+        dialled
+    }
+
     /// A dial or handshake failed: release the slot and blacklist the peer for this blob.
     pub fn dial_failed(&mut self, blob: &B, peer: PeerId, now: Instant) {
         if let Some(conns) = self.blobs.get_mut(blob) {
@@ -368,30 +400,35 @@ mod tests {
         );
     }
 
-    /// The dial loop of the driver (`Torrent::dial`), over a hand-out of (peer, is origin).
-    fn dial_handout(
-        conns: &mut ConnState<&'static str>,
-        handout: &[(PeerId, bool)],
-        origin_linked: bool,
-        now: Instant,
-    ) -> Vec<PeerId> {
-        let mut origin_wanted = !origin_linked
-            && handout
-                .iter()
-                .any(|(peer, origin)| *origin && !conns.is_blacklisted(&"x", *peer, now));
-        let mut dialled = Vec::new();
-        for (peer, origin) in handout {
-            match slot_decision(conns.free_slots(&"x"), *origin, origin_wanted) {
-                SlotDecision::Full => break,
-                SlotDecision::KeepForOrigin => continue,
-                SlotDecision::Dial => {}
-            }
-            if conns.start_dial(&"x", *peer, now).is_ok() {
-                dialled.push(*peer);
-                origin_wanted &= !*origin;
-            }
-        }
-        dialled
+    #[test]
+    fn a_handout_is_dialled_in_order_up_to_the_limit_past_refused_peers() {
+        let now = Instant::now();
+        let mut conns = state(3);
+        let [me, a, b, c, d] = ["me", "a", "b", "c", "d"].map(PeerId::from_name);
+        // `b` failed a dial for this blob a moment ago.
+        conns.dial_failed(&"x", b, now);
+        let handout = [
+            (me, false),
+            (a, false),
+            (b, false),
+            (a, false),
+            (c, false),
+            (d, false),
+        ];
+        assert_eq!(conns.plan_dials(&"x", &handout, false, now), vec![a, c, d]);
+        assert!([a, c, d].iter().all(|p| conns.is_dialing(&"x", *p)));
+        // Every slot is taken by a dial in flight: the next hand-out dials no one.
+        assert!(conns.plan_dials(&"x", &handout, false, now).is_empty());
+
+        // `c` fails too, freeing its slot; both stay refused until their blacklisting ends,
+        // then the freed slot goes to the first of them in the hand-out.
+        conns.dial_failed(&"x", c, now);
+        let retry = [(c, false), (b, false)];
+        assert!(conns.plan_dials(&"x", &retry, false, now).is_empty());
+        let later = now + ConnLimits::default().blacklist_duration;
+        assert_eq!(conns.plan_dials(&"x", &retry, false, later), vec![c]);
+        // Another blob has its own slots and its own blacklist.
+        assert_eq!(conns.plan_dials(&"y", &[(b, false)], false, now), vec![b]);
     }
 
     #[test]
@@ -408,7 +445,7 @@ mod tests {
             (PeerId::from_name("origin2"), true),
         ];
         let handout: Vec<_> = fakes.iter().chain(&origins).copied().collect();
-        let dialled = dial_handout(&mut conns, &handout, false, now);
+        let dialled = conns.plan_dials(&"x", &handout, false, now);
         assert_eq!(dialled.len(), 10);
         assert_eq!(
             &dialled[..9],
@@ -422,7 +459,7 @@ mod tests {
             conns.dial_failed(&"x", *fake, now);
         }
         conns.established(&"x", origins[0].0);
-        let dialled = dial_handout(&mut conns, &handout, true, now);
+        let dialled = conns.plan_dials(&"x", &handout, true, now);
         assert_eq!(dialled.len(), 9);
         assert!(
             dialled
@@ -435,7 +472,7 @@ mod tests {
         for (origin, _) in &origins {
             conns.dial_failed(&"x", *origin, now);
         }
-        let dialled = dial_handout(&mut conns, &handout, false, now);
+        let dialled = conns.plan_dials(&"x", &handout, false, now);
         assert_eq!(dialled.len(), 10);
         assert!(
             dialled

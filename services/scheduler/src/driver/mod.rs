@@ -417,6 +417,9 @@ pub struct SchedulerStats {
     pub bad_pieces: u64,
     /// Peers blacklisted for sending bad data since start.
     pub blacklisted_peers: u64,
+    /// Links closed for time since start (`conn_tti`, `conn_ttl`); not those closed because
+    /// both ends were complete, a peer left or misbehaved.
+    pub expired_links: u64,
     /// What the `scheduler.conn.bandwidth` caps passed and imposed (`None` per direction when
     /// uncapped).
     pub bandwidth: BandwidthStats,
@@ -448,6 +451,7 @@ pub(crate) struct Inner {
     next_link: AtomicU64,
     bad_pieces: AtomicU64,
     blacklisted_peers: AtomicU64,
+    expired_links: AtomicU64,
     shutdown: CancellationToken,
     /// Every task the driver spawns; [`Scheduler::shutdown`] waits for all of them.
     tasks: TaskTracker,
@@ -572,6 +576,7 @@ impl Scheduler {
             next_link: AtomicU64::new(1),
             bad_pieces: AtomicU64::new(0),
             blacklisted_peers: AtomicU64::new(0),
+            expired_links: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -660,6 +665,7 @@ impl Scheduler {
             links,
             bad_pieces: self.inner.bad_pieces.load(Ordering::Relaxed),
             blacklisted_peers: self.inner.blacklisted_peers.load(Ordering::Relaxed),
+            expired_links: self.inner.expired_links.load(Ordering::Relaxed),
             bandwidth: self.inner.limiter.stats(),
         }
     }

@@ -31,7 +31,7 @@ use super::{
     AnnounceError, AnnounceReply, DownloadError, Inner, PeerReports, Status, UploadTarget,
     dialable, short,
 };
-use crate::core::{Action, LinkId, Reveal, SlotDecision, SuperSeeder, Swarm, slot_decision};
+use crate::core::{Action, ConnState, LinkClock, LinkId, LinkLimits, Reveal, SuperSeeder, Swarm};
 
 /// Everything a torrent reacts to.
 pub(super) enum Event {
@@ -92,8 +92,8 @@ struct Link {
     origin: bool,
     connection: Connection,
     tasks: LinkTasks,
-    opened: Instant,
-    last_activity: Instant,
+    /// When it opened and last exchanged something (`conn_tti`, `conn_ttl`).
+    clock: LinkClock,
     /// What the peer holds, as far as it told us.
     peer_bits: Bitfield,
 }
@@ -266,10 +266,11 @@ impl Torrent {
                 let mut length = None;
                 if let (Some(&link), Some(swarm)) =
                     (self.by_connection.get(&connection_id), &mut self.swarm)
-                    && swarm.is_requested(link, piece)
                 {
-                    swarm.piece_started(link, piece, now.into_std());
-                    length = self.metainfo.piece_len(piece).ok();
+                    length = requested_length(swarm, &self.metainfo, link, piece);
+                    if length.is_some() {
+                        swarm.piece_started(link, piece, now.into_std());
+                    }
                 }
                 let _ = expected.send(length);
             }
@@ -301,7 +302,7 @@ impl Torrent {
             Event::PieceSent { link, piece } => {
                 self.last_activity = now;
                 if let Some(l) = self.links.get_mut(&link) {
-                    l.last_activity = now;
+                    l.clock.active(now.into_std());
                 }
                 if let Some(seeder) = &mut self.seeder {
                     let reveals = seeder.piece_sent(link, piece);
@@ -408,12 +409,16 @@ impl Torrent {
             Err(DialError::Failed(why)) => {
                 tracing::debug!(digest = %self.digest, peer = %short(&peer.peer_id), %why, "dial failed");
                 metrics::counter!(crate::metrics::DIAL_FAILURES).increment(1);
-                lock(&self.inner.conns).dial_failed(&self.digest, peer.peer_id, now);
                 // The tracker hands out last the peers other hosts cannot reach (a certificate
                 // holder's fake seeders at dead ports, say).
-                if !peer.origin {
-                    self.reports.failed(peer.peer_id);
-                }
+                peer_failed(
+                    &mut lock(&self.inner.conns),
+                    &mut self.reports,
+                    &self.digest,
+                    (peer.peer_id, peer.origin),
+                    Failure::Dial,
+                    now,
+                );
             }
         }
     }
@@ -482,8 +487,7 @@ impl Torrent {
                 origin: peer.origin,
                 connection,
                 tasks,
-                opened: now,
-                last_activity: now,
+                clock: LinkClock::opened(now.into_std()),
                 peer_bits: peer.bitfield,
             },
         );
@@ -526,7 +530,7 @@ impl Torrent {
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
-        l.last_activity = now;
+        l.clock.active(now.into_std());
         match message.kind {
             Some(Kind::Have(pb::Have { piece })) => {
                 if piece < num_pieces {
@@ -708,11 +712,14 @@ impl Torrent {
                     self.inner
                         .blacklisted_peers
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    lock(&self.inner.conns)
-                        .blacklist_misbehaving(l.peer, Instant::now().into_std());
-                    if !l.origin {
-                        self.reports.failed(l.peer);
-                    }
+                    peer_failed(
+                        &mut lock(&self.inner.conns),
+                        &mut self.reports,
+                        &self.digest,
+                        (l.peer, l.origin),
+                        Failure::Lied,
+                        Instant::now().into_std(),
+                    );
                     // The peer lied: it is not trusted for any blob.
                     l.connection.close(2u32.into(), b"sent bad data");
                     self.remove_link(link);
@@ -813,11 +820,13 @@ impl Torrent {
         } else {
             after(self.last_activity, config.seeder_tti)
         };
+        let limits = link_limits(config);
         let links = self
             .links
             .values()
-            .filter_map(|l| link_deadline(l, config.conn_tti, config.conn_ttl))
-            .min();
+            .filter_map(|l| l.clock.deadline(limits))
+            .min()
+            .map(Instant::from_std);
         let announce =
             (self.inner.announcer.is_some() && !self.announcing).then_some(self.announce_at);
         [swarm, idle, links, announce].into_iter().flatten().min()
@@ -849,14 +858,18 @@ impl Torrent {
             self.done = true;
             return;
         }
-        let (conn_tti, conn_ttl) = (config.conn_tti, config.conn_ttl);
+        let limits = link_limits(config);
         let stale: Vec<LinkId> = self
             .links
             .iter()
-            .filter(|(_, l)| due(link_deadline(l, conn_tti, conn_ttl)))
+            .filter(|(_, l)| l.clock.expired(limits, now.into_std()))
             .map(|(id, _)| *id)
             .collect();
         for link in stale {
+            metrics::counter!(crate::metrics::EXPIRED_LINKS).increment(1);
+            self.inner
+                .expired_links
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.remove_link(link);
         }
         if self.inner.announcer.is_some() && !self.announcing && now >= self.announce_at {
@@ -892,10 +905,7 @@ impl Torrent {
         }
         match result {
             Ok(reply) => {
-                // Kraken resets absurd intervals; clamp instead.
-                self.announce_interval = reply
-                    .interval
-                    .clamp(Duration::from_secs(1), Duration::from_secs(60));
+                self.announce_interval = next_announce_interval(reply.interval);
                 if self.download.is_some() {
                     self.dial(reply.peers);
                 }
@@ -907,42 +917,28 @@ impl Torrent {
         self.announce_at = Instant::now() + self.announce_interval;
     }
 
+    /// Dials the peers of a tracker's hand-out that [`ConnState::plan_dials`] picks.
     fn dial(&mut self, peers: Vec<PeerInfo>) {
         let now = Instant::now().into_std();
         let local = self.inner.local.peer_id;
-        // Whether the last free slot is kept for an origin of this hand-out (see
-        // `slot_decision`): only while none is linked or being dialled, and one can be.
-        let mut origin_wanted = !self.links.values().any(|l| l.origin)
-            && !self.pending_dials.values().any(|d| d.origin)
-            && {
-                let conns = lock(&self.inner.conns);
-                peers.iter().any(|p| {
-                    p.origin
-                        && p.peer_id != local
-                        && dialable(&self.inner.endpoint, &p.addr)
-                        && !conns.is_blacklisted(&self.digest, p.peer_id, now)
-                })
-            };
-        for peer in peers {
-            if peer.peer_id == local
-                || !dialable(&self.inner.endpoint, &peer.addr)
-                || self.pending_dials.contains_key(&peer.peer_id)
-                || self.links.values().any(|l| l.peer == peer.peer_id)
-            {
+        let peers: Vec<PeerInfo> = peers
+            .into_iter()
+            .filter(|peer| {
+                peer.peer_id != local
+                    && dialable(&self.inner.endpoint, &peer.addr)
+                    && !self.pending_dials.contains_key(&peer.peer_id)
+                    && !self.links.values().any(|l| l.peer == peer.peer_id)
+            })
+            .collect();
+        let handout: Vec<(PeerId, bool)> = peers.iter().map(|p| (p.peer_id, p.origin)).collect();
+        let origin_linked =
+            self.links.values().any(|l| l.origin) || self.pending_dials.values().any(|d| d.origin);
+        let chosen = lock(&self.inner.conns).plan_dials(&self.digest, &handout, origin_linked, now);
+        for id in chosen {
+            // The first entry of a peer the hand-out lists twice is the one planned.
+            let Some(peer) = peers.iter().find(|p| p.peer_id == id).copied() else {
                 continue;
-            }
-            {
-                let mut conns = lock(&self.inner.conns);
-                match slot_decision(conns.free_slots(&self.digest), peer.origin, origin_wanted) {
-                    SlotDecision::Full => break,
-                    SlotDecision::KeepForOrigin => continue,
-                    SlotDecision::Dial => {}
-                }
-                if conns.start_dial(&self.digest, peer.peer_id, now).is_err() {
-                    continue;
-                }
-            }
-            origin_wanted &= !peer.origin;
+            };
             let told = match &self.download {
                 Some(download) => download.bitfield(),
                 None => Bitfield::full(self.num_pieces()),
@@ -1002,11 +998,60 @@ fn after(start: Instant, wait: Duration) -> Option<Instant> {
     start.checked_add(wait)
 }
 
-/// When a link is closed: idle for `tti`, or older than `ttl`.
-fn link_deadline(link: &Link, tti: Duration, ttl: Duration) -> Option<Instant> {
-    let idle = after(link.last_activity, tti);
-    let old = after(link.opened, ttl);
-    [idle, old].into_iter().flatten().min()
+/// How a peer failed us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// It could not be dialled, refused us or failed the handshake.
+    Dial,
+    /// It sent data that did not verify, or claims that cannot be true.
+    Lied,
+}
+
+/// Records that `peer` (with whether it is an origin) failed us: a failed dial blacklists it
+/// for this blob for a while, a lie for every blob and longer. Either way the tracker hears of
+/// it with the next announce, except of origins: it ranks those by the ring, not by reports.
+fn peer_failed(
+    conns: &mut ConnState<Digest>,
+    reports: &mut PeerReports,
+    digest: &Digest,
+    (peer, origin): (PeerId, bool),
+    failure: Failure,
+    now: std::time::Instant,
+) {
+    match failure {
+        Failure::Dial => conns.dial_failed(digest, peer, now),
+        Failure::Lied => conns.blacklist_misbehaving(peer, now),
+    }
+    if !origin {
+        reports.failed(peer);
+    }
+}
+
+/// How much of a piece stream a peer started on `link` is read: the piece's length if we
+/// requested that piece from that peer, else nothing (the stream is refused before its
+/// payload, so an unrequested piece costs us no bandwidth and the length the peer announces
+/// buys it nothing).
+fn requested_length(swarm: &Swarm, metainfo: &MetaInfo, link: LinkId, piece: u32) -> Option<u64> {
+    if swarm.is_requested(link, piece) {
+        metainfo.piece_len(piece).ok()
+    } else {
+        None
+    }
+}
+
+/// The wait before the next announce, from the interval the tracker asked for: Kraken resets
+/// absurd intervals to a default; we clamp them, so neither a zero (an announce storm) nor an
+/// hour (a download stuck with the peers it has) gets through.
+fn next_announce_interval(asked: Duration) -> Duration {
+    asked.clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// The time limits on this driver's links.
+fn link_limits(config: &super::DriverConfig) -> LinkLimits {
+    LinkLimits {
+        tti: config.conn_tti,
+        ttl: config.conn_ttl,
+    }
 }
 
 /// Adds a finished download's counters to the process metrics.
@@ -1025,4 +1070,154 @@ fn message(kind: Kind) -> pb::Message {
 
 fn have(piece: u32) -> pb::Message {
     message(Kind::Have(pb::Have { piece }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use kraken_core::PieceHashAlgorithm;
+
+    use super::*;
+    use crate::core::{ConnLimits, ConnRefusal, SwarmConfig};
+
+    const PIECE: u64 = 64 << 10;
+
+    /// A blob of four pieces, the last one short.
+    fn metainfo() -> MetaInfo {
+        let data = vec![7u8; 3 * PIECE as usize + 1000];
+        MetaInfo::generate(&data[..], PIECE, PieceHashAlgorithm::Blake3).unwrap()
+    }
+
+    fn conns() -> ConnState<Digest> {
+        ConnState::new(PeerId::from_name("me"), ConnLimits::default())
+    }
+
+    #[test]
+    fn a_failed_dial_blacklists_the_peer_for_this_blob_and_reports_it_unless_an_origin() {
+        let now = Instant::now();
+        let (x, y) = (Digest::of(b"x"), Digest::of(b"y"));
+        let (mut conns, mut reports) = (conns(), PeerReports::default());
+        let [agent, origin] = ["agent", "origin"].map(PeerId::from_name);
+        for peer in [agent, origin] {
+            conns.start_dial(&x, peer, now).unwrap();
+        }
+        peer_failed(
+            &mut conns,
+            &mut reports,
+            &x,
+            (agent, false),
+            Failure::Dial,
+            now,
+        );
+        peer_failed(
+            &mut conns,
+            &mut reports,
+            &x,
+            (origin, true),
+            Failure::Dial,
+            now,
+        );
+
+        for peer in [agent, origin] {
+            assert!(!conns.is_dialing(&x, peer), "the slot is free again");
+            assert_eq!(
+                conns.start_dial(&x, peer, now),
+                Err(ConnRefusal::Blacklisted)
+            );
+            assert!(!conns.is_blacklisted(&y, peer, now), "only for this blob");
+        }
+        // Until the blacklisting ends.
+        let later = now + ConnLimits::default().blacklist_duration;
+        assert!(!conns.is_blacklisted(&x, agent, later));
+        // The tracker ranks origins by the ring: only the agent is reported.
+        assert_eq!(reports.failed, vec![agent]);
+        assert!(reports.served.is_empty());
+    }
+
+    #[test]
+    fn a_peer_that_lied_is_dropped_and_refused_for_every_blob_for_longer() {
+        let now = Instant::now();
+        let (x, y) = (Digest::of(b"x"), Digest::of(b"y"));
+        let (mut conns, mut reports) = (conns(), PeerReports::default());
+        let [liar, lying_origin] = ["liar", "lying origin"].map(PeerId::from_name);
+        for peer in [liar, lying_origin] {
+            conns.established(&x, peer);
+        }
+        peer_failed(
+            &mut conns,
+            &mut reports,
+            &x,
+            (liar, false),
+            Failure::Lied,
+            now,
+        );
+        peer_failed(
+            &mut conns,
+            &mut reports,
+            &x,
+            (lying_origin, true),
+            Failure::Lied,
+            now,
+        );
+
+        assert!(conns.neighbors(&x).is_empty(), "both links' slots are free");
+        let dial_blacklisting = ConnLimits::default().blacklist_duration;
+        for peer in [liar, lying_origin] {
+            for blob in [&x, &y] {
+                assert!(conns.is_blacklisted(blob, peer, now + dial_blacklisting));
+            }
+        }
+        assert_eq!(reports.failed, vec![liar]);
+    }
+
+    #[test]
+    fn only_a_piece_requested_from_that_peer_is_read_and_only_as_long_as_the_piece() {
+        let now = Instant::now();
+        let metainfo = metainfo();
+        let mut swarm = Swarm::new(
+            SwarmConfig {
+                seed: 7,
+                ..SwarmConfig::default()
+            },
+            metainfo.length(),
+            metainfo.piece_length(),
+            Bitfield::new(metainfo.num_pieces()),
+        );
+        let (asked, other) = (LinkId(1), LinkId(2));
+        // Only `asked` has pieces to give: every request goes to it.
+        swarm.add_peer(asked, Bitfield::full(metainfo.num_pieces()), false, now);
+        swarm.add_peer(other, Bitfield::new(metainfo.num_pieces()), false, now);
+        let requested: Vec<u32> = std::iter::from_fn(|| swarm.poll_action())
+            .filter_map(|action| match action {
+                Action::Request { link, piece } if link == asked => Some(piece),
+                _ => None,
+            })
+            .collect();
+        assert!(!requested.is_empty());
+
+        for piece in 0..metainfo.num_pieces() {
+            let expected = requested
+                .contains(&piece)
+                .then(|| metainfo.piece_len(piece).unwrap());
+            assert_eq!(requested_length(&swarm, &metainfo, asked, piece), expected);
+            // Another peer sending the same piece was not asked for it.
+            assert_eq!(requested_length(&swarm, &metainfo, other, piece), None);
+        }
+        // A piece index past the blob's end is never read.
+        assert_eq!(requested_length(&swarm, &metainfo, asked, 99), None);
+        // Once it arrived, a second copy is not read either.
+        let first = requested[0];
+        swarm.piece_received(asked, first, true, now);
+        assert_eq!(requested_length(&swarm, &metainfo, asked, first), None);
+    }
+
+    #[test]
+    fn the_trackers_announce_interval_is_clamped_to_between_a_second_and_a_minute() {
+        let secs = Duration::from_secs;
+        assert_eq!(next_announce_interval(Duration::ZERO), secs(1));
+        assert_eq!(next_announce_interval(Duration::from_millis(200)), secs(1));
+        assert_eq!(next_announce_interval(secs(7)), secs(7));
+        assert_eq!(next_announce_interval(secs(3600)), secs(60));
+    }
 }

@@ -15,8 +15,7 @@ use kraken_proto::common::v1 as pb;
 use kraken_proto::tracker::v1::tracker_service_client::TrackerServiceClient;
 use kraken_tls::{DevCa, DevPki, DevPkiOptions, LeafOptions, Role, TlsMaterial, generate_dev_pki};
 use kraken_tracker::{Clock, OriginDirectory, OriginError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
@@ -42,8 +41,9 @@ impl RedisServer {
     async fn start_with(password: Option<&str>) -> Self {
         let binary = redis_server_binary();
         // Another test may grab the port between our probe and redis binding it; then redis
-        // exits and we try another one.
-        for _ in 0..5 {
+        // exits and the other server (maybe another test's redis) answers on the port, so a
+        // server counts as ours only when it says it runs with our child's pid.
+        for attempt in 1..=5 {
             let port = free_port();
             let dir = tempfile::tempdir().unwrap();
             let mut command = Command::new(&binary);
@@ -62,19 +62,28 @@ impl RedisServer {
             let mut child = command.spawn().unwrap_or_else(|e| {
                 panic!("cannot start {}: {e}; run tests/run.sh", binary.display())
             });
+            let pid = child.id().expect("a child just spawned has a pid");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while tokio::time::Instant::now() < deadline {
                 if child.try_wait().unwrap().is_some() {
                     break;
                 }
-                if answers_ping(port).await {
-                    return Self {
-                        child,
-                        port,
-                        _dir: dir,
-                    };
+                match server_pid(port, password).await {
+                    Some(serving) if serving == pid => {
+                        return Self {
+                            child,
+                            port,
+                            _dir: dir,
+                        };
+                    }
+                    Some(other) => {
+                        eprintln!(
+                            "redis-server lost port {port} to process {other} (attempt {attempt})"
+                        );
+                        break;
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let _ = child.kill().await;
         }
@@ -123,19 +132,28 @@ fn redis_server_binary() -> PathBuf {
         })
 }
 
-async fn answers_ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
+/// The pid of the Redis server answering on `port` (`INFO server`), or `None` while nothing
+/// answers there. A server of another test that wants another password does not answer.
+async fn server_pid(port: u16, password: Option<&str>) -> Option<u32> {
+    let url = match password {
+        Some(password) => format!("redis://:{password}@127.0.0.1:{port}/"),
+        None => format!("redis://127.0.0.1:{port}/"),
     };
-    if stream.write_all(b"PING\r\n").await.is_err() {
-        return false;
-    }
-    let mut reply = [0u8; 64];
-    // "+PONG", or "-NOAUTH ..." when a password is required: either way it is serving.
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), stream.read(&mut reply)).await,
-        Ok(Ok(n)) if n > 0 && (reply[0] == b'+' || reply[0] == b'-')
-    )
+    let info = tokio::time::timeout(Duration::from_secs(1), async {
+        let client = redis::Client::open(url).ok()?;
+        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("INFO")
+            .arg("server")
+            .query_async::<String>(&mut connection)
+            .await
+            .ok()
+    })
+    .await
+    .ok()
+    .flatten()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 /// A loopback port nothing listens on (right now).
