@@ -40,6 +40,9 @@ const REPLICATORS: &[Role] = &[Role::BuildIndex, Role::Origin];
 /// Who asks a build-index for its cluster's origin addresses: origins (a remote cluster's,
 /// before they upload a replicated blob), build-indexes and operators' tools.
 const ORIGIN_LISTERS: &[Role] = &[Role::Origin, Role::BuildIndex, Role::Client];
+/// Replication status: operators' tools and the cluster's build-index peers (tags and errors
+/// of pending replications are this cluster's business only: never in `FOREIGN_ACCESS`).
+const TASK_READERS: &[Role] = &[Role::Client, Role::BuildIndex];
 /// The swarm's members.
 const SWARM: &[Role] = &[Role::Agent, Role::Origin];
 /// Metainfo readers: the swarm, and the proxy and tools that warm origins through it.
@@ -93,6 +96,10 @@ pub const ACCESS: &[(&str, &[Role])] = &[
     (
         "/kraken.buildindex.v1.ReplicationService/ListOrigins",
         ORIGIN_LISTERS,
+    ),
+    (
+        "/kraken.buildindex.v1.ReplicationService/ListTasks",
+        TASK_READERS,
     ),
     // Agent: `kraken.agent.v1.AgentService`.
     ("/kraken.agent.v1.AgentService/Preload", AGENT_READERS),

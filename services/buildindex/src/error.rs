@@ -8,6 +8,7 @@ use kraken_originclient::{ClientError, OriginsError, ReferenceError};
 use kraken_transport::grpc::GrpcError;
 use tonic::{Code, Status};
 
+use crate::replication::queue::QueueError;
 use crate::store::TagStoreError;
 
 /// Why build-index did not start or stopped uncleanly.
@@ -23,6 +24,8 @@ pub enum BuildIndexError {
     Origins(#[source] ClientError),
     #[error("opening the tag store")]
     Store(#[from] TagStoreError),
+    #[error("opening the replication queue")]
+    Queue(#[source] QueueError),
     #[error("loading the CAs of `trusted_remotes`")]
     Trust(#[source] Box<kraken_tls::TlsError>),
     #[error("a build-index task failed")]
@@ -61,6 +64,8 @@ pub enum TagError {
     CorruptBackendRecord(String),
     #[error("the local tag store failed")]
     Store(#[from] TagStoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 impl From<ReferenceError> for TagError {
@@ -89,7 +94,7 @@ impl TagError {
             Self::Origins(OriginsError::NotFound { .. }) => Code::FailedPrecondition,
             Self::Origins(_) | Self::Backend(_) => Code::Unavailable,
             Self::NoBackend(_) => Code::FailedPrecondition,
-            Self::CorruptBackendRecord(_) | Self::Store(_) => Code::Internal,
+            Self::CorruptBackendRecord(_) | Self::Store(_) | Self::Queue(_) => Code::Internal,
         }
     }
 }

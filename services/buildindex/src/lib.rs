@@ -12,8 +12,9 @@
 //! dependencies it could not see on the origins, and never let a refused or failed write
 //! change what reads return, nor move a tag back to an older version (every tag carries the
 //! version of its original push; an older put is superseded). Replication to remote clusters
-//! is recorded durably (one task file per tag and remote, the newest version kept) but not
-//! executed yet; neither is copying writes to `cluster` peers. Remote clusters listed under
+//! is queued durably (one task file per tag and remote, the newest version kept, listed by
+//! `ReplicationService/ListTasks`) but not executed yet; neither is copying writes to
+//! `cluster` peers. Remote clusters listed under
 //! `trusted_remotes` may `Has` and `Put` the tags their rules allow and ask for our origins
 //! (`ReplicationService/ListOrigins`), nothing else.
 
@@ -26,5 +27,6 @@ mod store;
 mod tags;
 
 pub use error::{BuildIndexError, TagError};
+pub use replication::queue::QueueError;
 pub use server::{BuildIndex, backends_from_config};
 pub use store::{PutOutcome, TagRecord, TagStore, TagStoreError};

@@ -20,6 +20,7 @@ use tonic_health::server::HealthReporter;
 use crate::error::BuildIndexError;
 use crate::metrics as m;
 use crate::replication::ReplicationServiceImpl;
+use crate::replication::queue::{GAUGE_PERIOD, ReplicationQueue};
 use crate::service::TagServiceImpl;
 use crate::store::TagStore;
 use crate::tags::{TagWriters, Tags};
@@ -33,6 +34,8 @@ pub struct BuildIndex {
     health: HealthReporter,
     shutdown: CancellationToken,
     server: Option<JoinHandle<Result<(), GrpcError>>>,
+    /// Refreshes the replication gauges until shutdown.
+    gauges: Option<JoinHandle<()>>,
 }
 
 /// The tag backends of `backends:`; the one place build-index builds them from config.
@@ -79,6 +82,9 @@ impl BuildIndex {
             .map_err(BuildIndexError::Origins)?;
         let store = TagStore::open(&config.tag_store.dir).await?;
         metrics::gauge!(m::TAGS).set(store.len() as f64);
+        let queue = ReplicationQueue::open(&config.replication, config.remotes.keys().cloned())
+            .await
+            .map_err(BuildIndexError::Queue)?;
         let limits = GrpcServerLimits::from(&config.limits.grpc);
         let tags = Arc::new(Tags {
             store,
@@ -86,7 +92,7 @@ impl BuildIndex {
             origins,
             config,
             writers: TagWriters::new(),
-            task_writer: tokio::sync::Mutex::new(()),
+            queue,
         });
         // Remote clusters' build-indexes put replicated tags here and their origins ask for
         // ours; their certificates are held to the foreign access table.
@@ -100,6 +106,10 @@ impl BuildIndex {
         let health = server.health();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(server.serve(listener, shutdown.clone().cancelled_owned()));
+        let gauges = {
+            let (queue, shutdown) = (tags.queue.clone(), shutdown.clone());
+            tokio::spawn(async move { queue.publish_gauges_until(GAUGE_PERIOD, shutdown).await })
+        };
         tracing::info!(%addr, tags = tags.store.len(), "build-index started");
         Ok(BuildIndex {
             addr,
@@ -107,6 +117,7 @@ impl BuildIndex {
             health,
             shutdown,
             server: Some(server),
+            gauges: Some(gauges),
         })
     }
 
@@ -138,6 +149,10 @@ impl BuildIndex {
                 .into_result(BuildIndexError::Grpc, BuildIndexError::Task),
             None => Ok(()),
         };
+        if let Some(gauges) = self.gauges.take() {
+            // It returns as soon as the token fires; a panic there was already reported.
+            let _ = gauges.await;
+        }
         tracing::info!(addr = %self.addr, "build-index stopped");
         result
     }

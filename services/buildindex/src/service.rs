@@ -66,7 +66,8 @@ fn parse_name(field: &'static str, text: &str) -> Result<TaggedName, TagError> {
     Ok(name)
 }
 
-fn page_size(requested: u32) -> usize {
+/// A listing's page size: the default for 0, never above the cap.
+pub(crate) fn page_size(requested: u32) -> usize {
     match requested as usize {
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),

@@ -110,7 +110,10 @@ pub enum TagStoreError {
     Task(#[source] tokio::task::JoinError),
 }
 
-fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TagStoreError {
+pub(crate) fn io_error(
+    operation: &'static str,
+    path: &Path,
+) -> impl FnOnce(io::Error) -> TagStoreError {
     let path = path.to_owned();
     move |source| TagStoreError::Io {
         operation,

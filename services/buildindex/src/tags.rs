@@ -18,7 +18,6 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Cursor;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use kraken_backend::{BackendError, Backends, UploadSource};
@@ -31,7 +30,9 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::TagError;
 use crate::metrics as m;
-use crate::store::{PutOutcome, TagRecord, TagStore, TagStoreError, now_ms, write_atomically};
+use crate::replication::queue::{Enqueued, ReplicationQueue};
+use crate::replication::task::ReplicationTask;
+use crate::store::{PutOutcome, TagRecord, TagStore, TagStoreError, now_ms};
 
 /// A tag record in a backend is a few hundred bytes; anything larger is not ours.
 const MAX_BACKEND_RECORD: u64 = 64 << 10;
@@ -55,9 +56,8 @@ pub(crate) struct Tags {
     pub(crate) config: BuildIndexConfig,
     /// One writer per tag (striped): see the module doc.
     pub(crate) writers: TagWriters,
-    /// Task files are read, compared and replaced under this lock, so the newer version of
-    /// two racing records stays.
-    pub(crate) task_writer: tokio::sync::Mutex<()>,
+    /// Replication tasks owed to remote clusters.
+    pub(crate) queue: ReplicationQueue,
 }
 
 /// Locks serializing the writes of one tag; tags share a lock only by hash collision.
@@ -195,9 +195,8 @@ impl Tags {
         Ok(Some(outcome.record().clone()))
     }
 
-    /// Writes a replication task for every remote whose rules match the tag, unless the task
-    /// on disk is for a newer version; returns the remotes. Executing the tasks (copying blobs
-    /// and the tag to the remote cluster) is not built yet: the records wait on disk for it.
+    /// Queues a replication task for every remote whose rules match the tag (a pending task
+    /// for a newer write of the tag is kept); returns the remotes.
     pub(crate) async fn record_replication(
         &self,
         name: &TaggedName,
@@ -205,34 +204,21 @@ impl Tags {
     ) -> Result<Vec<String>, TagError> {
         let full = name.to_string();
         let remotes: Vec<String> = self.config.remotes_for(&full).map(str::to_owned).collect();
-        let _writer = self.task_writer.lock().await;
         for remote in &remotes {
-            let task = serde_json::json!({
-                "tag": full,
-                "digest": record.digest.to_string(),
-                "remote": remote,
-                "version": record.version,
-                "created_unix_ms": now_ms(),
-            });
-            let body = serde_json::to_vec(&task)
-                .map_err(|error| TagStoreError::Encode(full.clone(), error))?;
-            let file = Digest::of(format!("{full}\n{remote}").as_bytes()).hex();
-            let dir: PathBuf = self.config.replication.dir.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                if task_version(&dir.join(&file))
-                    .is_some_and(|on_disk| on_disk > record_version(&task))
-                {
-                    return Ok(false);
+            let task = ReplicationTask::to_remote(
+                name.clone(),
+                record.digest,
+                record.version,
+                remote,
+                now_ms(),
+            );
+            match self.queue.enqueue(task).await? {
+                Enqueued::Stale { pending } => {
+                    tracing::info!(tag = %full, remote, pending, "a task for a newer version is pending; kept");
                 }
-                write_atomically(&dir, &file, &body).map(|()| true)
-            })
-            .await
-            .map_err(TagStoreError::Task)??;
-            if written {
-                metrics::counter!(m::REPLICATION_TASKS).increment(1);
-                tracing::info!(tag = %full, remote, version = record.version, "replication task recorded");
-            } else {
-                tracing::info!(tag = %full, remote, "a task for a newer version is pending; kept");
+                enqueued => {
+                    tracing::info!(tag = %full, remote, version = record.version, ?enqueued, "replication task queued");
+                }
             }
         }
         Ok(remotes)
@@ -294,17 +280,4 @@ impl Tags {
 /// Where a tag lives in its repository's backend namespace.
 fn backend_key(name: &TaggedName) -> Digest {
     Digest::of(name.to_string().as_bytes())
-}
-
-/// The version in a task's JSON (0 when absent: tasks from before versions).
-fn record_version(task: &serde_json::Value) -> u64 {
-    task["version"].as_u64().unwrap_or(0)
-}
-
-/// The version of the task file at `path`, `None` when there is none or it is unreadable
-/// (then it is replaced). Blocking.
-fn task_version(path: &std::path::Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
-    let task: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    Some(record_version(&task))
 }

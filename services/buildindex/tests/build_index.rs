@@ -25,7 +25,8 @@ use kraken_oci::media_type::{
 use kraken_proto::buildindex::v1::replication_service_client::ReplicationServiceClient;
 use kraken_proto::buildindex::v1::tag_service_client::TagServiceClient;
 use kraken_proto::buildindex::v1::{
-    GetRequest, HasRequest, ListOriginsRequest, ListRequest, PutRequest, PutResponse,
+    GetRequest, HasRequest, ListOriginsRequest, ListRequest, ListTasksRequest, PutRequest,
+    PutResponse, ReplicationTask as ReplicationTaskMessage,
 };
 use kraken_tagclient::TagClient;
 use kraken_tls::Role;
@@ -192,6 +193,14 @@ fn blob(len: usize, seed: &str) -> Vec<u8> {
     (0..len)
         .map(|i| seed.as_bytes()[i % 32] ^ (i as u8))
         .collect()
+}
+
+/// Milliseconds since the Unix epoch, as the build-index counts them.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -391,36 +400,171 @@ async fn list_and_list_repository_paginate_in_lexical_order() {
     fixture.stop().await;
 }
 
+impl Fixture {
+    /// `TagService/Has` as a client sees it.
+    async fn has(&self, tag: &str) -> kraken_proto::buildindex::v1::HasResponse {
+        let mut raw = self.raw(&self.cluster.tls(Role::Client).unwrap());
+        raw.has(HasRequest { tag: tag.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// `ReplicationService` as `role` sees it.
+    fn replication(&self, role: Role) -> ReplicationServiceClient<tonic::transport::Channel> {
+        ReplicationServiceClient::new(
+            kraken_transport::grpc::channel(
+                &self.cluster.tls(role).unwrap(),
+                &self.addr(),
+                None,
+                Role::BuildIndex,
+            )
+            .unwrap(),
+        )
+    }
+
+    /// Every pending task matching `remote` and `tag_prefix`, `page_size` at a time, with the
+    /// first page's `pending` and `oldest_age_ms`.
+    async fn tasks(
+        &self,
+        remote: &str,
+        tag_prefix: &str,
+        page_size: u32,
+    ) -> (Vec<ReplicationTaskMessage>, u32, u64) {
+        let mut client = self.replication(Role::Client);
+        let (mut tasks, mut page_token, mut summary) = (Vec::new(), String::new(), None);
+        // Bounded: a token that never ends the listing fails the test.
+        for _ in 0..100 {
+            let page = client
+                .list_tasks(ListTasksRequest {
+                    remote: remote.into(),
+                    tag_prefix: tag_prefix.into(),
+                    page_size,
+                    page_token,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page_size == 0 || page.tasks.len() <= page_size as usize);
+            summary.get_or_insert((page.pending, page.oldest_age_ms));
+            tasks.extend(page.tasks);
+            if page.next_page_token.is_empty() {
+                let (pending, oldest) = summary.unwrap();
+                return (tasks, pending, oldest);
+            }
+            page_token = page.next_page_token;
+        }
+        panic!("ListTasks never ended its listing");
+    }
+}
+
 #[tokio::test]
 async fn replicate_records_a_durable_task_per_matching_remote() {
-    let fixture = Fixture::start().await;
+    let mut fixture = Fixture::start().await;
     let client = fixture.client(Role::Proxy);
     let digest = fixture.push("blobs/x", b"x".to_vec()).await;
     let (release, _) = fixture.image("release/app", "rel", &[(10, true)]).await;
+    let (other, _) = fixture.image("release/app", "other", &[(10, true)]).await;
     client.put(&tag("blobs/x:1"), &digest, true).await.unwrap();
-    assert!(
-        files_under(&fixture.config.replication.dir).is_empty(),
-        "no remote matches"
-    );
+    assert_eq!(fixture.tasks("", "", 0).await.1, 0, "no remote matches");
+    // Without `replicate`, nothing is queued either.
+    client
+        .put(&tag("release/app:0"), &release, false)
+        .await
+        .unwrap();
+    assert_eq!(fixture.tasks("", "", 0).await.1, 0);
     client
         .put(&tag("release/app:1"), &release, true)
         .await
         .unwrap();
-    let tasks = files_under(&fixture.config.replication.dir);
-    assert_eq!(tasks.len(), 1);
-    let task: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&tasks[0]).unwrap()).unwrap();
-    assert_eq!(task["tag"], "release/app:1");
-    assert_eq!(task["remote"], "b");
-    let version = task["version"].as_u64().unwrap();
-    assert!(version > 0, "the task carries the tag's version: {task}");
-    assert_eq!(task["digest"], release.to_string());
+    client
+        .put(&tag("release/app:2"), &other, true)
+        .await
+        .unwrap();
+
+    let (tasks, pending, oldest_age_ms) = fixture.tasks("", "", 1).await;
+    assert_eq!(pending, 2);
+    assert_eq!(
+        tasks.iter().map(|t| t.tag.as_str()).collect::<Vec<_>>(),
+        ["release/app:1", "release/app:2"],
+        "tag order, one per page"
+    );
+    let first = &tasks[0];
+    assert_eq!(first.remote, "b");
+    assert_eq!(first.digest, release.to_string());
+    let has = fixture.has("release/app:1").await;
+    assert_eq!(
+        first.version, has.version,
+        "the task carries the tag's version"
+    );
+    assert_eq!((first.attempts, first.cause.as_str()), (0, ""), "{first:?}");
+    assert!(first.last_error.is_empty() && !first.running && !first.held_for_peer);
+    assert!(first.created_unix_ms > 0 && first.next_attempt_unix_ms >= first.created_unix_ms);
+    let age_bound = unix_ms() - first.created_unix_ms.min(tasks[1].created_unix_ms);
+    assert!(oldest_age_ms <= age_bound, "{oldest_age_ms} > {age_bound}");
+    // Filters.
+    assert_eq!(
+        fixture.tasks("b", "release/app:2", 10).await.0[0].digest,
+        other.to_string()
+    );
+    assert_eq!(fixture.tasks("c", "", 10).await.1, 0);
+    assert_eq!(fixture.tasks("", "blobs/", 10).await.1, 0);
+
+    // `Replicate` queues the same write again: still one task per tag.
     assert_eq!(
         client.replicate(&tag("release/app:1")).await.unwrap(),
         ["b"]
     );
-    let error = client.replicate(&tag("release/app:2")).await.unwrap_err();
+    assert_eq!(fixture.tasks("", "", 0).await.1, 2);
+    let error = client.replicate(&tag("release/app:3")).await.unwrap_err();
     assert_eq!(error.code(), Some(Code::NotFound));
+
+    // Durable: the tasks are there after a restart, unchanged.
+    fixture.restart().await;
+    assert_eq!(fixture.tasks("", "", 0).await.0, tasks);
+    assert_eq!(files_under(&fixture.config.replication.dir).len(), 2);
+
+    // Status is for this cluster's operators and build-indexes.
+    for role in [Role::Agent, Role::Proxy, Role::Origin] {
+        let status = fixture
+            .replication(role)
+            .list_tasks(ListTasksRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{role:?}");
+    }
+    fixture.stop().await;
+}
+
+#[tokio::test]
+async fn racing_puts_of_one_tag_leave_its_task_on_the_stored_version() {
+    let fixture = Fixture::start().await;
+    let mut images = Vec::new();
+    for seed in 0..6 {
+        let (digest, _) = fixture
+            .image("release/race", &seed.to_string(), &[(10, true)])
+            .await;
+        images.push(digest);
+    }
+    let client = fixture.client(Role::Proxy);
+    let puts: Vec<_> = images
+        .iter()
+        .map(|digest| {
+            let (client, digest) = (client.clone(), *digest);
+            tokio::spawn(async move { client.put(&tag("release/race:1"), &digest, true).await })
+        })
+        .collect();
+    for put in puts {
+        put.await.unwrap().unwrap();
+    }
+    let stored = fixture.has("release/race:1").await;
+    let (tasks, pending, _) = fixture.tasks("b", "release/race:", 0).await;
+    assert_eq!(pending, 1);
+    assert_eq!(
+        (tasks[0].digest.as_str(), tasks[0].version),
+        (stored.digest.as_str(), stored.version),
+        "the task names what the tag points at"
+    );
     fixture.stop().await;
 }
 
