@@ -276,6 +276,10 @@ pub struct ReplicationConfig {
     /// Upper bound of the retry delay. There is no attempt limit.
     #[serde(with = "humantime_serde")]
     pub max_retry_interval: Duration,
+    /// Tasks (tag, remote) worked on at once.
+    pub workers: usize,
+    /// Blobs of one task sent at once (each by the local origin that owns it).
+    pub blob_concurrency: usize,
 }
 
 impl Default for ReplicationConfig {
@@ -284,13 +288,34 @@ impl Default for ReplicationConfig {
             dir: PathBuf::from("/var/lib/kraken/replication"),
             retry_interval: Duration::from_secs(30),
             max_retry_interval: Duration::from_secs(10 * 60),
+            workers: 4,
+            blob_concurrency: 4,
         }
     }
 }
 
+impl ReplicationConfig {
+    /// More than this many tasks or blobs at once only queues more requests at the origins.
+    pub const MAX_CONCURRENCY: usize = 64;
+}
+
 impl Validate for ReplicationConfig {
     fn validate(&self) -> Result<(), ValidationError> {
-        crate::writeback::retry_queue(&self.dir, self.retry_interval, self.max_retry_interval)
+        crate::writeback::retry_queue(&self.dir, self.retry_interval, self.max_retry_interval)?;
+        for (key, value) in [
+            ("workers", self.workers),
+            ("blob_concurrency", self.blob_concurrency),
+        ] {
+            ensure(
+                (1..=Self::MAX_CONCURRENCY).contains(&value),
+                key,
+                format!(
+                    "must be between 1 and {} (got {value})",
+                    Self::MAX_CONCURRENCY
+                ),
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@
 //!   and the proxy all route through a [`cluster::HostPool`].
 //! - [`advertise`]: which address a swarm member gives peers (never loopback to another host).
 //! - [`lifecycle`]: how every component stops its servers (grace period, then cut).
+//! - [`remote`]: the TLS material to dial another cluster with (its CA, our certificate).
 //!
 //! This crate must never offer a plaintext or unverified connection: there is no fallback from
 //! TLS to plain text (Kraken silently retried over HTTP on any TLS error).
@@ -23,4 +24,5 @@ pub mod health;
 pub mod http;
 pub mod lifecycle;
 pub mod quic;
+pub mod remote;
 pub mod ring;

@@ -26,6 +26,9 @@ pub enum BuildIndexError {
     Store(#[from] TagStoreError),
     #[error("opening the replication queue")]
     Queue(#[source] QueueError),
+    /// A remote under `remotes:` cannot be dialed as configured.
+    #[error("remotes.{name}: {reason}")]
+    Remote { name: String, reason: String },
     #[error("loading the CAs of `trusted_remotes`")]
     Trust(#[source] Box<kraken_tls::TlsError>),
     #[error("a build-index task failed")]

@@ -13,8 +13,9 @@
 //! change what reads return, nor move a tag back to an older version (every tag carries the
 //! version of its original push; an older put is superseded). Replication to remote clusters
 //! is queued durably (one task file per tag and remote, the newest version kept, listed by
-//! `ReplicationService/ListTasks`) but not executed yet; neither is copying writes to
-//! `cluster` peers. Remote clusters listed under
+//! `ReplicationService/ListTasks`) and retried until the remote holds the tag and every blob
+//! under it, sent by our origins over mTLS to the remote's own CA; copying writes to
+//! `cluster` peers is not built yet. Remote clusters listed under
 //! `trusted_remotes` may `Has` and `Put` the tags their rules allow and ask for our origins
 //! (`ReplicationService/ListOrigins`), nothing else.
 

@@ -20,7 +20,9 @@ use tonic_health::server::HealthReporter;
 use crate::error::BuildIndexError;
 use crate::metrics as m;
 use crate::replication::ReplicationServiceImpl;
+use crate::replication::executor::Executor;
 use crate::replication::queue::{GAUGE_PERIOD, ReplicationQueue};
+use crate::replication::remote::RemoteBuildIndexes;
 use crate::service::TagServiceImpl;
 use crate::store::TagStore;
 use crate::tags::{TagWriters, Tags};
@@ -36,6 +38,8 @@ pub struct BuildIndex {
     server: Option<JoinHandle<Result<(), GrpcError>>>,
     /// Refreshes the replication gauges until shutdown.
     gauges: Option<JoinHandle<()>>,
+    /// Works the replication queue until shutdown.
+    executor: Option<JoinHandle<()>>,
 }
 
 /// The tag backends of `backends:`; the one place build-index builds them from config.
@@ -46,8 +50,9 @@ pub fn backends_from_config(config: &BuildIndexConfig) -> Result<Backends, Backe
 }
 
 impl BuildIndex {
-    /// Opens the tag store under `config.tag_store.dir`, builds the tag backends and serves
-    /// `TagService`, `ReplicationService`, gRPC health and reflection on `listener` with mutual TLS from `tls`.
+    /// Opens the tag store under `config.tag_store.dir`, builds the tag backends, serves
+    /// `TagService`, `ReplicationService`, gRPC health and reflection on `listener` with mutual
+    /// TLS from `tls`, and replicates queued tags to the remotes.
     pub async fn start(
         config: BuildIndexConfig,
         tls: TlsMaterial,
@@ -80,6 +85,8 @@ impl BuildIndex {
         }
         let origins = OriginClusterClient::from_config(&tls, &config.origin, &config.hashring)
             .map_err(BuildIndexError::Origins)?;
+        // Before anything is opened: a remote that cannot be dialed is a configuration error.
+        let remotes = RemoteBuildIndexes::from_config(&config)?;
         let store = TagStore::open(&config.tag_store.dir).await?;
         metrics::gauge!(m::TAGS).set(store.len() as f64);
         let queue = ReplicationQueue::open(&config.replication, config.remotes.keys().cloned())
@@ -110,7 +117,14 @@ impl BuildIndex {
             let (queue, shutdown) = (tags.queue.clone(), shutdown.clone());
             tokio::spawn(async move { queue.publish_gauges_until(GAUGE_PERIOD, shutdown).await })
         };
-        tracing::info!(%addr, tags = tags.store.len(), "build-index started");
+        let executor =
+            tokio::spawn(Arc::new(Executor::new(tags.clone(), remotes)).run(shutdown.clone()));
+        tracing::info!(
+            %addr,
+            tags = tags.store.len(),
+            pending_replications = tags.queue.snapshot().len(),
+            "build-index started"
+        );
         Ok(BuildIndex {
             addr,
             tags,
@@ -118,6 +132,7 @@ impl BuildIndex {
             shutdown,
             server: Some(server),
             gauges: Some(gauges),
+            executor: Some(executor),
         })
     }
 
@@ -149,9 +164,13 @@ impl BuildIndex {
                 .into_result(BuildIndexError::Grpc, BuildIndexError::Task),
             None => Ok(()),
         };
-        if let Some(gauges) = self.gauges.take() {
-            // It returns as soon as the token fires; a panic there was already reported.
-            let _ = gauges.await;
+        // Both return as soon as the token fires (replication runs stop at their next
+        // await; their tasks stay on disk); a panic there was already reported.
+        for task in [self.gauges.take(), self.executor.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = task.await;
         }
         tracing::info!(addr = %self.addr, "build-index stopped");
         result

@@ -101,10 +101,7 @@ impl Tags {
             return Ok(superseded);
         }
         let started = std::time::Instant::now();
-        let kind = match self.config.tag_type_for(name.repository.as_str()) {
-            TagType::Docker => TargetKind::Manifest,
-            TagType::Default => TargetKind::Blob,
-        };
+        let kind = self.target_kind(name);
         let checked = check_tag_dependencies(&self.origins, kind, &name.repository, &digest)
             .await
             .map_err(TagError::from);
@@ -146,6 +143,15 @@ impl Tags {
             self.record_replication(name, record).await?;
         }
         Ok(outcome)
+    }
+
+    /// What the tag points at, by its repository's `tag_types` rule: a manifest whose
+    /// references are its dependencies, or any blob.
+    pub(crate) fn target_kind(&self, name: &TaggedName) -> TargetKind {
+        match self.config.tag_type_for(name.repository.as_str()) {
+            TagType::Docker => TargetKind::Manifest,
+            TagType::Default => TargetKind::Blob,
+        }
     }
 
     /// `Superseded` when a put of `digest` at `version` would lose to the stored record.

@@ -16,8 +16,9 @@ use kraken_config::Pattern;
 use kraken_config::build_index::{BuildIndexConfig, BuildIndexRemote, TagType, TagTypeRule};
 use kraken_config::cluster::UpstreamConfig;
 use kraken_config::remote::{RemoteTlsSection, TrustedBuildIndexRemote};
+use kraken_config::tls::TlsSection;
 use kraken_core::{Digest, Namespace};
-use kraken_devcluster::DevCluster;
+use kraken_devcluster::{DevCluster, open_pki};
 use kraken_oci::TaggedName;
 use kraken_oci::media_type::{
     DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
@@ -36,6 +37,8 @@ use tokio::net::TcpListener;
 use tonic::Code;
 
 struct Fixture {
+    /// Where remote `b`'s build-index is said to be: it accepts connections and drops them.
+    remote_b: tokio::task::JoinHandle<()>,
     cluster: DevCluster,
     build_index: Option<BuildIndex>,
     config: BuildIndexConfig,
@@ -65,6 +68,13 @@ impl Fixture {
             ..BuildIndexConfig::default()
         };
         config.hashring.max_replica = 2;
+        // The files behind the material `restart` serves with: a remote is dialed with them.
+        let own = cluster.pki.tls_config(Role::BuildIndex);
+        config.tls = TlsSection {
+            ca: Some(own.ca),
+            cert: Some(own.cert),
+            key: Some(own.key),
+        };
         config.tag_store.dir = dir.path().join("tags");
         config.replication.dir = dir.path().join("replication");
         config.tag_types.insert(
@@ -74,20 +84,26 @@ impl Fixture {
                 tag_type: TagType::Default,
             },
         );
-        // Tasks are only recorded in this step: the remote's CA is never read.
+        // Remote `b` has a CA of its own, and its build-index drops every connection: tasks
+        // for it are attempted and fail as unreachable.
+        let remote_ca = open_pki(&dir.path().join("cluster-b"))
+            .unwrap()
+            .ca_cert_path();
+        let (remote_addr, remote_b) = dropping_listener().await;
         config.remotes.insert(
             "b".into(),
             BuildIndexRemote {
-                build_index: UpstreamConfig::of(["127.0.0.1:25004"]),
+                build_index: UpstreamConfig::of([remote_addr.to_string()]),
                 tags: vec![Pattern::new("^release/").unwrap()],
                 tls: RemoteTlsSection {
-                    ca: dir.path().join("cluster-b-ca.pem"),
+                    ca: remote_ca,
                     ..RemoteTlsSection::default()
                 },
             },
         );
         let tag_backend = dir.path().join("tag-backend");
         let mut fixture = Self {
+            remote_b,
             cluster,
             build_index: None,
             config,
@@ -176,8 +192,21 @@ impl Fixture {
         if let Some(build_index) = self.build_index.take() {
             build_index.shutdown().await.unwrap();
         }
+        self.remote_b.abort();
         self.cluster.shutdown().await;
     }
+}
+
+/// A loopback listener that accepts every connection and closes it at once, and its task.
+async fn dropping_listener() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    (addr, task)
 }
 
 fn ns(text: &str) -> Namespace {
@@ -423,6 +452,20 @@ impl Fixture {
         )
     }
 
+    /// Waits until the task of `tag` has failed `attempts` times and is not running; a test
+    /// that waits 30 s for it fails.
+    async fn attempted(&self, tag: &str, attempts: u32) -> ReplicationTaskMessage {
+        for _ in 0..300 {
+            let (tasks, _, _) = self.tasks("", tag, 0).await;
+            let found = tasks.iter().find(|t| t.tag == tag);
+            if let Some(task) = found.filter(|t| t.attempts >= attempts && !t.running) {
+                return task.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the task of {tag} never reached {attempts} attempts");
+    }
+
     /// Every pending task matching `remote` and `tag_prefix`, `page_size` at a time, with the
     /// first page's `pending` and `oldest_age_ms`.
     async fn tasks(
@@ -482,6 +525,9 @@ async fn replicate_records_a_durable_task_per_matching_remote() {
         .await
         .unwrap();
 
+    // Both tasks are attempted at once; remote `b` drops every connection.
+    fixture.attempted("release/app:1", 1).await;
+    fixture.attempted("release/app:2", 1).await;
     let (tasks, pending, oldest_age_ms) = fixture.tasks("", "", 1).await;
     assert_eq!(pending, 2);
     assert_eq!(
@@ -497,9 +543,24 @@ async fn replicate_records_a_durable_task_per_matching_remote() {
         first.version, has.version,
         "the task carries the tag's version"
     );
-    assert_eq!((first.attempts, first.cause.as_str()), (0, ""), "{first:?}");
-    assert!(first.last_error.is_empty() && !first.running && !first.held_for_peer);
-    assert!(first.created_unix_ms > 0 && first.next_attempt_unix_ms >= first.created_unix_ms);
+    assert_eq!(
+        (first.attempts, first.cause.as_str()),
+        (1, "remote_unreachable"),
+        "{first:?}"
+    );
+    assert!(
+        first
+            .last_error
+            .contains("cannot reach the build-index of remote `b`"),
+        "{first:?}"
+    );
+    assert!(!first.running && !first.held_for_peer);
+    // Retried after the (30 s) backoff, not before.
+    assert!(
+        first.next_attempt_unix_ms >= unix_ms() + 10_000,
+        "{first:?}"
+    );
+    assert!(first.created_unix_ms > 0);
     let age_bound = unix_ms() - first.created_unix_ms.min(tasks[1].created_unix_ms);
     assert!(oldest_age_ms <= age_bound, "{oldest_age_ms} > {age_bound}");
     // Filters.
@@ -510,16 +571,19 @@ async fn replicate_records_a_durable_task_per_matching_remote() {
     assert_eq!(fixture.tasks("c", "", 10).await.1, 0);
     assert_eq!(fixture.tasks("", "blobs/", 10).await.1, 0);
 
-    // `Replicate` queues the same write again: still one task per tag.
+    // `Replicate` queues the same write again: still one task per tag, attempted at once.
     assert_eq!(
         client.replicate(&tag("release/app:1")).await.unwrap(),
         ["b"]
     );
     assert_eq!(fixture.tasks("", "", 0).await.1, 2);
+    fixture.attempted("release/app:1", 2).await;
     let error = client.replicate(&tag("release/app:3")).await.unwrap_err();
     assert_eq!(error.code(), Some(Code::NotFound));
 
-    // Durable: the tasks are there after a restart, unchanged.
+    // Durable: the tasks are there after a restart, with their attempts and errors, and are
+    // not retried before their time.
+    let (tasks, _, _) = fixture.tasks("", "", 0).await;
     fixture.restart().await;
     assert_eq!(fixture.tasks("", "", 0).await.0, tasks);
     assert_eq!(files_under(&fixture.config.replication.dir).len(), 2);

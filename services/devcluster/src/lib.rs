@@ -29,11 +29,14 @@ use kraken_config::store::StoreConfig;
 use kraken_config::tls::TlsSection;
 use kraken_config::tracker::TrackerConfig;
 use kraken_core::{Digest, Namespace};
+use kraken_oci::TaggedName;
+use kraken_oci::media_type::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST};
 use kraken_origin::Origin;
 use kraken_originclient::OriginClient;
 use kraken_proto::agent::v1::GetBlobRequest;
 use kraken_proto::agent::v1::agent_service_client::AgentServiceClient;
 use kraken_proxy::Proxy;
+use kraken_tagclient::TagClient;
 use kraken_tls::{DevPki, DevPkiOptions, Role, TlsMaterial, generate_dev_pki};
 use kraken_transport::ring::{Member, Ring};
 use tokio::net::TcpListener;
@@ -41,7 +44,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 mod multi;
-pub use multi::{CLUSTER_PORT_STRIDE, DevClusters, cluster_name};
+pub use multi::{CLUSTER_PORT_STRIDE, DevClusters, SELF_CHECK_TAG, cluster_name};
 
 /// Where components listen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -606,6 +609,9 @@ impl DevClusterBuilder {
         config.hashring.max_replica = self.max_replica.min(origin_labels.len());
         config.tag_store.dir = self.dir.join("build-index/tags");
         config.replication.dir = self.dir.join("build-index/replication");
+        // On one machine a remote that is down comes back in seconds: retry at that pace.
+        config.replication.retry_interval = Duration::from_secs(1);
+        config.replication.max_retry_interval = Duration::from_secs(10);
         for (name, remote) in &self.remotes {
             config.remotes.insert(
                 name.clone(),
@@ -904,6 +910,45 @@ impl DevCluster {
             .await
             .map_err(|e| DevClusterError::Check(format!("upload to {}: {e}", owner.grpc_addr())))?;
         Ok(digest)
+    }
+
+    /// Pushes a small single-layer image whose bytes depend on `seed` to the origins (a layer,
+    /// a config, an OCI manifest) and points `tag` at its manifest with `replicate`, as the
+    /// proxy would after a push. Returns the manifest's digest and bytes.
+    pub async fn push_image(
+        &self,
+        tag: &TaggedName,
+        seed: &str,
+    ) -> Result<(Digest, Bytes), DevClusterError> {
+        let namespace = &tag.repository;
+        let layer = Bytes::from(format!("kraken image layer {seed}\n").repeat(4096));
+        let config = Bytes::from(format!(
+            r#"{{"architecture":"amd64","os":"linux","created_by":"kraken devcluster {seed}"}}"#
+        ));
+        let layer_digest = self.push(namespace, layer.clone()).await?;
+        let config_digest = self.push(namespace, config.clone()).await?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+            "layers": [{"mediaType": OCI_LAYER, "digest": layer_digest.to_string(), "size": layer.len()}],
+        });
+        let manifest = Bytes::from(manifest.to_string());
+        let digest = self.push(namespace, manifest.clone()).await?;
+        self.tag_client(Role::Proxy)?
+            .put(tag, &digest, true)
+            .await
+            .map_err(|e| DevClusterError::Check(format!("tagging {tag}: {e}")))?;
+        Ok((digest, manifest))
+    }
+
+    /// A client of this cluster's build-index presenting `role`.
+    pub fn tag_client(&self, role: Role) -> Result<TagClient, DevClusterError> {
+        TagClient::new(
+            &UpstreamConfig::of([self.build_index_addr.to_string()]),
+            &self.tls(role)?,
+        )
+        .map_err(|e| DevClusterError::Check(e.to_string()))
     }
 
     /// A gRPC client of agent `index` presenting the `client` role.

@@ -25,8 +25,9 @@ use kraken_originclient::{ClientError, OriginClusterClient, UploadCursor, upload
 use kraken_proto::origin::v1::ReplicateToRemoteResponse;
 use kraken_store::StoreError;
 use kraken_tagclient::{TagClient, TagClientError};
-use kraken_tls::{TlsConfig, TlsMaterial};
+use kraken_tls::TlsMaterial;
 use kraken_transport::bandwidth::BandwidthLimiter;
+use kraken_transport::remote::load_remote_material;
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 use tokio::time::Instant;
 
@@ -122,25 +123,8 @@ impl RemoteCluster {
         origins: u64,
     ) -> Result<Self, OriginError> {
         let setup = |reason: String| OriginError::Config(format!("remotes.{name}: {reason}"));
-        let Some((cert, key)) = remote.tls.identity(&config.tls) else {
-            return Err(setup(
-                "no certificate to present: set `tls.cert` and `tls.key` (or \
-                 `remotes.<name>.tls.cert` and `key`)"
-                    .to_owned(),
-            ));
-        };
-        let Some(own_ca) = config.tls.ca.clone() else {
-            return Err(setup(
-                "`tls.ca` is needed to check the certificate presented to the remote".to_owned(),
-            ));
-        };
-        let own = TlsConfig {
-            ca: own_ca,
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-        };
-        let tls = TlsMaterial::load_for_remote(&own, &remote.tls.ca)
-            .map_err(|error| setup(format!("tls: {}", kraken_core::error_chain(&error))))?;
+        let tls = load_remote_material(&remote.tls, &config.tls)
+            .map_err(|error| setup(kraken_core::error_chain(&error)))?;
         let server_name = remote.tls.server_name.clone();
         let build_index = TagClient::for_remote(&remote.build_index, &tls, server_name.as_deref())
             .map_err(|error| setup(format!("build_index: {error}")))?;

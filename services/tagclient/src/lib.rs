@@ -103,6 +103,14 @@ pub enum PutOutcome {
     Superseded { version: u64 },
 }
 
+/// What a tag points at, and the version of that write (ms since the Unix epoch of the
+/// original push; 0 for a tag written before versions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TagVersion {
+    pub digest: Digest,
+    pub version: u64,
+}
+
 /// A client of the build-index hosts. Cheap to clone; clones share channels and health.
 #[derive(Debug, Clone)]
 pub struct TagClient {
@@ -239,16 +247,27 @@ impl TagClient {
     /// The digest `name` points at, `None` if the tag is unknown: what a replicating cluster
     /// asks a remote (which answers `Has`, and not `Get`, to a foreign build-index).
     pub async fn has_digest(&self, name: &TaggedName) -> Result<Option<Digest>, TagClientError> {
+        Ok(self.has_version(name).await?.map(|tag| tag.digest))
+    }
+
+    /// What `name` points at and since which version, `None` if the tag is unknown.
+    pub async fn has_version(
+        &self,
+        name: &TaggedName,
+    ) -> Result<Option<TagVersion>, TagClientError> {
         let (host, response) = self.has_request(name).await?;
         if !response.exists {
             return Ok(None);
         }
-        parse_digest("digest", &response.digest)
-            .map(Some)
-            .map_err(|_| TagClientError::BadDigest {
+        let digest =
+            parse_digest("digest", &response.digest).map_err(|_| TagClientError::BadDigest {
                 host,
                 digest: response.digest,
-            })
+            })?;
+        Ok(Some(TagVersion {
+            digest,
+            version: response.version,
+        }))
     }
 
     async fn has_request(

@@ -1,9 +1,13 @@
-//! Cross-cluster replication: the durable queue of tasks ([`queue`], [`task`]) and
-//! `kraken.buildindex.v1.ReplicationService`: what another cluster asks this one while it
+//! Cross-cluster replication: the durable queue of tasks ([`queue`], [`task`]), the
+//! [`executor`] that works it against the remotes' build-indexes ([`remote`]) through our
+//! origins, and `kraken.buildindex.v1.ReplicationService`: what another cluster asks this one while it
 //! replicates here (`ListOrigins`), and what operators ask about our pending tasks
 //! (`ListTasks`).
 
+pub(crate) mod error;
+pub(crate) mod executor;
 pub(crate) mod queue;
+pub(crate) mod remote;
 pub(crate) mod task;
 
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 //! work would be thrown away by the remote's version check anyway), an older one is dropped.
 //! So a remote never moves back, whatever order pushes, peers and retries arrive in.
 //!
-//! The executor (built next) takes due tasks with [`ReplicationQueue::next_due`], one run per
+//! The [executor](super::executor) takes due tasks with [`ReplicationQueue::next_due`], one run per
 //! key at a time, and reports each run's end with [`fail`](ReplicationQueue::fail) (retried
 //! after a jittered exponential backoff, without an attempt cap) or
 //! [`complete`](ReplicationQueue::complete) (the file is deleted, unless a newer write
@@ -63,10 +63,6 @@ pub(crate) enum Enqueued {
 /// [`fail`](ReplicationQueue::fail) or [`complete`](ReplicationQueue::complete) (the key is
 /// not handed out again before), and should stop when `cancel` fires: a newer write of the
 /// tag replaced the task.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the executor (issue 12, step 7b) calls it")
-)]
 #[derive(Debug)]
 pub(crate) struct Due {
     pub(crate) task: ReplicationTask,
@@ -310,11 +306,7 @@ impl ReplicationQueue {
     }
 }
 
-/// The executor's side (issue 12, step 7b).
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the executor (issue 12, step 7b) calls it")
-)]
+/// The executor's side.
 impl ReplicationQueue {
     /// Waits until a task is due, marks it running and hands it out. Cancel-safe: a task is
     /// taken only when the call returns.
@@ -353,7 +345,7 @@ impl ReplicationQueue {
         &self,
         task: &ReplicationTask,
         cause: Cause,
-        error: &dyn std::error::Error,
+        error: &(dyn std::error::Error + Send + Sync),
     ) -> Option<Duration> {
         let target = task.metric_target();
         metrics::counter!(m::REPLICATION_FAILURES, "remote" => target, "cause" => cause.as_str())
@@ -614,6 +606,7 @@ mod tests {
             dir: dir.to_owned(),
             retry_interval: RETRY,
             max_retry_interval: 10 * RETRY,
+            ..ReplicationConfig::default()
         }
     }
 

@@ -128,10 +128,6 @@ impl From<Cause> for &'static str {
 }
 
 /// How a task ended (its file is deleted).
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the executor (issue 12, step 7b) calls it")
-)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// The remote received the blobs it lacked and the tag.
