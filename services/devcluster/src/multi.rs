@@ -3,10 +3,16 @@
 //! cluster trusts exactly the CA of the one before it.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kraken_config::Pattern;
+use kraken_oci::TaggedName;
+use kraken_tls::Role;
 
 use crate::{DevCluster, DevClusterBuilder, DevClusterError, Ports, RemoteSpec, open_pki};
+
+/// The tag [`DevClusters::self_check`] replicates.
+pub const SELF_CHECK_TAG: &str = "kraken/self-check:replication";
 
 /// Ports between one cluster's fixed layout and the next's ([`Ports::Fixed`]).
 pub const CLUSTER_PORT_STRIDE: u16 = 2000;
@@ -82,9 +88,77 @@ impl DevClusters {
             };
             text.push_str(&format!("=== cluster {name} ({role})\n"));
             text.push_str(&cluster.summary());
+            if i + 1 < self.clusters.len() {
+                text.push_str(&format!(
+                    "replication to {}: kraken replication status --build-index {} --pki {}\n",
+                    cluster_name(i + 1),
+                    cluster.build_index_addr(),
+                    cluster.pki.dir().display()
+                ));
+            }
             text.push('\n');
         }
         text
+    }
+
+    /// Proves replication end to end: a small image (a layer, a config, a manifest) pushed to
+    /// the first cluster's origins and tagged there with `replicate` is resolved by tag at
+    /// every other cluster's build-index (within `patience`), and its manifest pulled through
+    /// that cluster's first agent. Returns the tag.
+    pub async fn self_check(&self, patience: Duration) -> Result<TaggedName, DevClusterError> {
+        let check = |what: String| DevClusterError::Check(what);
+        let Some(first) = self.clusters.first() else {
+            return Err(check("no clusters".to_owned()));
+        };
+        let tag: TaggedName = SELF_CHECK_TAG
+            .parse()
+            .map_err(|e: kraken_oci::TaggedNameError| check(e.to_string()))?;
+        let namespace = &tag.repository;
+        // Different bytes on every run, so the check cannot pass on what an earlier run left.
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let (digest, manifest) = first.push_image(&tag, &stamp.to_string()).await?;
+        for (i, cluster) in self.clusters.iter().enumerate().skip(1) {
+            let name = cluster_name(i);
+            let tags = cluster.tag_client(Role::Client)?;
+            let deadline = tokio::time::Instant::now() + patience;
+            loop {
+                match tags.get(&tag).await {
+                    Ok(Some(found)) if found == digest => break,
+                    Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Ok(found) => {
+                        return Err(check(format!(
+                            "after {patience:?}, {tag} at cluster {name} points at {found:?}, not \
+                             {digest}: see `kraken replication status` of the clusters before it"
+                        )));
+                    }
+                    Err(error) => {
+                        return Err(check(format!("asking cluster {name} for {tag}: {error}")));
+                    }
+                }
+            }
+            if !cluster.agents.is_empty() {
+                let pulled = cluster
+                    .pull(0, namespace, &digest)
+                    .await
+                    .map_err(|status| {
+                        check(format!(
+                            "pulling {digest} through agent 0 of cluster {name}: {}",
+                            status.message()
+                        ))
+                    })?;
+                if pulled != manifest {
+                    return Err(check(format!(
+                        "agent 0 of cluster {name} returned other bytes for {digest}"
+                    )));
+                }
+            }
+        }
+        Ok(tag)
     }
 
     /// Stops every cluster, the first (the sender) first.

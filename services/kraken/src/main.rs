@@ -49,6 +49,9 @@ enum Command {
     /// Make this node's container runtime (containerd, podman, CRI-O, Docker) pull through
     /// its local agent, falling back to the upstream registry when the agent fails.
     MirrorConfig(cmd::mirror_config::MirrorConfigArgs),
+    /// Cross-cluster replication: what a build-index still owes remote clusters.
+    #[command(subcommand)]
+    Replication(cmd::replication::ReplicationCommand),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -78,6 +81,9 @@ fn main() -> ExitCode {
         Command::Prefetch(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::prefetch(args))),
         Command::Health(args) => runtime().and_then(|rt| rt.block_on(cmd::health::run(args))),
         Command::MirrorConfig(args) => cmd::mirror_config::run(args),
+        Command::Replication(command) => {
+            runtime().and_then(|rt| rt.block_on(cmd::replication::run(command)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

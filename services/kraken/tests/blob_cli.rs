@@ -4,29 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{kraken, ok};
 use std::path::Path;
-use std::process::{Command, Output};
 
 use kraken_core::{Digest, Namespace};
 use kraken_devcluster::{DevCluster, Ports};
 use kraken_tls::Role;
-
-fn kraken(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kraken"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "kraken failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work).await.unwrap()

@@ -3,19 +3,11 @@
 // Test helpers outside `#[test]` functions: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{kraken, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn kraken(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kraken"))
-        .args(args)
-        .output()
-        .expect("spawn kraken")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use std::process::Command;
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/examples")
@@ -184,48 +176,146 @@ fn config_check_needs_a_component_it_can_tell() {
     assert_eq!(stderr.matches("origin.hosts").count(), 1, "{stderr}");
 }
 
+/// A `kraken devcluster` started with `args` and `--dir dir`, read up to the line saying its
+/// self-check passed.
+struct RunningDevcluster {
+    child: std::process::Child,
+    /// Everything it printed up to that line.
+    transcript: String,
+    /// Keeps draining its output, as a terminal would.
+    drain: std::thread::JoinHandle<()>,
+}
+
+impl RunningDevcluster {
+    fn start(args: &[&str], dir: &Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kraken"))
+            .arg("devcluster")
+            .args(args)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut seen = Vec::new();
+        let mut lines = stdout.lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let done = line.starts_with("self-check passed");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        let drain = std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            transcript: seen.join("\n"),
+            drain,
+        }
+    }
+
+    /// SIGTERM, then it must exit 0.
+    fn stop(mut self) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        self.drain.join().unwrap();
+        assert!(status.success(), "devcluster exited with {status}");
+    }
+}
+
 #[test]
 fn devcluster_starts_passes_its_self_check_and_stops_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-
     let dir = tempfile::tempdir().unwrap();
     // Below Linux's ephemeral range (32768+) so parallel tests' port-0 sockets cannot take it.
     let base = 10_000 + (std::process::id() % 200) as u16 * 100;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kraken"))
-        .args(["devcluster", "--base-port", &base.to_string(), "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = Vec::new();
-    let mut lines = stdout.lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let done = line.starts_with("self-check passed");
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
-    // Keep draining stdout, as a terminal would.
-    let drain = std::thread::spawn(move || for _ in lines {});
-    let transcript = seen.join("\n");
+    let running = RunningDevcluster::start(&["--base-port", &base.to_string()], dir.path());
+    let transcript = &running.transcript;
     assert!(transcript.contains("self-check passed"), "{transcript}");
     assert!(
         transcript.contains(&format!("tracker:        127.0.0.1:{}", base + 3)),
         "{transcript}"
     );
     assert!(dir.path().join("pki/ca.pem").exists());
+    running.stop();
+}
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = child.wait().unwrap();
-    drain.join().unwrap();
-    assert!(status.success(), "devcluster exited with {status}");
+#[test]
+fn devcluster_with_two_clusters_replicates_a_tag_and_lists_both() {
+    let dir = tempfile::tempdir().unwrap();
+    // Below Linux's ephemeral range even for the second cluster (+2000), and apart from
+    // `devcluster_starts_…`'s range (10 000–29 999 in steps of 100, +~1 100).
+    let base = 12_050 + (std::process::id() % 100) as u16 * 100;
+    let running = RunningDevcluster::start(
+        &[
+            "--clusters",
+            "2",
+            "--origins",
+            "1",
+            "--agents",
+            "1",
+            "--max-replica",
+            "1",
+            "--base-port",
+            &base.to_string(),
+        ],
+        dir.path(),
+    );
+    let transcript = &running.transcript;
+    assert!(
+        transcript.contains("self-check passed")
+            && transcript.contains("kraken/self-check:replication"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains("=== cluster a (push here)")
+            && transcript.contains("=== cluster b (replica of a, every repository)"),
+        "{transcript}"
+    );
+    // Cluster b's layout starts 2000 ports up.
+    assert!(
+        transcript.contains(&format!("tracker:        127.0.0.1:{}", base + 3))
+            && transcript.contains(&format!("tracker:        127.0.0.1:{}", base + 2003)),
+        "{transcript}"
+    );
+    let pki_a = dir.path().join("cluster-a/pki");
+    let status = format!(
+        "replication to b: kraken replication status --build-index 127.0.0.1:{} --pki {}",
+        base + 4,
+        pki_a.display()
+    );
+    assert!(transcript.contains(&status), "{transcript}");
+    let ca = |name: &str| std::fs::read(dir.path().join(format!("cluster-{name}/pki/ca.pem")));
+    assert_ne!(
+        ca("a").unwrap(),
+        ca("b").unwrap(),
+        "each cluster has its own CA"
+    );
+
+    // The command the banner shows works as written; the self-check's task ends (its end is
+    // recorded just after cluster b acknowledged the tag).
+    let mut listing = String::new();
+    for _ in 0..100 {
+        let out = Command::new(env!("CARGO_BIN_EXE_kraken"))
+            .args(status.split_once(": ").unwrap().1.split(' ').skip(1))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        listing = text(&out.stdout);
+        if listing.lines().last() == Some("0 pending") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(listing.lines().last(), Some("0 pending"), "{listing}");
+
+    running.stop();
 }

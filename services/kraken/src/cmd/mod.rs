@@ -11,5 +11,6 @@ pub(crate) mod mirror_config;
 pub(crate) mod origin;
 pub(crate) mod preflight;
 pub(crate) mod proxy;
+pub(crate) mod replication;
 pub(crate) mod serve;
 pub(crate) mod tracker;

@@ -1,0 +1,31 @@
+//! Running the `kraken` binary as a user would, shared by the black-box tests (`mod common;`).
+
+// Each test binary uses its own subset.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::process::{Command, Output};
+
+/// Runs `kraken` with `args` to completion.
+pub(crate) fn kraken<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kraken"))
+        .args(args)
+        .output()
+        .expect("spawn kraken")
+}
+
+/// Lossy UTF-8 text of an output stream.
+pub(crate) fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The standard output of a run that must have succeeded (else both streams, in the panic).
+pub(crate) fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "kraken failed:\n{}\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
