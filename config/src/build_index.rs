@@ -280,6 +280,15 @@ pub struct ReplicationConfig {
     pub workers: usize,
     /// Blobs of one task sent at once (each by the local origin that owns it).
     pub blob_concurrency: usize,
+    /// How long a `cluster:` peer holds its copy of a replication task before running it
+    /// (peer i of the list waits i + 1 times this): the host that took the push normally
+    /// finishes first, and the peer's run then only finds the remote up to date.
+    #[serde(with = "humantime_serde")]
+    pub peer_delay: Duration,
+    /// How long a tag write waits for each `cluster:` peer to take its copy before it is
+    /// acknowledged anyway; a peer that did not is retried from the queue.
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
 }
 
 impl Default for ReplicationConfig {
@@ -290,6 +299,8 @@ impl Default for ReplicationConfig {
             max_retry_interval: Duration::from_secs(10 * 60),
             workers: 4,
             blob_concurrency: 4,
+            peer_delay: Duration::from_secs(10 * 60),
+            peer_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! (`DevClusters::chain`): images pushed through cluster a's proxy as a client would, pulled
 //! by tag through an agent of another cluster, byte for byte; a remote that is down, a
 //! build-index restarted mid-task, a tag re-pointed while it travels, a chain of three
-//! clusters, and a remote that does not trust our CA.
+//! clusters, a remote that does not trust our CA, and a build-index that dies with its disk
+//! while its cluster peer holds a copy of its task.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{push_blob, push_manifest, sha256};
+use kraken_buildindex::BuildIndex;
 use kraken_config::build_index::BuildIndexConfig;
+use kraken_config::cluster::HostList;
 use kraken_core::{Digest, Namespace};
 use kraken_devcluster::{ConfigHooks, DevCluster, DevClusterBuilder, DevClusters, Ports, Stop};
 use kraken_proto::buildindex::v1::replication_service_client::ReplicationServiceClient;
@@ -172,18 +175,7 @@ async fn pull_and_compare(agent: SocketAddr, image: &Image) {
 
 /// `ReplicationService/ListTasks` of `cluster`'s build-index, as its operator sees it.
 async fn tasks(cluster: &DevCluster) -> ListTasksResponse {
-    let channel = kraken_transport::grpc::channel(
-        &cluster.tls(Role::Client).unwrap(),
-        &cluster.build_index_addr().to_string(),
-        None,
-        Role::BuildIndex,
-    )
-    .unwrap();
-    ReplicationServiceClient::new(channel)
-        .list_tasks(ListTasksRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
+    tasks_at(cluster, cluster.build_index_addr()).await
 }
 
 /// Waits until `cluster`'s task for `tag` satisfies `done`, and returns it.
@@ -280,8 +272,10 @@ async fn a_remote_down_during_the_push_gets_the_tag_when_it_is_back() {
     let a = &clusters.clusters[0];
     let image = push_image(a.proxy_registry_addr(), "outage/app", "v1", "down", 50_000).await;
     // Tried, failed as unreachable, retried: the push itself succeeded regardless.
-    let waiting = wait_for_task(a, "outage/app:v1", "3 failed attempts", |t| {
-        t.attempts >= 3 && !t.running
+    // Six failed attempts: about 25 s down (the dev cluster's retries wait 1, 2, 4, 8 then
+    // 10 s, jittered).
+    let waiting = wait_for_task(a, "outage/app:v1", "6 failed attempts", |t| {
+        t.attempts >= 6 && !t.running
     })
     .await;
     assert_eq!(waiting.cause, "remote_unreachable", "{waiting:?}");
@@ -417,5 +411,239 @@ async fn an_unlisted_ca_is_refused_and_the_task_waits_with_its_reason() {
             "{digest} reached b"
         );
     }
+    clusters.shutdown().await;
+}
+
+/// `ListTasks` of the build-index at `addr`, with `cluster`'s client certificate.
+async fn tasks_at(cluster: &DevCluster, addr: SocketAddr) -> ListTasksResponse {
+    let channel = kraken_transport::grpc::channel(
+        &cluster.tls(Role::Client).unwrap(),
+        &addr.to_string(),
+        None,
+        Role::BuildIndex,
+    )
+    .unwrap();
+    ReplicationServiceClient::new(channel)
+        .list_tasks(ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_build_index_is_covered_by_its_cluster_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    // Cluster a gets a second build-index, started below at `peer`; each lists the other
+    // under `cluster:`. Peers hold their copies of a task for 1 s.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = reserved.local_addr().unwrap();
+    drop(reserved);
+    let with_peer = move |i: usize, builder: DevClusterBuilder| {
+        let builder = small(i, builder);
+        if i > 0 {
+            return builder;
+        }
+        builder.configure(ConfigHooks {
+            build_index: Some(Arc::new(move |config: &mut BuildIndexConfig| {
+                config.cluster = HostList {
+                    static_hosts: vec![peer.to_string()],
+                    dns: None,
+                };
+                config.replication.peer_delay = Duration::from_secs(1);
+            })),
+            ..ConfigHooks::default()
+        })
+    };
+    let mut clusters = DevClusters::chain(dir.path(), 2, Ports::Ephemeral, with_peer)
+        .await
+        .unwrap();
+    let a = &clusters.clusters[0];
+    let mut config = a.build_index_config();
+    config.tag_store.dir = dir.path().join("a-peer/tags");
+    config.replication.dir = dir.path().join("a-peer/replication");
+    config.cluster = HostList {
+        static_hosts: vec![a.build_index_addr().to_string()],
+        dns: None,
+    };
+    let second = BuildIndex::start(
+        config,
+        a.tls(Role::BuildIndex).unwrap(),
+        tokio::net::TcpListener::bind(peer).await.unwrap(),
+    )
+    .await
+    .unwrap();
+
+    // b is down while a takes the push.
+    let stopped_b = clusters.clusters[1].stop_build_index().await.unwrap();
+    let a = &clusters.clusters[0];
+    let image = push_image(a.proxy_registry_addr(), "peers/app", "v1", "peer", 20_000).await;
+    // The peer has the tag at once (copied before the push was acknowledged) and holds its
+    // own copy of the task.
+    let copy = tasks_at(a, peer).await;
+    assert_eq!(copy.pending, 1, "{copy:?}");
+    let held = &copy.tasks[0];
+    assert_eq!(
+        (held.tag.as_str(), held.remote.as_str(), held.held_for_peer),
+        ("peers/app:v1", "b", true),
+        "{held:?}"
+    );
+    assert_eq!(held.digest, image.index.0);
+
+    // a's first build-index dies and loses its disk; b comes back.
+    let a = &mut clusters.clusters[0];
+    a.stop_build_index().await.unwrap().wipe().unwrap();
+    clusters.clusters[1]
+        .restart_build_index(stopped_b)
+        .await
+        .unwrap();
+    let b = &clusters.clusters[1];
+    wait_for_tag(b.agent_registry_addr(0), "peers/app", "v1", &image.index.0).await;
+    pull_and_compare(b.agent_registry_addr(0), &image).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tasks_at(&clusters.clusters[0], peer).await.pending > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the peer's task never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.shutdown().await.unwrap();
+    clusters.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_build_index_certificate_gets_permission_denied_outside_replication() {
+    use kraken_proto::agent::v1::agent_service_client::AgentServiceClient;
+    use kraken_proto::buildindex::v1::tag_service_client::TagServiceClient;
+    use kraken_proto::origin::v1::blob_service_client::BlobServiceClient;
+    use kraken_proto::tracker::v1::tracker_service_client::TrackerServiceClient;
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().unwrap();
+    let clusters = DevClusters::chain(dir.path(), 2, Ports::Ephemeral, small)
+        .await
+        .unwrap();
+    let (a, b) = (&clusters.clusters[0], &clusters.clusters[1]);
+    // What a's build-index dials b with: b's CA as roots, a's build-index certificate.
+    let foreign = kraken_tls::TlsMaterial::load_for_remote(
+        &a.pki.tls_config(Role::BuildIndex),
+        &b.pki.ca_cert_path(),
+    )
+    .unwrap();
+    let channel = |addr: SocketAddr, role: Role| {
+        kraken_transport::grpc::channel(&foreign, &addr.to_string(), None, role).unwrap()
+    };
+    let denied = |what: &str, result: Result<(), tonic::Status>| {
+        let status = result.expect_err(what);
+        assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+        assert!(
+            status.message().contains("remote cluster `a`"),
+            "{what}: {status:?}"
+        );
+    };
+
+    // Replication itself is allowed: the foreign build-index may ask b for a tag.
+    let mut tags = TagServiceClient::new(channel(b.build_index_addr(), Role::BuildIndex));
+    let has = tags
+        .has(kraken_proto::buildindex::v1::HasRequest {
+            tag: "any/app:v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!has.exists);
+    denied(
+        "TagService/List",
+        tags.list(kraken_proto::buildindex::v1::ListRequest::default())
+            .await
+            .map(drop),
+    );
+    denied(
+        "TagService/Replicate",
+        tags.replicate(kraken_proto::buildindex::v1::ReplicateRequest::default())
+            .await
+            .map(drop),
+    );
+    let mut replication =
+        ReplicationServiceClient::new(channel(b.build_index_addr(), Role::BuildIndex));
+    denied(
+        "ReplicationService/ListTasks",
+        replication
+            .list_tasks(ListTasksRequest::default())
+            .await
+            .map(drop),
+    );
+    denied(
+        "ReplicationService/DuplicatePut",
+        replication
+            .duplicate_put(kraken_proto::buildindex::v1::DuplicatePutRequest::default())
+            .await
+            .map(drop),
+    );
+    let mut origin = BlobServiceClient::new(channel(b.origins[0].grpc_addr(), Role::Origin));
+    denied(
+        "BlobService/Delete",
+        origin
+            .delete(kraken_proto::origin::v1::DeleteRequest::default())
+            .await
+            .map(drop),
+    );
+    denied(
+        "BlobService/ReplicateToRemote",
+        origin
+            .replicate_to_remote(kraken_proto::origin::v1::ReplicateToRemoteRequest::default())
+            .await
+            .map(drop),
+    );
+    denied(
+        "BlobService/GetMetaInfo",
+        origin
+            .get_meta_info(kraken_proto::origin::v1::GetMetaInfoRequest::default())
+            .await
+            .map(drop),
+    );
+
+    // Agents and trackers trust their own cluster's CA only: the handshake fails. With TLS
+    // 1.3 the client learns it from the alert at its first read, or from the closed
+    // connection, whichever its transport reports first; never from an answer.
+    let refused = |what: &str, result: Result<(), tonic::Status>| {
+        let status = result.expect_err(what);
+        let alert = kraken_tls::handshake_failure(&status, "b").is_some();
+        assert!(
+            alert || matches!(status.code(), Code::Cancelled | Code::Unavailable),
+            "{what}: not a refused handshake: {status:?}"
+        );
+    };
+    let mut agent = AgentServiceClient::new(channel(b.agents[0].grpc_addr(), Role::Agent));
+    refused(
+        "AgentService/Stat",
+        agent
+            .stat(kraken_proto::agent::v1::StatRequest::default())
+            .await
+            .map(drop),
+    );
+    let mut tracker = TrackerServiceClient::new(channel(b.tracker_addr, Role::Tracker));
+    refused(
+        "TrackerService/GetMetaInfo",
+        tracker
+            .get_meta_info(kraken_proto::tracker::v1::GetMetaInfoRequest::default())
+            .await
+            .map(drop),
+    );
+    // The same agent answers b's own certificate: it was the CA that was refused.
+    let own = kraken_transport::grpc::channel(
+        &b.tls(Role::Client).unwrap(),
+        &b.agents[0].grpc_addr().to_string(),
+        None,
+        Role::Agent,
+    )
+    .unwrap();
+    let answer = AgentServiceClient::new(own)
+        .stat(kraken_proto::agent::v1::StatRequest::default())
+        .await;
+    assert!(
+        !matches!(&answer, Err(s) if matches!(s.code(), Code::Cancelled | Code::Unavailable)),
+        "b's agent is up: {answer:?}"
+    );
     clusters.shutdown().await;
 }

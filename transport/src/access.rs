@@ -43,6 +43,8 @@ const ORIGIN_LISTERS: &[Role] = &[Role::Origin, Role::BuildIndex, Role::Client];
 /// Replication status: operators' tools and the cluster's build-index peers (tags and errors
 /// of pending replications are this cluster's business only: never in `FOREIGN_ACCESS`).
 const TASK_READERS: &[Role] = &[Role::Client, Role::BuildIndex];
+/// Tag writes copied between the build-indexes of one cluster.
+const BUILD_INDEXES: &[Role] = &[Role::BuildIndex];
 /// The swarm's members.
 const SWARM: &[Role] = &[Role::Agent, Role::Origin];
 /// Metainfo readers: the swarm, and the proxy and tools that warm origins through it.
@@ -100,6 +102,10 @@ pub const ACCESS: &[(&str, &[Role])] = &[
     (
         "/kraken.buildindex.v1.ReplicationService/ListTasks",
         TASK_READERS,
+    ),
+    (
+        "/kraken.buildindex.v1.ReplicationService/DuplicatePut",
+        BUILD_INDEXES,
     ),
     // Agent: `kraken.agent.v1.AgentService`.
     ("/kraken.agent.v1.AgentService/Preload", AGENT_READERS),

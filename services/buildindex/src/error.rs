@@ -29,6 +29,8 @@ pub enum BuildIndexError {
     /// A remote under `remotes:` cannot be dialed as configured.
     #[error("remotes.{name}: {reason}")]
     Remote { name: String, reason: String },
+    #[error("setting up the `cluster` peers")]
+    Peers(#[source] Box<kraken_transport::cluster::ClusterError>),
     #[error("loading the CAs of `trusted_remotes`")]
     Trust(#[source] Box<kraken_tls::TlsError>),
     #[error("a build-index task failed")]

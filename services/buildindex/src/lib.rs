@@ -14,8 +14,10 @@
 //! version of its original push; an older put is superseded). Replication to remote clusters
 //! is queued durably (one task file per tag and remote, the newest version kept, listed by
 //! `ReplicationService/ListTasks`) and retried until the remote holds the tag and every blob
-//! under it, sent by our origins over mTLS to the remote's own CA; copying writes to
-//! `cluster` peers is not built yet. Remote clusters listed under
+//! under it, sent by our origins over mTLS to the remote's own CA. Every write is copied to
+//! the other build-index hosts of the cluster (`cluster:`) before it is acknowledged, with
+//! their own held copies of its replication tasks, so one host dying loses neither the tag
+//! nor its replication. Remote clusters listed under
 //! `trusted_remotes` may `Has` and `Put` the tags their rules allow and ask for our origins
 //! (`ReplicationService/ListOrigins`), nothing else.
 

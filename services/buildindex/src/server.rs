@@ -21,6 +21,7 @@ use crate::error::BuildIndexError;
 use crate::metrics as m;
 use crate::replication::ReplicationServiceImpl;
 use crate::replication::executor::Executor;
+use crate::replication::peers::ClusterPeers;
 use crate::replication::queue::{GAUGE_PERIOD, ReplicationQueue};
 use crate::replication::remote::RemoteBuildIndexes;
 use crate::service::TagServiceImpl;
@@ -77,16 +78,11 @@ impl BuildIndex {
                 "no tag backends are configured: tags live only on this build-index's disk"
             );
         }
-        if !config.cluster.is_empty() {
-            tracing::warn!(
-                "`cluster` is set but copying tag writes to the other build-index hosts is not \
-                 built yet: each host only knows the tags written to it (and its backend's)"
-            );
-        }
         let origins = OriginClusterClient::from_config(&tls, &config.origin, &config.hashring)
             .map_err(BuildIndexError::Origins)?;
         // Before anything is opened: a remote that cannot be dialed is a configuration error.
         let remotes = RemoteBuildIndexes::from_config(&config)?;
+        let peers = ClusterPeers::from_config(&config, &tls)?;
         let store = TagStore::open(&config.tag_store.dir).await?;
         metrics::gauge!(m::TAGS).set(store.len() as f64);
         let queue = ReplicationQueue::open(&config.replication, config.remotes.keys().cloned())
@@ -100,6 +96,7 @@ impl BuildIndex {
             config,
             writers: TagWriters::new(),
             queue,
+            peers,
         });
         // Remote clusters' build-indexes put replicated tags here and their origins ask for
         // ours; their certificates are held to the foreign access table.

@@ -200,7 +200,7 @@ impl TagService for TagServiceImpl {
             .get(&name)
             .await?
             .ok_or_else(|| TagError::NotFound(name.to_string()))?;
-        let remotes = self.tags.record_replication(&name, &record).await?;
+        let remotes = self.tags.record_replication(&name, &record, None).await?;
         Ok(Response::new(ReplicateResponse { remotes }))
     }
 }

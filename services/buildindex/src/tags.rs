@@ -30,6 +30,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::TagError;
 use crate::metrics as m;
+use crate::replication::peers::{ClusterPeers, TagWrite};
 use crate::replication::queue::{Enqueued, ReplicationQueue};
 use crate::replication::task::ReplicationTask;
 use crate::store::{PutOutcome, TagRecord, TagStore, TagStoreError, now_ms};
@@ -58,6 +59,8 @@ pub(crate) struct Tags {
     pub(crate) writers: TagWriters,
     /// Replication tasks owed to remote clusters.
     pub(crate) queue: ReplicationQueue,
+    /// The other build-index hosts of the cluster, which get a copy of every write.
+    pub(crate) peers: ClusterPeers,
 }
 
 /// Locks serializing the writes of one tag; tags share a lock only by hash collision.
@@ -140,7 +143,60 @@ impl Tags {
         }
         metrics::gauge!(m::TAGS).set(self.store.len() as f64);
         if replicate {
-            self.record_replication(name, record).await?;
+            self.record_replication(name, record, None).await?;
+        }
+        self.copy_to_peers(name, record).await?;
+        Ok(outcome)
+    }
+
+    /// Copies a stored write to the cluster peers before it is acknowledged; a peer that does
+    /// not take it gets a durable task, retried until it does.
+    async fn copy_to_peers(&self, name: &TaggedName, record: &TagRecord) -> Result<(), TagError> {
+        if self.peers.is_empty() {
+            return Ok(());
+        }
+        let missed = self.peers.copy_to_all(TagWrite { name, record }).await;
+        for (peer, error) in missed {
+            tracing::warn!(tag = %name, %peer, error = %kraken_core::error_chain(&error), "a build-index peer missed a tag write; queued for retry");
+            let task = ReplicationTask::to_peer(
+                name.clone(),
+                record.digest,
+                record.version,
+                &peer,
+                record.replicate,
+                now_ms(),
+            );
+            self.queue.enqueue(task).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores a write copied from a cluster peer (which checked its dependencies and wrote
+    /// it to the backend): as is, unless a newer version is stored. With `replicate`, this
+    /// host's own replication tasks are queued, held for `hold`.
+    pub(crate) async fn duplicate_put(
+        &self,
+        name: &TaggedName,
+        digest: Digest,
+        version: u64,
+        replicate: bool,
+        hold: std::time::Duration,
+    ) -> Result<PutOutcome, TagError> {
+        // No tag lock: the peer sending this holds its own while it waits for us, and two
+        // hosts taking puts of one tag would otherwise wait on each other. The store and the
+        // queue each keep the newest version on their own, whatever order writes land in.
+        let record = TagRecord {
+            digest,
+            replicate,
+            updated_unix_ms: now_ms(),
+            version,
+        };
+        let outcome = self.store.put_versioned(name, record).await?;
+        if let PutOutcome::Stored(record) = &outcome {
+            metrics::gauge!(m::TAGS).set(self.store.len() as f64);
+            if replicate {
+                self.record_replication(name, record, Some(hold)).await?;
+            }
         }
         Ok(outcome)
     }
@@ -202,22 +258,30 @@ impl Tags {
     }
 
     /// Queues a replication task for every remote whose rules match the tag (a pending task
-    /// for a newer write of the tag is kept); returns the remotes.
+    /// for a newer write of the tag is kept); returns the remotes. `held`: the tasks are a
+    /// cluster peer's copies, not run before that long from now.
     pub(crate) async fn record_replication(
         &self,
         name: &TaggedName,
         record: &TagRecord,
+        held: Option<std::time::Duration>,
     ) -> Result<Vec<String>, TagError> {
         let full = name.to_string();
         let remotes: Vec<String> = self.config.remotes_for(&full).map(str::to_owned).collect();
         for remote in &remotes {
-            let task = ReplicationTask::to_remote(
+            let now = now_ms();
+            let mut task = ReplicationTask::to_remote(
                 name.clone(),
                 record.digest,
                 record.version,
                 remote,
-                now_ms(),
+                now,
             );
+            if let Some(hold) = held {
+                task.held_for_peer = true;
+                task.not_before_unix_ms =
+                    now.saturating_add(u64::try_from(hold.as_millis()).unwrap_or(u64::MAX));
+            }
             match self.queue.enqueue(task).await? {
                 Enqueued::Stale { pending } => {
                     tracing::info!(tag = %full, remote, pending, "a task for a newer version is pending; kept");

@@ -14,7 +14,7 @@ use kraken_backend::{Backend, Backends, FsBackend};
 use kraken_buildindex::BuildIndex;
 use kraken_config::Pattern;
 use kraken_config::build_index::{BuildIndexConfig, BuildIndexRemote, TagType, TagTypeRule};
-use kraken_config::cluster::UpstreamConfig;
+use kraken_config::cluster::{HostList, UpstreamConfig};
 use kraken_config::remote::{RemoteTlsSection, TrustedBuildIndexRemote};
 use kraken_config::tls::TlsSection;
 use kraken_core::{Digest, Namespace};
@@ -962,5 +962,222 @@ async fn a_foreign_build_index_may_has_and_put_only_the_tags_its_rules_allow() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
+    fixture.stop().await;
+}
+
+/// What `tag` points at, and since which version, at the build-index at `addr`.
+async fn has_at(tls: &TlsMaterial, addr: std::net::SocketAddr, tag: &str) -> (String, u64) {
+    let channel =
+        kraken_transport::grpc::channel(tls, &addr.to_string(), None, Role::BuildIndex).unwrap();
+    let has = TagServiceClient::new(channel)
+        .has(HasRequest { tag: tag.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    (has.digest, has.version)
+}
+
+/// `ListTasks` of the build-index at `addr`.
+async fn tasks_of(tls: &TlsMaterial, addr: std::net::SocketAddr) -> Vec<ReplicationTaskMessage> {
+    let channel =
+        kraken_transport::grpc::channel(tls, &addr.to_string(), None, Role::BuildIndex).unwrap();
+    ReplicationServiceClient::new(channel)
+        .list_tasks(ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+}
+
+#[tokio::test]
+async fn cluster_peers_share_every_write_and_a_peer_that_was_down_gets_it_when_back() {
+    let fixture = Fixture::start().await;
+    let client_tls = fixture.cluster.tls(Role::Client).unwrap();
+    // Two more build-indexes in front of the same origins and tag backend, each listing the
+    // other under `cluster:`; the second is down at first.
+    let first_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let first_addr = first_listener.local_addr().unwrap();
+    let reserved = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second_addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let peer_config = |name: &str, peer: std::net::SocketAddr| {
+        let mut config = fixture.config.clone();
+        config.tag_store.dir = fixture.dir.path().join(name).join("tags");
+        config.replication.dir = fixture.dir.path().join(name).join("replication");
+        config.cluster = HostList {
+            static_hosts: vec![peer.to_string()],
+            dns: None,
+        };
+        config.replication.retry_interval = std::time::Duration::from_millis(200);
+        config.replication.max_retry_interval = std::time::Duration::from_secs(1);
+        config.replication.peer_delay = std::time::Duration::from_secs(3600);
+        config
+    };
+    let backends = || {
+        Backends::new([(
+            Pattern::any(),
+            Arc::new(FsBackend::new(&fixture.tag_backend)) as Arc<dyn Backend>,
+        )])
+    };
+    let tls = fixture.cluster.tls(Role::BuildIndex).unwrap();
+    let first = BuildIndex::start_with_backends(
+        peer_config("first", second_addr),
+        tls.clone(),
+        first_listener,
+        backends(),
+    )
+    .await
+    .unwrap();
+    let tags_at = |addr: std::net::SocketAddr| {
+        TagClient::new(&UpstreamConfig::of([addr.to_string()]), &client_tls).unwrap()
+    };
+    let proxy_at = |addr: std::net::SocketAddr| {
+        TagClient::new(
+            &UpstreamConfig::of([addr.to_string()]),
+            &fixture.cluster.tls(Role::Proxy).unwrap(),
+        )
+        .unwrap()
+    };
+    let (one, _) = fixture.image("release/peer", "one", &[(10, true)]).await;
+    let (two, _) = fixture.image("release/peer", "two", &[(10, true)]).await;
+
+    // The peer is down: the write is acknowledged anyway, and its copy waits in the queue.
+    proxy_at(first_addr)
+        .put(&tag("release/peer:1"), &one, true)
+        .await
+        .unwrap();
+    let mut owed = None;
+    for _ in 0..300 {
+        owed = tasks_of(&client_tls, first_addr)
+            .await
+            .into_iter()
+            .find(|t| !t.peer.is_empty() && t.attempts >= 1 && !t.running);
+        if owed.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let owed = owed.expect("a queued copy for the peer that was down");
+    assert_eq!(owed.peer, second_addr.to_string());
+    assert_eq!(
+        (owed.tag.as_str(), owed.cause.as_str()),
+        ("release/peer:1", "peer"),
+        "{owed:?}"
+    );
+    assert!(
+        owed.last_error.contains(&second_addr.to_string()),
+        "{owed:?}"
+    );
+
+    // The peer comes up: it gets the write (same digest, same version) from the queue, and
+    // holds its own copy of the replication task.
+    let second = BuildIndex::start_with_backends(
+        peer_config("second", first_addr),
+        tls.clone(),
+        TcpListener::bind(second_addr).await.unwrap(),
+        backends(),
+    )
+    .await
+    .unwrap();
+    let mut copied = false;
+    for _ in 0..300 {
+        if tasks_of(&client_tls, first_addr)
+            .await
+            .iter()
+            .all(|t| t.peer.is_empty())
+        {
+            copied = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(copied, "the peer never took its copy");
+    let version_at = |addr| has_at(&client_tls, addr, "release/peer:1");
+    assert_eq!(version_at(second_addr).await, version_at(first_addr).await);
+    assert_eq!(version_at(second_addr).await.0, one.to_string());
+    let held = tasks_of(&client_tls, second_addr).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(held[0].held_for_peer && held[0].remote == "b", "{held:?}");
+    assert!(
+        held[0].next_attempt_unix_ms > unix_ms() + 1_800_000,
+        "held for peer_delay: {held:?}"
+    );
+
+    // Both up: a write to either is read from the other at once, newest version everywhere.
+    proxy_at(second_addr)
+        .put(&tag("release/peer:1"), &two, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        tags_at(first_addr)
+            .get(&tag("release/peer:1"))
+            .await
+            .unwrap(),
+        Some(two)
+    );
+    proxy_at(first_addr)
+        .put(&tag("release/peer:2"), &one, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        tags_at(second_addr)
+            .get(&tag("release/peer:2"))
+            .await
+            .unwrap(),
+        Some(one)
+    );
+    assert_eq!(version_at(second_addr).await, version_at(first_addr).await);
+
+    // Only a build-index may copy writes.
+    let mut raw = ReplicationServiceClient::new(
+        kraken_transport::grpc::channel(
+            &fixture.cluster.tls(Role::Proxy).unwrap(),
+            &first_addr.to_string(),
+            None,
+            Role::BuildIndex,
+        )
+        .unwrap(),
+    );
+    let status = raw
+        .duplicate_put(kraken_proto::buildindex::v1::DuplicatePutRequest {
+            tag: "release/peer:3".into(),
+            digest: one.to_string(),
+            version: 1,
+            replicate: false,
+            hold_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // A copy must carry the first host's version, and cannot hold tasks for days.
+    let mut peer = ReplicationServiceClient::new(
+        kraken_transport::grpc::channel(&tls, &first_addr.to_string(), None, Role::BuildIndex)
+            .unwrap(),
+    );
+    let copy = |version, hold_ms| kraken_proto::buildindex::v1::DuplicatePutRequest {
+        tag: "release/peer:3".into(),
+        digest: one.to_string(),
+        version,
+        replicate: true,
+        hold_ms,
+    };
+    for (request, field) in [
+        (copy(0, 0), "version"),
+        (copy(1, 2 * 86_400_000), "hold_ms"),
+    ] {
+        let status = peer.duplicate_put(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains(field), "{status:?}");
+    }
+    assert_eq!(
+        tags_at(first_addr)
+            .get(&tag("release/peer:3"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
     fixture.stop().await;
 }

@@ -746,6 +746,13 @@ impl DevCluster {
         self.builder.name.as_deref()
     }
 
+    /// The build-index's configuration as the cluster starts it (tests start more
+    /// build-indexes from it: `cluster:` peers).
+    pub fn build_index_config(&self) -> BuildIndexConfig {
+        self.builder
+            .build_index_config(&self.pki, &self.origin_labels)
+    }
+
     /// Stops the build-index gracefully; its address and disk stay for
     /// [`restart_build_index`](Self::restart_build_index).
     pub async fn stop_build_index(&mut self) -> Result<StoppedBuildIndex, DevClusterError> {
@@ -753,9 +760,7 @@ impl DevCluster {
             .build_index
             .take()
             .ok_or(DevClusterError::BuildIndexStopped)?;
-        let config = self
-            .builder
-            .build_index_config(&self.pki, &self.origin_labels);
+        let config = self.build_index_config();
         if let Err(error) = build_index.shutdown().await {
             tracing::warn!(%error, "build-index stopped with an error");
         }

@@ -8,6 +8,7 @@ use kraken_originclient::{OriginsError, ReferenceError};
 use kraken_tagclient::TagClientError;
 use kraken_tls::HandshakeFailure;
 
+use super::peers::PeerError;
 use super::task::Cause;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,9 @@ pub(crate) enum ReplicationError {
         #[source]
         source: Box<OriginsError>,
     },
+    /// A cluster peer still did not take its copy of a tag write.
+    #[error("copying the write to a build-index peer")]
+    Peer(#[source] Box<PeerError>),
 }
 
 impl ReplicationError {
@@ -96,6 +100,7 @@ impl ReplicationError {
             Self::RemoteRefused { .. } => Cause::RemoteRefused,
             Self::Dependencies { .. } => Cause::Dependencies,
             Self::Blob { .. } => Cause::Origin,
+            Self::Peer(_) => Cause::Peer,
         }
     }
 }

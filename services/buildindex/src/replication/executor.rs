@@ -13,6 +13,8 @@
 //! 4. Put the tag at R with `replicate = true` (R replicates it on, which chains clusters)
 //!    and our version, so R keeps whichever write is newest whatever order they arrive in.
 //!
+//! A task owed to a cluster peer (it missed a write) is one `DuplicatePut` to it.
+//!
 //! Any failure ends the run with its cause recorded; the queue retries the task after a
 //! jittered, doubling delay, with no attempt cap. A newer push of the tag cancels the run
 //! (the remote must end on the newer digest). Shutdown stops every run at its next await and
@@ -32,9 +34,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::error::ReplicationError;
+use super::peers::TagWrite;
 use super::queue::Due;
 use super::remote::RemoteBuildIndexes;
-use super::task::{Outcome, Progress, ReplicationTask};
+use super::task::{Kind, Outcome, Progress, ReplicationTask};
+use crate::store::TagRecord;
 use crate::tags::Tags;
 
 /// Works the replication queue of one build-index.
@@ -83,7 +87,7 @@ impl Executor {
         let span = tracing::info_span!(
             "replicate",
             tag = %task.tag,
-            remote = %task.remote,
+            to = %task.metric_target(),
             version = task.version,
         );
         async {
@@ -128,8 +132,26 @@ impl Executor {
         .await
     }
 
-    /// Steps 1–4 of the module doc.
+    /// Steps 1–4 of the module doc; for a cluster peer that missed a write, the copy.
     async fn execute(&self, task: &ReplicationTask) -> Result<Outcome, ReplicationError> {
+        if let Kind::PeerCopy { peer, replicate } = &task.kind {
+            let record = TagRecord {
+                digest: task.digest,
+                replicate: *replicate,
+                updated_unix_ms: task.created_unix_ms,
+                version: task.version,
+            };
+            let copy = TagWrite {
+                name: &task.tag,
+                record: &record,
+            };
+            self.tags
+                .peers
+                .retry_copy(peer, copy)
+                .await
+                .map_err(|error| ReplicationError::Peer(Box::new(error)))?;
+            return Ok(Outcome::Copied);
+        }
         let name = task.remote.as_str();
         let remote = self.remotes.get(name)?;
         let there = remote

@@ -6,22 +6,28 @@
 
 pub(crate) mod error;
 pub(crate) mod executor;
+pub(crate) mod peers;
 pub(crate) mod queue;
 pub(crate) mod remote;
 pub(crate) mod task;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use kraken_core::parse_digest;
+use kraken_oci::TaggedName;
 use kraken_proto::buildindex::v1::replication_service_server::ReplicationService;
 use kraken_proto::buildindex::v1::{
-    ListOriginsRequest, ListOriginsResponse, ListTasksRequest, ListTasksResponse,
-    ReplicationTask as TaskMessage,
+    DuplicatePutRequest, DuplicatePutResponse, ListOriginsRequest, ListOriginsResponse,
+    ListTasksRequest, ListTasksResponse, ReplicationTask as TaskMessage,
 };
 use tonic::{Request, Response, Status};
 
 use self::queue::TaskStatus;
 use self::task::Kind;
+use crate::error::TagError;
 use crate::service::page_size;
+use crate::store::PutOutcome;
 use crate::store::now_ms;
 use crate::tags::Tags;
 
@@ -98,7 +104,49 @@ impl ReplicationService for ReplicationServiceImpl {
             oldest_age_ms,
         }))
     }
+
+    /// A tag write copied from a cluster peer: stored without a dependency check or backend
+    /// write (the peer did both), the replication tasks held (see `Tags::duplicate_put`).
+    #[tracing::instrument(skip_all, fields(tag = %request.get_ref().tag))]
+    async fn duplicate_put(
+        &self,
+        request: Request<DuplicatePutRequest>,
+    ) -> Result<Response<DuplicatePutResponse>, Status> {
+        let request = request.into_inner();
+        let name = request
+            .tag
+            .parse::<TaggedName>()
+            .map_err(|source| TagError::InvalidName {
+                field: "tag",
+                source,
+            })?;
+        let digest = parse_digest("digest", &request.digest).map_err(TagError::from)?;
+        if request.version == 0 {
+            return Err(Status::invalid_argument(
+                "field `version`: required (the version the first build-index assigned)",
+            ));
+        }
+        let hold = Duration::from_millis(request.hold_ms);
+        if hold > MAX_HOLD {
+            return Err(Status::invalid_argument(format!(
+                "field `hold_ms`: {} is more than a day",
+                request.hold_ms
+            )));
+        }
+        let outcome = self
+            .tags
+            .duplicate_put(&name, digest, request.version, request.replicate, hold)
+            .await?;
+        Ok(Response::new(DuplicatePutResponse {
+            stored: matches!(outcome, PutOutcome::Stored(_)),
+            version: outcome.record().version,
+        }))
+    }
 }
+
+/// The longest a peer's copy of a replication task may be held: a day is far beyond any
+/// sensible `peer_delay`; more is a bug or an attack on the queue.
+const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
 
 fn task_message(status: TaskStatus) -> TaskMessage {
     let TaskStatus {
@@ -127,7 +175,7 @@ fn task_message(status: TaskStatus) -> TaskMessage {
         bytes_sent: progress.bytes_sent,
         peer: match task.kind {
             Kind::Remote => String::new(),
-            Kind::PeerCopy { peer } => peer,
+            Kind::PeerCopy { peer, .. } => peer,
         },
     }
 }

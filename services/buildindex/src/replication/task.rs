@@ -67,7 +67,12 @@ pub(crate) enum Kind {
     #[default]
     Remote,
     /// A cluster peer (`host:port`) that missed the write: retried until it has it.
-    PeerCopy { peer: String },
+    PeerCopy {
+        peer: String,
+        /// The write had `replicate`: the peer holds its own copies of the remotes' tasks.
+        #[serde(default)]
+        replicate: bool,
+    },
 }
 
 /// What made an attempt fail, for status and alerts; the text is in `last_error`.
@@ -136,6 +141,8 @@ pub(crate) enum Outcome {
     AlreadyThere,
     /// The remote holds a newer version of the tag.
     Superseded,
+    /// The cluster peer took its copy of the write.
+    Copied,
 }
 
 impl Outcome {
@@ -144,6 +151,7 @@ impl Outcome {
             Self::Replicated => "replicated",
             Self::AlreadyThere => "already_there",
             Self::Superseded => "superseded",
+            Self::Copied => "copied",
         }
     }
 }
@@ -181,11 +189,31 @@ impl ReplicationTask {
         }
     }
 
+    /// A copy of a write owed to the cluster peer `peer`, due at `now_ms`.
+    pub(crate) fn to_peer(
+        tag: TaggedName,
+        digest: Digest,
+        version: u64,
+        peer: &str,
+        replicate: bool,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            kind: Kind::PeerCopy {
+                peer: peer.to_owned(),
+                replicate,
+            },
+            ..Self::to_remote(tag, digest, version, "", now_ms)
+        }
+    }
+
     pub(crate) fn key(&self) -> TaskKey {
         match &self.kind {
             // The format of the first release's file names: keep it.
             Kind::Remote => TaskKey(format!("{}\n{}", self.tag, self.remote)),
-            Kind::PeerCopy { peer } => TaskKey(format!("{}\n{}\n{peer}", self.tag, self.remote)),
+            Kind::PeerCopy { peer, .. } => {
+                TaskKey(format!("{}\n{}\n{peer}", self.tag, self.remote))
+            }
         }
     }
 
@@ -205,7 +233,7 @@ impl ReplicationTask {
     pub(crate) fn metric_target(&self) -> String {
         match &self.kind {
             Kind::Remote => self.remote.clone(),
-            Kind::PeerCopy { peer } => format!("peer:{peer}"),
+            Kind::PeerCopy { peer, .. } => format!("peer:{peer}"),
         }
     }
 }
@@ -243,6 +271,7 @@ mod tests {
         let peer = ReplicationTask {
             kind: Kind::PeerCopy {
                 peer: "bi-2:7000".into(),
+                replicate: true,
             },
             ..remote.clone()
         };
@@ -251,6 +280,7 @@ mod tests {
         assert_ne!(remote.key().file_name(), peer.key().file_name());
         let json = serde_json::to_value(&peer).unwrap();
         assert_eq!(json["kind"]["peer_copy"]["peer"], "bi-2:7000");
+        assert_eq!(json["kind"]["peer_copy"]["replicate"], true);
         let back: ReplicationTask = serde_json::from_value(json).unwrap();
         assert_eq!(back, peer);
     }
