@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod loopback;
+pub mod registry;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -45,6 +45,35 @@ pub fn skip(test: &str, why: &str) {
     }
 }
 
+/// Runs the venv's grpcurl: `grpcurl -cacert ca [-cert c -key k] -servername localhost
+/// [flags] address [verb...]`. Returns whether it succeeded and its stdout and stderr.
+pub fn grpcurl(
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+    flags: &[&str],
+    address: &str,
+    verb: &[&str],
+) -> (bool, String) {
+    let mut command = std::process::Command::new(venv_tool("grpcurl"));
+    command.arg("-cacert").arg(ca);
+    if let Some((cert, key)) = identity {
+        command.arg("-cert").arg(cert).arg("-key").arg(key);
+    }
+    let output = command
+        .args(["-servername", "localhost"])
+        .args(flags)
+        .arg(address)
+        .args(verb)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run grpcurl: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 /// A program installed in the test command's Python venv (`$KRAKEN_VENV`, by default
 /// `~/.cache/kraken-rs/venv`): grpcurl, python. Panics with how to get it when missing.
 pub fn venv_tool(name: &str) -> std::path::PathBuf {

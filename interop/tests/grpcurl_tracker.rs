@@ -6,11 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::Command;
 
 use kraken_config::cluster::HostList;
 use kraken_config::tracker::TrackerConfig;
-use kraken_interop::venv_tool;
 use kraken_tls::{DevPki, DevPkiOptions, Role, TlsMaterial, generate_dev_pki};
 
 /// `grpcurl [flags] address [verb...]`, with our CA and (optionally) a role's certificate.
@@ -21,28 +19,9 @@ fn grpcurl(
     address: &str,
     verb: &[&str],
 ) -> (bool, String) {
-    let mut command = Command::new(venv_tool("grpcurl"));
-    command.arg("-cacert").arg(pki.ca_cert_path());
-    if let Some(role) = role {
-        command
-            .arg("-cert")
-            .arg(pki.cert_path(role))
-            .arg("-key")
-            .arg(pki.key_path(role));
-    }
-    let output = command
-        .args(["-servername", "localhost"])
-        .args(flags)
-        .arg(address)
-        .args(verb)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    let (cert, key) = role.map(|r| (pki.cert_path(r), pki.key_path(r))).unzip();
+    let identity = cert.as_deref().zip(key.as_deref());
+    kraken_interop::grpcurl(&pki.ca_cert_path(), identity, flags, address, verb)
 }
 
 fn announce(pki: &DevPki, address: &str, peer_id: &[u8; 20], port: u16) -> serde_json::Value {

@@ -20,10 +20,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
 use kraken_bench::loopback::LoopbackShaper;
+use kraken_bench::registry::{OCI_MANIFEST, TestImage};
 use kraken_devcluster::{DevCluster, Ports};
 use kraken_interop::servers::DockerRegistry;
 use sha2::{Digest as _, Sha256};
@@ -42,66 +42,6 @@ struct Args {
 }
 
 const REPO: &str = "bench/image";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-/// Pushes the blobs and the manifest (tag `v1`) with the distribution API.
-async fn push(
-    http: &reqwest::Client,
-    registry: SocketAddr,
-    blobs: &[Bytes],
-    manifest: &Bytes,
-) -> anyhow::Result<()> {
-    for blob in blobs {
-        let digest = sha256(blob);
-        // POST then PUT: the flow every registry supports (docker-registry has no monolithic POST).
-        let start = http
-            .post(format!("http://{registry}/v2/{REPO}/blobs/uploads/"))
-            .send()
-            .await?;
-        ensure!(start.status() == 202, "upload start: {}", start.status());
-        let location = start
-            .headers()
-            .get("location")
-            .and_then(|l| l.to_str().ok())
-            .context("no upload location")?
-            .to_owned();
-        let location = if location.starts_with("http") {
-            location
-        } else {
-            format!("http://{registry}{location}")
-        };
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let put = http
-            .put(format!("{location}{separator}digest={digest}"))
-            .header("content-type", "application/octet-stream")
-            .body(blob.clone())
-            .send()
-            .await?;
-        ensure!(
-            put.status() == 201,
-            "blob commit: {} {:?}",
-            put.status(),
-            put.text().await
-        );
-    }
-    let put = http
-        .put(format!("http://{registry}/v2/{REPO}/manifests/v1"))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await?;
-    ensure!(
-        put.status() == 201,
-        "manifest: {} {:?}",
-        put.status(),
-        put.text().await
-    );
-    Ok(())
-}
 
 /// Pulls `REPO:v1` like a client: the manifest, then every layer and the config concurrently,
 /// each hashed and checked as it streams. Returns the time and the bytes pulled.
@@ -169,24 +109,7 @@ async fn main() -> anyhow::Result<()> {
     // reqwest is built without a bundled crypto provider: use the process-wide one.
     kraken_tls::install_crypto_provider();
     let work = tempfile::Builder::new().prefix("kraken-pull-").tempdir()?;
-    let layers: Vec<Bytes> = (0..3u64)
-        .map(|layer| kraken_tests::blob(args.layer_mib << 20, layer))
-        .collect();
-    let distinct: std::collections::HashSet<String> = layers.iter().map(|l| sha256(l)).collect();
-    ensure!(distinct.len() == layers.len(), "the layers must differ");
-    let config = Bytes::from_static(
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
-    );
-    let descriptor = |media_type: &str, blob: &Bytes| serde_json::json!({"mediaType": media_type, "digest": sha256(blob), "size": blob.len()});
-    let manifest = Bytes::from(serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
-        "layers": layers.iter().map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
-    }))?);
-    let mut blobs = layers;
-    blobs.push(config);
-
+    let image = TestImage::new(3, args.layer_mib << 20)?;
     let http = reqwest::Client::new();
     // Killed when the benchmark ends, however it ends.
     let baseline = {
@@ -199,19 +122,19 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await?;
     let proxy = cluster.proxy_registry_addr();
-    let total: usize = blobs.iter().map(Bytes::len).sum();
+    let total = image.size();
     println!(
         "== image pull: 3 layers + config, {:.0} MiB, loopback ==",
         total as f64 / (1 << 20) as f64
     );
     let pushed = Instant::now();
-    push(&http, registry, &blobs, &manifest).await?;
+    image.push(&http, registry, REPO, "v1").await?;
     println!(
         "  pushed to docker-registry in {:.2} s",
         pushed.elapsed().as_secs_f64()
     );
     let pushed = Instant::now();
-    push(&http, proxy, &blobs, &manifest).await?;
+    image.push(&http, proxy, REPO, "v1").await?;
     println!(
         "  pushed to the kraken proxy in {:.2} s",
         pushed.elapsed().as_secs_f64()

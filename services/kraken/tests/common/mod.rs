@@ -3,6 +3,8 @@
 // Each test binary uses its own subset.
 #![allow(dead_code)]
 
+pub(crate) mod herd;
+
 use std::ffi::OsStr;
 use std::process::{Command, Output};
 
