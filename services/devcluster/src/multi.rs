@@ -88,6 +88,15 @@ impl DevClusters {
             };
             text.push_str(&format!("=== cluster {name} ({role})\n"));
             text.push_str(&cluster.summary());
+            if i > 0 && !cluster.agents.is_empty() {
+                text.push_str(&format!(
+                    "replicated from {}: push to {}'s proxy, pull here through agent 0's \
+                     registry (http://{}) by the same name\n",
+                    cluster_name(i - 1),
+                    cluster_name(i - 1),
+                    cluster.agent_registry_addr(0)
+                ));
+            }
             if i + 1 < self.clusters.len() {
                 text.push_str(&format!(
                     "replication to {}: kraken replication status --build-index {} --pki {}\n",

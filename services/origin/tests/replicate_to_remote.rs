@@ -169,7 +169,7 @@ impl Clusters {
             &self.b.tls(Role::Client).unwrap(),
         )
         .unwrap();
-        bounded(client.fetch(namespace, digest, 64 << 20))
+        bounded(client.fetch(namespace, digest, 2 << 30))
             .await
             .unwrap()
     }
@@ -386,7 +386,8 @@ async fn an_unknown_remote_name_is_invalid_argument() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_connection_resumes_at_the_remote_offset() {
-    let size: u64 = 16 << 20;
+    // The size the issue names: a transfer cut halfway through 1 GiB.
+    let size: u64 = 1 << 30;
     let relay = CuttingRelay::start(size / 2).await;
     let clusters = Clusters::start_with(1, Some(&relay)).await;
     let namespace = ns("team/big");

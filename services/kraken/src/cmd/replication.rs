@@ -101,7 +101,9 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         );
         out.push('\n');
     } else {
-        out.push_str(&table(&tasks, now));
+        if !tasks.is_empty() {
+            out.push_str(&table(&tasks, now));
+        }
         out.push_str(&format!(
             "{pending} pending{}\n",
             if pending > 0 {
