@@ -8,6 +8,7 @@ use std::time::Duration;
 use kraken_tls::{DevPkiOptions, Role, TlsMaterial, TrustDomains, generate_dev_pki};
 use kraken_transport::access;
 use kraken_transport::grpc::{GrpcServer, GrpcServerLimits, channel};
+use kraken_transport::remote::probe_handshake;
 use tokio::net::TcpListener;
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -250,6 +251,21 @@ fn two_clusters() -> (tempfile::TempDir, kraken_tls::DevPki, kraken_tls::DevPki)
     (dir, a, b)
 }
 
+/// Clusters a, b and c, each its own CA, and a build-index server of b that trusts a.
+async fn b_trusting_a() -> (tempfile::TempDir, [kraken_tls::DevPki; 3], TestServer) {
+    kraken_tls::install_crypto_provider();
+    let (dir, a, b) = two_clusters();
+    let c = generate_dev_pki(&dir.path().join("c"), &DevPkiOptions::default()).unwrap();
+    let trusting = TestServer::start_trusting(
+        &b,
+        Role::BuildIndex,
+        GrpcServerLimits::default(),
+        &[("a", &a)],
+    )
+    .await;
+    (dir, [a, b, c], trusting)
+}
+
 /// `own`'s certificate of `role`, dialing the cluster whose CA is `remote`'s.
 fn dialing(own: &kraken_tls::DevPki, role: Role, remote: &kraken_tls::DevPki) -> TlsMaterial {
     TlsMaterial::load_for_remote(&own.tls_config(role), &remote.ca_cert_path()).unwrap()
@@ -329,16 +345,7 @@ async fn every_method_admits_exactly_the_foreign_roles_in_the_foreign_table() {
 
 #[tokio::test]
 async fn a_foreign_ca_is_refused_in_the_handshake_unless_trusted() {
-    kraken_tls::install_crypto_provider();
-    let (dir, a, b) = two_clusters();
-    let c = generate_dev_pki(&dir.path().join("c"), &DevPkiOptions::default()).unwrap();
-    let trusting = TestServer::start_trusting(
-        &b,
-        Role::BuildIndex,
-        GrpcServerLimits::default(),
-        &[("a", &a)],
-    )
-    .await;
+    let (_dir, [a, b, c], trusting) = b_trusting_a().await;
     let local_only = TestServer::start(&b, Role::BuildIndex, GrpcServerLimits::default()).await;
     let has = "/kraken.buildindex.v1.TagService/Has";
 
@@ -476,4 +483,47 @@ async fn silent_connections_are_closed_and_capped() {
     watcher.await.unwrap();
     caller.await.unwrap();
     server.stop().await;
+}
+
+#[tokio::test]
+async fn the_handshake_probe_names_a_refused_certificate_and_nothing_else() {
+    let (_dir, [a, b, c], trusting) = b_trusting_a().await;
+    let address = trusting.address.clone();
+    let probe = |material: TlsMaterial| {
+        let address = address.clone();
+        async move { probe_handshake(&material, &address, "localhost", "b").await }
+    };
+    // An unlisted cluster: the server's alert, found by reading after the handshake.
+    let refused = probe(dialing(&c, Role::BuildIndex, &b)).await;
+    assert!(
+        matches!(
+            refused,
+            Some(kraken_tls::HandshakeFailure::RefusedOurCertificate { .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.unwrap().to_string(),
+        "remote `b` refused our certificate (unknown CA)"
+    );
+    // A trusted cluster's certificate: nothing to report.
+    assert_eq!(probe(dialing(&a, Role::BuildIndex, &b)).await, None);
+    // Our roots do not hold the server's CA: our side refuses, and says so.
+    let ours = probe(TlsMaterial::load(&a.tls_config(Role::BuildIndex)).unwrap()).await;
+    assert!(
+        matches!(
+            ours,
+            Some(kraken_tls::HandshakeFailure::NotFromConfiguredCa { .. })
+        ),
+        "{ours:?}"
+    );
+    // Nobody listening is not a TLS problem.
+    let nobody = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed = nobody.local_addr().unwrap().to_string();
+    drop(nobody);
+    let from_a = dialing(&a, Role::BuildIndex, &b);
+    assert_eq!(
+        probe_handshake(&from_a, &closed, "localhost", "b").await,
+        None
+    );
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::routing::post;
 use common::{
-    ServerProcess, blob, digest, file_with, free_port, http, ns, read_all, system_program,
+    ServerProcess, blob, digest, file_with, http, ns, read_all, refusing_addr, system_program,
     venv_program,
 };
 use kraken_backend::{Backend, BackendError, Backends, GcsAuth, GcsBackend, UploadSource};
@@ -249,9 +249,10 @@ async fn a_service_account_key_file_from_auth_yields_tokens() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable() {
+    let (refusing, _held) = refusing_addr();
     let config = GcsBackendConfig {
         bucket: BUCKET.to_owned(),
-        endpoint: Some(format!("http://127.0.0.1:{}", free_port())),
+        endpoint: Some(format!("http://{refusing}")),
         ..GcsBackendConfig::default()
     };
     let backend = GcsBackend::new(&config, GcsAuth::anonymous()).unwrap();

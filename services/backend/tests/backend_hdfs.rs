@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytesize::ByteSize;
-use common::{blob, digest, free_port, ns};
+use common::{blob, digest, ns, refusing_addr};
 use kraken_backend::{Backend, BackendError, HdfsBackend, UploadSource};
 use kraken_config::backend::{HdfsBackendConfig, NamePath};
 use serde_json::json;
@@ -355,11 +355,9 @@ async fn a_missing_blob_is_not_found_and_a_short_source_leaves_nothing() {
 
 #[tokio::test]
 async fn no_reachable_name_node_is_unavailable() {
-    let backend = HdfsBackend::new(&config(vec![
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    ]))
-    .unwrap();
+    let (first, _held_first) = refusing_addr();
+    let (second, _held_second) = refusing_addr();
+    let backend = HdfsBackend::new(&config(vec![first.to_string(), second.to_string()])).unwrap();
     let error = backend.stat(&ns("a/b"), &digest(b"x")).await.unwrap_err();
     assert!(
         matches!(

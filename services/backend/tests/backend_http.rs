@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::{ServerProcess, blob, digest, file_with, free_port, ns, read_all};
+use common::{ServerProcess, blob, digest, file_with, ns, read_all, refusing_addr};
 use kraken_backend::{Backend, BackendError, HttpBackend, UploadSource};
 use kraken_config::backend::{BackoffConfig, HttpBackendConfig};
 
@@ -172,7 +172,7 @@ async fn without_backoff_a_failure_is_reported_at_once() {
 
 #[tokio::test]
 async fn a_server_that_is_down_is_unavailable() {
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let (addr, _held) = refusing_addr();
     let backend = HttpBackend::new(&config(addr, false)).unwrap();
     let error = backend.stat(&ns("a/b"), &digest(b"x")).await.unwrap_err();
     assert!(

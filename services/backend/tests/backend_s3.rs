@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 
 use common::moto::{BUCKET, Moto};
-use common::{blob, digest, file_with, free_port, ns};
+use common::{blob, digest, file_with, ns, refusing_addr};
 use kraken_backend::{Backend, BackendError, Backends, S3Backend, UploadSource};
 use kraken_config::Pattern;
 use kraken_config::backend::{
@@ -185,10 +185,11 @@ async fn a_source_shorter_than_announced_stores_nothing_and_aborts_its_multipart
 
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable() {
+    let (refusing, _held) = refusing_addr();
     let mut config = S3BackendConfig {
         region: "us-east-1".to_owned(),
         bucket: BUCKET.to_owned(),
-        endpoint: Some(format!("http://127.0.0.1:{}", free_port())),
+        endpoint: Some(format!("http://{refusing}")),
         force_path_style: true,
         username: "kraken".to_owned(),
         ..S3BackendConfig::default()

@@ -68,6 +68,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback address where connections are refused for as long as the returned socket lives:
+/// it holds the port bound but never listens, so no parallel test or server can take the port
+/// meanwhile (a bare free port could be reused before it is dialed).
+pub fn refusing_addr() -> (std::net::SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    (socket.local_addr().unwrap(), socket)
+}
+
 /// A child process killed (and reaped) on drop, with its output in a log file for failures.
 pub struct ServerProcess {
     name: String,

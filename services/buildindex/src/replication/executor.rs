@@ -154,10 +154,10 @@ impl Executor {
         }
         let name = task.remote.as_str();
         let remote = self.remotes.get(name)?;
-        let there = remote
-            .has_version(&task.tag)
-            .await
-            .map_err(|e| ReplicationError::from_remote(name, "`Has`", e))?;
+        let there = match remote.client.has_version(&task.tag).await {
+            Ok(there) => there,
+            Err(error) => return Err(remote.diagnose("`Has`", error).await),
+        };
         if let Some(there) = there {
             if there.digest == task.digest {
                 return Ok(Outcome::AlreadyThere);
@@ -198,10 +198,14 @@ impl Executor {
             self.send(task, manifest, &progress).await?;
         }
 
-        let put = remote
+        let put = match remote
+            .client
             .put_versioned(&task.tag, &task.digest, true, task.version)
             .await
-            .map_err(|e| ReplicationError::from_remote(name, "the tag", e))?;
+        {
+            Ok(put) => put,
+            Err(error) => return Err(remote.diagnose("the tag", error).await),
+        };
         Ok(match put {
             PutOutcome::Stored { .. } => Outcome::Replicated,
             PutOutcome::Superseded { version } => {

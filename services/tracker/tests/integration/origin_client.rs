@@ -21,7 +21,7 @@ use kraken_transport::grpc::{GrpcServer, GrpcServerLimits};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::support::{
-    Pki, RedisServer, ServerGuard, free_port, metainfo_of, peer, tracker_client, wire,
+    Pki, RedisServer, ServerGuard, metainfo_of, peer, refusing_addr, tracker_client, wire,
 };
 
 /// What a double answers to `GetMetaInfo` for one digest.
@@ -204,6 +204,9 @@ struct Cluster {
     _b_server: ServerGuard,
     a_peer: PeerInfo,
     b_peer: PeerInfo,
+    /// Where a dead origin is: connections are refused while the socket is held.
+    dead: std::net::SocketAddr,
+    _dead_held: tokio::net::TcpSocket,
 }
 
 impl Cluster {
@@ -212,6 +215,7 @@ impl Cluster {
         let (a, b) = (OriginDouble::default(), OriginDouble::default());
         let a_server = serve_double(&pki, a.clone()).await;
         let b_server = serve_double(&pki, b.clone()).await;
+        let (dead, dead_held) = refusing_addr();
         let owners = vec![
             OriginLocation {
                 address: a_server.addr.to_string(),
@@ -222,7 +226,7 @@ impl Cluster {
                 healthy: true,
             },
             OriginLocation {
-                address: format!("127.0.0.1:{}", free_port()),
+                address: dead.to_string(),
                 healthy: false,
             },
         ];
@@ -244,16 +248,15 @@ impl Cluster {
             _b_server: b_server,
             a_peer,
             b_peer,
+            dead,
+            _dead_held: dead_held,
         }
     }
 
     /// A tracker config whose seed list starts with a dead origin.
     fn tracker_config(&self) -> TrackerConfig {
         TrackerConfig {
-            origin: UpstreamConfig::of([
-                format!("127.0.0.1:{}", free_port()),
-                self.a_server.addr.to_string(),
-            ]),
+            origin: UpstreamConfig::of([self.dead.to_string(), self.a_server.addr.to_string()]),
             ..TrackerConfig::default()
         }
     }
@@ -379,7 +382,8 @@ async fn fetches_metainfo_from_the_owners_in_order() {
 #[tokio::test]
 async fn reports_unreachable_origins() {
     let pki = Pki::new();
-    let dead = format!("127.0.0.1:{}", free_port());
+    let (dead, _held) = refusing_addr();
+    let dead = dead.to_string();
     let config = TrackerConfig {
         origin: UpstreamConfig::of([dead.clone()]),
         ..TrackerConfig::default()

@@ -12,7 +12,7 @@ use kraken_tracker::{
 };
 use redis::AsyncCommands;
 
-use crate::support::{ManualClock, RedisServer, WindowClock, free_port};
+use crate::support::{ManualClock, RedisServer, WindowClock, refusing_addr};
 
 fn config(addr: String, window: Duration, windows: u32) -> RedisPeerStoreConfig {
     RedisPeerStoreConfig {
@@ -253,11 +253,9 @@ async fn authenticates_with_a_password_inline_or_from_a_file() {
 
 #[tokio::test]
 async fn a_missing_password_file_is_a_clear_error() {
-    let mut config = config(
-        format!("127.0.0.1:{}", free_port()),
-        Duration::from_secs(60),
-        2,
-    );
+    // Never dialed: the password file is read first.
+    let (addr, _held) = refusing_addr();
+    let mut config = config(addr.to_string(), Duration::from_secs(60), 2);
     config.password_file = Some("/nonexistent/redis-password".into());
     let error = RedisPeerStore::connect(&config).await.unwrap_err();
     assert!(matches!(error, PeerStoreError::Password(_)), "{error:?}");
@@ -266,7 +264,8 @@ async fn a_missing_password_file_is_a_clear_error() {
 #[tokio::test]
 async fn fails_clearly_and_quickly_when_redis_is_down() {
     // Nothing listens: start-up fails naming Redis and the address.
-    let addr = format!("127.0.0.1:{}", free_port());
+    let (addr, _held) = refusing_addr();
+    let addr = addr.to_string();
     let error = RedisPeerStore::connect(&config(addr.clone(), Duration::from_secs(60), 2))
         .await
         .unwrap_err();
