@@ -5,7 +5,8 @@
 //!
 //! skopeo pushes a two-platform image to a's proxy and copies it back by tag from b's agent,
 //! every digest unchanged. Then b's build-index stops; a second push waits in a's queue
-//! (`kraken replication status` names the cause), a's build-index is restarted with SIGTERM
+//! (`kraken replication status` names the cause, a's Prometheus endpoint counts the failure
+//! and the pending task), a's build-index is restarted with SIGTERM
 //! and comes back with the task, and b gets the tag once its build-index is back. Every
 //! process exits 0 on SIGTERM.
 
@@ -20,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::herd::{FreePorts, Herd, examples_dir, sha256, skopeo};
-use common::{kraken, ok};
+use common::{kraken, ok, sample, scrape};
 use kraken_interop::have;
 use kraken_interop::oci_layout::write_multi_platform;
 
@@ -184,6 +185,7 @@ fn two_herds_with_their_own_cas_replicate_an_image_and_survive_restarts() {
     );
     let mut free = FreePorts::default();
     let (a_ports, b_ports) = (Ports::take(&mut free), Ports::take(&mut free));
+    let a_metrics = free.tcp().to_string();
     free.release();
     let mut a = herd(&a_ports);
     let mut b = herd(&b_ports);
@@ -224,7 +226,8 @@ fn two_herds_with_their_own_cas_replicate_an_image_and_survive_restarts() {
         ),
     );
     start_origins(&mut a, &a_ports, &a_origin);
-    a.spawn_with("build-index", "build-index", &a_build_index, &[]);
+    let metrics_var = [("BUILD_INDEX_METRICS", a_metrics.clone())];
+    a.spawn_with("build-index", "build-index", &a_build_index, &metrics_var);
     a.wait_ready("build-index", &[a_ports.build_index], "build-index running");
     a.spawn("proxy", "proxy", &[]);
     a.wait_ready(
@@ -282,10 +285,33 @@ fn two_herds_with_their_own_cas_replicate_an_image_and_survive_restarts() {
     };
     assert_eq!(waiting["cause"], "remote_unreachable", "{waiting}");
     assert_eq!(waiting["digest"], v2);
+    // What an alert reads: a's Prometheus endpoint.
+    // `kraken_buildindex_replication_<what>{labels}` in `metrics`.
+    let replication = |metrics: &str, what: &str, labels: &[(&str, &str)]| {
+        sample(
+            metrics,
+            &format!("kraken_buildindex_replication_{what}"),
+            labels,
+        )
+    };
+    let metrics = scrape(&a_metrics);
+    let remote_b = [("remote", "b")];
+    let failures = [("remote", "b"), ("cause", "remote_unreachable")];
+    assert!(
+        replication(&metrics, "failures_total", &failures) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(replication(&metrics, "pending_tasks", &remote_b), 1.0);
+    let replicated = [("remote", "b"), ("outcome", "replicated")];
+    assert!(replication(&metrics, "tasks_total", &replicated) >= 1.0);
+    assert!(
+        replication(&metrics, "bytes_total", &remote_b) > 0.0,
+        "v1's blobs were counted"
+    );
 
     // a's build-index restarts with the task; b's comes back: b gets the tag.
     a.stop_member("build-index");
-    a.spawn_with("build-index", "build-index", &a_build_index, &[]);
+    a.spawn_with("build-index", "build-index", &a_build_index, &metrics_var);
     a.wait_ready("build-index", &[a_ports.build_index], "build-index running");
     b.spawn_with("build-index", "build-index", &b_build_index, &[]);
     b.wait_ready("build-index", &[b_ports.build_index], "build-index running");
@@ -295,6 +321,13 @@ fn two_herds_with_their_own_cas_replicate_an_image_and_survive_restarts() {
         assert!(Instant::now() < deadline, "a's queue never drained");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let metrics = scrape(&a_metrics);
+    assert_eq!(
+        replication(&metrics, "pending_tasks", &remote_b),
+        0.0,
+        "{metrics}"
+    );
+    assert!(replication(&metrics, "tasks_total", &replicated) >= 1.0);
 
     a.stop();
     b.stop();

@@ -10,6 +10,8 @@
 // Test helpers outside `#[test]` functions: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -73,19 +75,7 @@ fn eventually(what: &str, origin: &mut Origin, mut condition: impl FnMut() -> bo
 
 /// The value of a Prometheus sample (summed over its labels), 0 when absent.
 fn metric(metrics: &str, name: &str) -> f64 {
-    let url = format!("http://{metrics}/metrics");
-    let output = Command::new("curl")
-        .args(["-sS", "--max-time", "5", &url])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    common::sample(&common::scrape(metrics), name, &[])
 }
 
 fn healthy(grpc: &str, pki: &Path) -> bool {

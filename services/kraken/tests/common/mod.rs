@@ -31,3 +31,31 @@ pub(crate) fn ok(output: Output) -> String {
     );
     text(&output.stdout)
 }
+
+/// The Prometheus text a component serves at `http://<addr>/metrics` (empty when it does not
+/// answer within 5 s).
+pub(crate) fn scrape(addr: &str) -> String {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "5", &format!("http://{addr}/metrics")])
+        .output()
+        .expect("spawn curl");
+    text(&output.stdout)
+}
+
+/// The sum of the samples of `name` in `metrics` that carry every label of `labels`; 0 when
+/// there is none.
+pub(crate) fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
