@@ -230,7 +230,10 @@ fn task_json(task: &ReplicationTask) -> serde_json::Value {
 /// `sha256:` and the first 12 hex digits: enough to tell digests apart on a screen.
 fn short_digest(digest: &str) -> String {
     match digest.split_once(':') {
-        Some((algorithm, hex)) if hex.len() > 12 => format!("{algorithm}:{}", &hex[..12]),
+        // By characters: the text comes from the server.
+        Some((algorithm, hex)) if hex.chars().count() > 12 => {
+            format!("{algorithm}:{}", hex.chars().take(12).collect::<String>())
+        }
         _ => digest.to_owned(),
     }
 }
@@ -316,6 +319,16 @@ mod tests {
             "remote `b` refused our certificate (unknown CA)"
         );
         assert_eq!(column(lines[2], lines[0].find("AGE").unwrap()), "2m5s");
+    }
+
+    #[test]
+    fn digests_are_shortened_by_characters_whatever_the_server_sent() {
+        assert_eq!(
+            short_digest(&format!("sha256:{}", "ab".repeat(32))),
+            "sha256:abababababab"
+        );
+        assert_eq!(short_digest("sha256:éééééééééééééé"), "sha256:éééééééééééé");
+        assert_eq!(short_digest("nonsense"), "nonsense");
     }
 
     #[test]
