@@ -27,7 +27,6 @@ use kraken_store::StoreError;
 use kraken_tagclient::{TagClient, TagClientError};
 use kraken_tls::TlsMaterial;
 use kraken_transport::bandwidth::BandwidthLimiter;
-use kraken_transport::remote::load_remote_material;
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 use tokio::time::Instant;
 
@@ -123,11 +122,10 @@ impl RemoteCluster {
         origins: u64,
     ) -> Result<Self, OriginError> {
         let setup = |reason: String| OriginError::Config(format!("remotes.{name}: {reason}"));
-        let tls = load_remote_material(&remote.tls, &config.tls)
-            .map_err(|error| setup(kraken_core::error_chain(&error)))?;
+        let (build_index, tls) =
+            TagClient::for_remote_config(&remote.build_index, &remote.tls, &config.tls)
+                .map_err(|error| setup(error.to_string()))?;
         let server_name = remote.tls.server_name.clone();
-        let build_index = TagClient::for_remote(&remote.build_index, &tls, server_name.as_deref())
-            .map_err(|error| setup(format!("build_index: {error}")))?;
         let pace = remote.bandwidth.enable.then(|| {
             // At least 1 bit/s: a cap divided down to 0 must not turn into "unlimited".
             let share = (remote.bandwidth.egress_bits_per_sec / origins).max(1);

@@ -13,6 +13,8 @@
 use std::time::Duration;
 
 use kraken_config::cluster::UpstreamConfig;
+use kraken_config::remote::RemoteTlsSection;
+use kraken_config::tls::TlsSection;
 use kraken_core::{Digest, parse_digest};
 use kraken_oci::TaggedName;
 use kraken_proto::buildindex::v1::replication_service_client::ReplicationServiceClient;
@@ -25,6 +27,7 @@ pub use kraken_proto::wire::{DEFAULT_TAG_PAGE_SIZE, MAX_TAG_PAGE_SIZE};
 use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::cluster::{ClusterError, HostPool, HostStatus, PoolOptions};
 use kraken_transport::health::is_network_error;
+use kraken_transport::remote::{RemoteTlsError, load_remote_material};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -75,6 +78,16 @@ impl TagClientError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unreachable { .. } | Self::Cluster(_))
     }
+}
+
+/// Why the client of a remote cluster cannot be set up from its configuration; the message
+/// is relative to `remotes.<name>`.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteSetupError {
+    #[error("{}", kraken_core::error_chain(.0))]
+    Tls(#[source] RemoteTlsError),
+    #[error("build_index: {0}")]
+    BuildIndex(#[source] TagClientError),
 }
 
 /// One page of a listing; `next_page_token` is `None` on the last page.
@@ -134,6 +147,20 @@ impl TagClient {
         server_name: Option<&str>,
     ) -> Result<Self, TagClientError> {
         Self::with_server_name(upstream, tls, server_name.map(str::to_owned))
+    }
+
+    /// The client of the remote cluster configured as `remotes.<name>` (its `build_index`
+    /// hosts and `tls` section, `own` being this component's `tls:`), and the TLS material
+    /// it dials with, for the caller's other clients of that cluster.
+    pub fn for_remote_config(
+        build_index: &UpstreamConfig,
+        tls: &RemoteTlsSection,
+        own: &TlsSection,
+    ) -> Result<(Self, TlsMaterial), RemoteSetupError> {
+        let material = load_remote_material(tls, own).map_err(RemoteSetupError::Tls)?;
+        let client = Self::for_remote(build_index, &material, tls.server_name.as_deref())
+            .map_err(RemoteSetupError::BuildIndex)?;
+        Ok((client, material))
     }
 
     fn with_server_name(

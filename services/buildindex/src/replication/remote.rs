@@ -7,7 +7,6 @@ use kraken_config::build_index::BuildIndexConfig;
 use kraken_tagclient::{TagClient, TagClientError};
 use kraken_tls::TlsMaterial;
 use kraken_transport::grpc::host_of;
-use kraken_transport::remote::load_remote_material;
 
 use super::error::ReplicationError;
 use crate::error::BuildIndexError;
@@ -38,11 +37,10 @@ impl RemoteBuildIndexes {
                 name: name.clone(),
                 reason,
             };
-            let tls = load_remote_material(&remote.tls, &config.tls)
-                .map_err(|error| setup(kraken_core::error_chain(&error)))?;
+            let (client, tls) =
+                TagClient::for_remote_config(&remote.build_index, &remote.tls, &config.tls)
+                    .map_err(|error| setup(error.to_string()))?;
             let server_name = remote.tls.server_name.clone();
-            let client = TagClient::for_remote(&remote.build_index, &tls, server_name.as_deref())
-                .map_err(|error| setup(format!("build_index: {error}")))?;
             remotes.insert(
                 name.clone(),
                 RemoteBuildIndex {
