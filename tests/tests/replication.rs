@@ -604,32 +604,51 @@ async fn a_foreign_build_index_certificate_gets_permission_denied_outside_replic
     );
 
     // Agents and trackers trust their own cluster's CA only: the handshake fails. With TLS
-    // 1.3 the client learns it from the alert at its first read, or from the closed
-    // connection, whichever its transport reports first; never from an answer.
-    let refused = |what: &str, result: Result<(), tonic::Status>| {
-        let status = result.expect_err(what);
-        let alert = kraken_tls::handshake_failure(&status, "b").is_some();
-        assert!(
-            alert || matches!(status.code(), Code::Cancelled | Code::Unavailable),
-            "{what}: not a refused handshake: {status:?}"
-        );
+    // 1.3 the call itself may report only a broken connection (the alert comes after the
+    // client's side of the handshake), so the call must fail without an answer from the
+    // access layer, and a handshake probe of the same address must read the refusal.
+    let refused = |what: &'static str, addr: SocketAddr, result: Result<(), tonic::Status>| {
+        let foreign = foreign.clone();
+        async move {
+            let status = result.expect_err(what);
+            assert_ne!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+            let probe = kraken_transport::remote::probe_handshake(
+                &foreign,
+                &addr.to_string(),
+                "localhost",
+                "b",
+            )
+            .await;
+            assert!(
+                matches!(
+                    probe,
+                    Some(kraken_tls::HandshakeFailure::RefusedOurCertificate { .. })
+                ),
+                "{what}: not a refused handshake: {status:?}, probe {probe:?}"
+            );
+        }
     };
-    let mut agent = AgentServiceClient::new(channel(b.agents[0].grpc_addr(), Role::Agent));
+    let agent_addr = b.agents[0].grpc_addr();
+    let mut agent = AgentServiceClient::new(channel(agent_addr, Role::Agent));
     refused(
         "AgentService/Stat",
+        agent_addr,
         agent
             .stat(kraken_proto::agent::v1::StatRequest::default())
             .await
             .map(drop),
-    );
+    )
+    .await;
     let mut tracker = TrackerServiceClient::new(channel(b.tracker_addr, Role::Tracker));
     refused(
         "TrackerService/GetMetaInfo",
+        b.tracker_addr,
         tracker
             .get_meta_info(kraken_proto::tracker::v1::GetMetaInfoRequest::default())
             .await
             .map(drop),
-    );
+    )
+    .await;
     // The same agent answers b's own certificate: it was the CA that was refused.
     let own = kraken_transport::grpc::channel(
         &b.tls(Role::Client).unwrap(),
