@@ -51,12 +51,53 @@ pub enum LogFormat {
 }
 
 /// `metrics:` — where Prometheus scrapes this component.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// On by default: a component with no `metrics:` section serves `GET /metrics` on
+/// `0.0.0.0:<its documented port>` ([`default_metrics_port`]), so a fleet is observable
+/// without per-host configuration. The endpoint is plain HTTP and read-only; keep the port on
+/// a management network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address of the HTTP listener serving `GET /metrics`, e.g. `0.0.0.0:9090`. Absent means
-    /// metrics are recorded but not served.
+    /// Whether `/metrics` is served at all (`false` records metrics without serving them).
+    pub enabled: bool,
+    /// Address of the HTTP listener serving `GET /metrics`, e.g. `127.0.0.1:9106`. Absent
+    /// means `0.0.0.0` on the component's default port.
     pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Where `component` serves `/metrics`, or `None` when disabled.
+    pub fn listen_for(&self, component: &str) -> Option<SocketAddr> {
+        self.enabled.then(|| {
+            self.listen.unwrap_or_else(|| {
+                SocketAddr::from(([0, 0, 0, 0], default_metrics_port(component)))
+            })
+        })
+    }
+}
+
+/// Each component's default Prometheus port (the README's firewall table): proxy 9101,
+/// origin 9102, tracker 9103, build-index 9104, agent 9106. Distinct, so every role can run
+/// on one host with its defaults.
+pub fn default_metrics_port(component: &str) -> u16 {
+    match component {
+        "proxy" => 9101,
+        "origin" => 9102,
+        "tracker" => 9103,
+        "build-index" => 9104,
+        "agent" => 9106,
+        _ => 9100,
+    }
 }
 
 impl Validate for MetricsConfig {
@@ -132,4 +173,38 @@ pub struct Telemetry<'a> {
     pub metrics: &'a MetricsConfig,
     /// `tracing:`
     pub tracing: &'a TracingConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_served_on_the_components_documented_port_unless_disabled() {
+        let default = MetricsConfig::default();
+        assert_eq!(
+            default.listen_for("agent"),
+            Some("0.0.0.0:9106".parse().unwrap())
+        );
+        assert_eq!(
+            default.listen_for("build-index"),
+            Some("0.0.0.0:9104".parse().unwrap())
+        );
+        let ports: std::collections::HashSet<_> =
+            ["proxy", "origin", "tracker", "build-index", "agent"]
+                .map(default_metrics_port)
+                .into_iter()
+                .collect();
+        assert_eq!(ports.len(), 5, "one port per role: {ports:?}");
+
+        let chosen: MetricsConfig =
+            serde_json::from_str(r#"{"listen": "127.0.0.1:1234"}"#).unwrap();
+        assert_eq!(
+            chosen.listen_for("agent"),
+            Some("127.0.0.1:1234".parse().unwrap())
+        );
+        let off: MetricsConfig =
+            serde_json::from_str(r#"{"enabled": false, "listen": "127.0.0.1:1234"}"#).unwrap();
+        assert_eq!(off.listen_for("agent"), None);
+    }
 }

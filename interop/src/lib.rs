@@ -8,6 +8,7 @@ use std::process::Command;
 
 pub mod netns;
 pub mod oci_layout;
+pub mod otlp;
 pub mod servers;
 
 /// Whether `program` can be run (is on `PATH`).

@@ -9,56 +9,19 @@
 // Test helpers outside `#[test]` functions: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kraken_interop::venv_tool;
+use kraken_interop::otlp::OtlpCollector;
 use kraken_telemetry::{LogConfig, TracingConfig, init};
-
-struct Collector {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_collector(out: &std::path::Path) -> Collector {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/otlp_collector.py");
-    let mut child = Command::new(venv_tool("python"))
-        .arg(&script)
-        .arg(out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    // The first line is the port; the script prints it once the server listens.
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim().parse().unwrap_or_else(|_| {
-        panic!(
-            "the collector printed {line:?}, not a port (tests/run.sh installs \
-             opentelemetry-proto into the venv)"
-        )
-    });
-    Collector { child, port }
-}
 
 #[tokio::test]
 async fn spans_reach_an_independent_otlp_collector() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("spans.jsonl");
-    let collector = start_collector(&out);
+    let collector = OtlpCollector::start(&out);
 
     let config = TracingConfig {
-        otlp_endpoint: Some(format!("http://127.0.0.1:{}", collector.port)),
+        otlp_endpoint: Some(collector.endpoint()),
         ..TracingConfig::default()
     };
     let guard = init("agent", &LogConfig::default(), &config).unwrap();
@@ -77,22 +40,13 @@ async fn spans_reach_an_independent_otlp_collector() {
 
     // The collector writes spans as it receives them; shutdown returned after the export, so
     // they are there or about to be (a bounded wait, no timing claim).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let spans: Vec<serde_json::Value> = loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        let spans: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if spans.len() >= 2 {
-            break spans;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "hang guard: the collector received {spans:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let spans = tokio::task::spawn_blocking(move || {
+        collector.wait_for(Duration::from_secs(30), "two spans", |spans| {
+            spans.len() >= 2
+        })
+    })
+    .await
+    .unwrap();
     let find = |name: &str| {
         spans
             .iter()

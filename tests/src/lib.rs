@@ -140,7 +140,10 @@ impl Cluster {
     }
 
     /// A gRPC client of agent `i` presenting the `client` role.
-    pub fn agent_client(&self, i: usize) -> AgentServiceClient<tonic::transport::Channel> {
+    pub fn agent_client(
+        &self,
+        i: usize,
+    ) -> AgentServiceClient<kraken_transport::observe::ObservedChannel> {
         self.dev.agent_client(i).expect("agent client")
     }
 

@@ -280,7 +280,7 @@ async fn slow_clients_are_cut_on_every_port() {
 fn tracker_client(
     tls: &TlsMaterial,
     addr: SocketAddr,
-) -> TrackerServiceClient<tonic::transport::Channel> {
+) -> TrackerServiceClient<kraken_transport::observe::ObservedChannel> {
     let channel =
         kraken_transport::grpc::channel(tls, &addr.to_string(), Some("localhost"), Role::Tracker)
             .unwrap();

@@ -35,8 +35,8 @@ use kraken_proto::agent::v1::agent_service_client::AgentServiceClient;
 use kraken_tests::blob;
 use kraken_tls::Role;
 use kraken_transport::cluster::HostStatus;
+use kraken_transport::observe::ObservedChannel;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 const NS: &str = "library/cluster-test";
 /// Every wait in these tests polls against this deadline; none of them measures speed.
@@ -224,7 +224,7 @@ impl TestCluster {
     }
 
     /// An owned client of agent `index`, so a pull can run while the cluster changes.
-    fn agent(&self, index: usize) -> AgentServiceClient<Channel> {
+    fn agent(&self, index: usize) -> AgentServiceClient<ObservedChannel> {
         self.dev.agent_client(index).unwrap()
     }
 
@@ -235,7 +235,7 @@ impl TestCluster {
 
 /// Pulls a whole blob through an agent's `GetBlob`.
 async fn pull(
-    mut agent: AgentServiceClient<Channel>,
+    mut agent: AgentServiceClient<ObservedChannel>,
     digest: Digest,
 ) -> Result<Bytes, tonic::Status> {
     let request = GetBlobRequest {

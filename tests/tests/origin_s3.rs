@@ -26,8 +26,8 @@ use kraken_devcluster::{DevCluster, Ports, Stop};
 use kraken_proto::agent::v1::GetBlobRequest;
 use kraken_proto::agent::v1::agent_service_client::AgentServiceClient;
 use kraken_tests::blob;
+use kraken_transport::observe::ObservedChannel;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 const NS: &str = "library/s3-test";
 const BUCKET: &str = "kraken-blobs";
@@ -223,7 +223,7 @@ fn object_key(digest: &Digest) -> String {
 
 /// Pulls a whole blob through an agent's `GetBlob`.
 async fn pull(
-    mut agent: AgentServiceClient<Channel>,
+    mut agent: AgentServiceClient<ObservedChannel>,
     digest: Digest,
 ) -> Result<Bytes, tonic::Status> {
     let request = GetBlobRequest {

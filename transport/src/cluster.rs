@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::observe::ObservedChannel;
 use kraken_config::cluster::{
     ActiveHealthCheckConfig, HashRingConfig, HostList, PassiveHealthCheckConfig,
 };
@@ -29,7 +30,6 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -286,7 +286,7 @@ struct PoolInner {
     server_name: Option<String>,
     passive: Option<Mutex<PassiveHealth<String>>>,
     active: Mutex<ActiveHealth<String>>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, ObservedChannel>>,
 }
 
 impl fmt::Debug for HostPool {
@@ -422,7 +422,7 @@ impl HostPool {
 
     /// The mTLS channel to `label` (a member, or any `host:port` such as an owner another
     /// member named), connecting lazily and reconnecting on its own.
-    pub fn channel(&self, label: &str) -> Result<Channel, ClusterError> {
+    pub fn channel(&self, label: &str) -> Result<ObservedChannel, ClusterError> {
         let mut channels = lock(&self.inner.channels);
         if let Some(channel) = channels.get(label) {
             return Ok(channel.clone());

@@ -14,12 +14,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic::transport::{Channel, Endpoint, Server, Uri};
+use tonic::transport::{Endpoint, Server, Uri};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::access::AccessLayer;
 use crate::capped::CappedIncoming;
+use crate::observe::{ObserveLayer, ObservedChannel};
 
 /// Limits applied to every server.
 #[derive(Debug, Clone)]
@@ -198,6 +199,8 @@ impl GrpcServer {
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .max_connection_age(limits.max_connection_age)
+            // Outermost, so refusals are traced and counted like any other answer.
+            .layer(ObserveLayer)
             .layer(AccessLayer::new(Arc::clone(&self.domains)))
             .add_routes(self.routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
@@ -215,7 +218,7 @@ pub fn channel(
     address: &str,
     domain: Option<&str>,
     server: Role,
-) -> Result<Channel, GrpcError> {
+) -> Result<ObservedChannel, GrpcError> {
     let host = domain.unwrap_or_else(|| host_of(address));
     let endpoint_error = |source| GrpcError::Endpoint {
         endpoint: address.to_owned(),
@@ -242,7 +245,9 @@ pub fn channel(
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_with_connector_lazy(connector))
+    Ok(ObservedChannel::new(
+        endpoint.connect_with_connector_lazy(connector),
+    ))
 }
 
 /// HTTP/2's ALPN id: tonic servers expect it.

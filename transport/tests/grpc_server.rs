@@ -100,7 +100,7 @@ async fn serves_health_and_reflection_over_mtls_and_refuses_strangers() {
     task.await.unwrap().unwrap();
 }
 
-fn channel_to(tls: &TlsMaterial, address: &str) -> tonic::transport::Channel {
+fn channel_to(tls: &TlsMaterial, address: &str) -> kraken_transport::observe::ObservedChannel {
     channel(tls, address, Some("localhost"), Role::Tracker).unwrap()
 }
 
@@ -151,7 +151,10 @@ impl TestServer {
 
 /// Calls `path` with one empty message and returns the status the server answered with
 /// before any response message (`Ok` when the call was let through and started streaming).
-async fn call_raw(channel: tonic::transport::Channel, path: &'static str) -> Result<(), Status> {
+async fn call_raw(
+    channel: kraken_transport::observe::ObservedChannel,
+    path: &'static str,
+) -> Result<(), Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
@@ -164,7 +167,7 @@ async fn call_raw(channel: tonic::transport::Channel, path: &'static str) -> Res
 }
 
 /// A call on `channel` fails at the handshake (`UNAVAILABLE`), for the reason `why`.
-async fn assert_connection_refused(channel: tonic::transport::Channel, why: &str) {
+async fn assert_connection_refused(channel: kraken_transport::observe::ObservedChannel, why: &str) {
     let status = call_raw(channel, "/grpc.health.v1.Health/Check")
         .await
         .unwrap_err();
@@ -406,12 +409,15 @@ async fn a_foreign_ca_is_refused_in_the_handshake_unless_trusted() {
     local_only.stop().await;
 }
 
-fn channel_to_build_index(tls: &TlsMaterial, server: &TestServer) -> tonic::transport::Channel {
+fn channel_to_build_index(
+    tls: &TlsMaterial,
+    server: &TestServer,
+) -> kraken_transport::observe::ObservedChannel {
     channel(tls, &server.address, Some("localhost"), Role::BuildIndex).unwrap()
 }
 
 /// A health check that must fail; its status keeps the error chain behind it.
-async fn health_check(channel: tonic::transport::Channel) -> Status {
+async fn health_check(channel: kraken_transport::observe::ObservedChannel) -> Status {
     HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),

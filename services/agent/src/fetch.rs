@@ -24,6 +24,7 @@ use kraken_store::{BlobReader, BlobStore, DownloadHandle, StoreError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::error::AgentError;
 use crate::metrics as m;
@@ -429,14 +430,18 @@ impl Fetcher {
                     self.lookups.clone(),
                     self.shutdown.clone(),
                 );
-                let task = tokio::spawn(async move {
-                    let result = tokio::select! {
-                        result = tracker.get_metainfo(&key.0, &key.1) => result,
-                        _ = shutdown.cancelled() => Err(TrackerError::LookupAborted),
-                    };
-                    lock(&lookups).remove(&key);
-                    result
-                });
+                // In the first caller's span: its trace goes on to the tracker and origin.
+                let task = tokio::spawn(
+                    async move {
+                        let result = tokio::select! {
+                            result = tracker.get_metainfo(&key.0, &key.1) => result,
+                            _ = shutdown.cancelled() => Err(TrackerError::LookupAborted),
+                        };
+                        lock(&lookups).remove(&key);
+                        result
+                    }
+                    .in_current_span(),
+                );
                 async move { task.await.unwrap_or(Err(TrackerError::LookupAborted)) }
                     .boxed()
                     .shared()

@@ -36,6 +36,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::error::AgentError;
 use crate::fetch::Fetcher;
@@ -129,23 +130,39 @@ async fn dispatch(
     }
     // `path` is what `/v2/{*path}` captured (percent-decoded by axum); only the read subset of
     // the grammar is served here, uploads and the catalog are the proxy's.
-    let (label, result) = match Route::parse_tail(&path) {
-        Some(Route::Manifest { name, reference }) => {
-            ("manifest", manifest(&state, name, reference, head).await)
-        }
-        Some(Route::Blob { name, digest }) => {
-            ("blob", blob(&state, name, digest, head, &headers).await)
-        }
-        Some(Route::TagsList { name }) => ("tags", tags(&state, name, query).await),
-        _ => (
-            "other",
-            Err(RegistryError::new(
+    let route = Route::parse_tail(&path);
+    let label = match route {
+        Some(Route::Manifest { .. }) => "manifest",
+        Some(Route::Blob { .. }) => "blob",
+        Some(Route::TagsList { .. }) => "tags",
+        _ => "other",
+    };
+    // One span per request: the root of a pull's trace (or a child of the runtime's, when it
+    // sent a `traceparent`), continued by the tracker and origins the pull reaches.
+    let span = tracing::info_span!(
+        "registry",
+        otel.kind = "server",
+        otel.name = format!("registry {label}"),
+        http.request.method = %method,
+        route = label,
+    );
+    kraken_transport::observe::set_parent_from_headers(&span, &headers);
+    let result = async {
+        match route {
+            Some(Route::Manifest { name, reference }) => {
+                manifest(&state, name, reference, head).await
+            }
+            Some(Route::Blob { name, digest }) => blob(&state, name, digest, head, &headers).await,
+            Some(Route::TagsList { name }) => tags(&state, name, query).await,
+            _ => Err(RegistryError::new(
                 ErrorCode::Unsupported,
                 format!("`/v2/{path}` is not an API this agent serves"),
             )
             .with_status(StatusCode::NOT_FOUND)),
-        ),
-    };
+        }
+    }
+    .instrument(span)
+    .await;
     record(label, result.unwrap_or_else(IntoResponse::into_response))
 }
 

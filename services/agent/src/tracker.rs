@@ -21,8 +21,8 @@ use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::cluster::{ClusterError, HostPool, PoolOptions};
 use kraken_transport::grpc::GrpcError;
 use kraken_transport::health::{is_network_error, retry_after};
+use kraken_transport::observe::ObservedChannel;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::metrics as m;
@@ -316,7 +316,7 @@ impl TrackerClient {
         call: F,
     ) -> Result<(String, T), CallError>
     where
-        F: Fn(TrackerServiceClient<Channel>) -> Fut,
+        F: Fn(TrackerServiceClient<ObservedChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let trackers = &self.inner.trackers;

@@ -440,7 +440,10 @@ impl Fixture {
     }
 
     /// `ReplicationService` as `role` sees it.
-    fn replication(&self, role: Role) -> ReplicationServiceClient<tonic::transport::Channel> {
+    fn replication(
+        &self,
+        role: Role,
+    ) -> ReplicationServiceClient<kraken_transport::observe::ObservedChannel> {
         ReplicationServiceClient::new(
             kraken_transport::grpc::channel(
                 &self.cluster.tls(role).unwrap(),
@@ -705,7 +708,10 @@ async fn bad_requests_and_roles_are_refused_with_precise_codes() {
 
 impl Fixture {
     /// A `TagService` client over mTLS presenting `tls`.
-    fn raw(&self, tls: &TlsMaterial) -> TagServiceClient<tonic::transport::Channel> {
+    fn raw(
+        &self,
+        tls: &TlsMaterial,
+    ) -> TagServiceClient<kraken_transport::observe::ObservedChannel> {
         TagServiceClient::new(
             kraken_transport::grpc::channel(tls, &self.addr(), None, Role::BuildIndex).unwrap(),
         )

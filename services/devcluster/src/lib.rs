@@ -960,7 +960,8 @@ impl DevCluster {
     pub fn agent_client(
         &self,
         index: usize,
-    ) -> Result<AgentServiceClient<tonic::transport::Channel>, DevClusterError> {
+    ) -> Result<AgentServiceClient<kraken_transport::observe::ObservedChannel>, DevClusterError>
+    {
         let agent = self
             .agents
             .get(index)

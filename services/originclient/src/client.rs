@@ -16,9 +16,9 @@ use kraken_proto::origin::v1::{
 };
 use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::grpc::{GrpcError, channel};
+use kraken_transport::observe::ObservedChannel;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use kraken_proto::wire::CHUNK_SIZE;
@@ -157,11 +157,11 @@ pub struct Location {
 /// A client of one origin. Cheap to clone; clones share the connection.
 #[derive(Debug, Clone)]
 pub struct OriginClient {
-    inner: BlobServiceClient<Channel>,
+    inner: BlobServiceClient<ObservedChannel>,
 }
 
 impl OriginClient {
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: ObservedChannel) -> Self {
         Self {
             inner: BlobServiceClient::new(channel),
         }
@@ -175,7 +175,7 @@ impl OriginClient {
     }
 
     /// The generated client, for the calls not wrapped here.
-    pub fn raw(&self) -> BlobServiceClient<Channel> {
+    pub fn raw(&self) -> BlobServiceClient<ObservedChannel> {
         self.inner.clone()
     }
 

@@ -42,3 +42,7 @@ pub(crate) const REQUEST_TIMEOUTS: &str = "kraken_p2p_request_timeouts_total";
 pub(crate) const REQUEST_QUEUE_TIMEOUTS: &str = "kraken_p2p_request_queue_timeouts_total";
 /// Pieces received from origins.
 pub(crate) const PIECES_FROM_ORIGINS: &str = "kraken_p2p_pieces_from_origins_total";
+/// Bytes of finished downloads by where they came from. Label `source`: `origin` (a seeder
+/// of the origin cluster) or `peer` (another agent). A healthy swarm pulls most of a popular
+/// blob from peers; `origin` near the total on every host means P2P is not working.
+pub(crate) const DOWNLOADED_BYTES: &str = "kraken_p2p_downloaded_bytes_total";

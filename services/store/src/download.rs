@@ -170,7 +170,8 @@ impl DownloadHandle {
     /// Verifies piece `index` against the metainfo and, if it matches, writes it. A corrupt
     /// piece is refused with [`StoreError::Piece`] and nothing is written. Returns whether the
     /// piece was new (`false`: already held, nothing done).
-    #[tracing::instrument(skip_all, fields(digest = %self.digest(), piece = index))]
+    // Debug level: once per piece, and at info every piece would be an exported trace.
+    #[tracing::instrument(level = "debug", skip_all, fields(digest = %self.digest(), piece = index))]
     pub async fn write_piece(&self, index: u32, data: Bytes) -> Result<bool> {
         // Duplicates are cheap no-ops, also once committed: a late duplicate from a slow peer
         // is not the caller's error. A failed or aborted download refuses everything.

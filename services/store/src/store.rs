@@ -186,7 +186,7 @@ impl BlobStore {
     }
 
     /// Opens a committed blob for reading; counts as a read for LRU and idle cleanup.
-    #[tracing::instrument(skip_all, fields(digest = %digest))]
+    #[tracing::instrument(level = "debug", skip_all, fields(digest = %digest))]
     pub async fn open_blob(&self, digest: &Digest) -> Result<BlobReader> {
         let now = self.inner.clock.now();
         let size = self
@@ -208,7 +208,9 @@ impl BlobStore {
     }
 
     /// Reads `len` bytes at `offset` of a committed blob into memory (pieces, small ranges).
-    #[tracing::instrument(skip_all, fields(digest = %digest, offset, len))]
+    // Debug level, like `write_piece`: called once per piece served, and at info every piece
+    // would be an exported root trace of its own.
+    #[tracing::instrument(level = "debug", skip_all, fields(digest = %digest, offset, len))]
     pub async fn read_range(&self, digest: &Digest, offset: u64, len: u64) -> Result<Bytes> {
         self.open_blob(digest).await?.read_at(offset, len).await
     }

@@ -27,8 +27,8 @@ pub use kraken_proto::wire::{DEFAULT_TAG_PAGE_SIZE, MAX_TAG_PAGE_SIZE};
 use kraken_tls::{Role, TlsMaterial};
 use kraken_transport::cluster::{ClusterError, HostPool, HostStatus, PoolOptions};
 use kraken_transport::health::is_network_error;
+use kraken_transport::observe::ObservedChannel;
 use kraken_transport::remote::{RemoteTlsError, load_remote_material};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Deadline of one call to one host. A `Put` checks the tag's dependencies on the origins, so
@@ -381,7 +381,7 @@ impl TagClient {
 
     async fn call<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, TagClientError>
     where
-        F: Fn(TagServiceClient<Channel>) -> Fut,
+        F: Fn(TagServiceClient<ObservedChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.call_on(timeout, |channel| call(TagServiceClient::new(channel)))
@@ -398,7 +398,7 @@ impl TagClient {
         call: F,
     ) -> Result<(String, T), TagClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(ObservedChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let members = self

@@ -47,7 +47,6 @@ mod logging;
 mod otlp;
 mod progress;
 mod prometheus;
-mod propagation;
 mod shutdown;
 
 pub use config::{LogConfig, LogFormat, MetricsConfig, TracingConfig};
@@ -59,5 +58,7 @@ pub use prometheus::{
     BYTES_BUCKETS, PROMETHEUS_CONTENT_TYPE, SECONDS_BUCKETS, install_metrics_recorder,
     metrics_router, metrics_server_limits, run_metrics_server, serve_metrics,
 };
-pub use propagation::{inject_trace_context, set_parent_from_headers};
+// Trace context crosses processes in the transport's observe layer; re-exported for the
+// REST surfaces that carry it in plain HTTP headers.
+pub use kraken_transport::observe::{inject_trace_context, set_parent_from_headers};
 pub use shutdown::{ShutdownSignal, shutdown_on_signal};

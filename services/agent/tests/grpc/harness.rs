@@ -22,11 +22,11 @@ use kraken_store::{BlobStore, CommitOptions};
 use kraken_tls::{DevCa, LeafOptions, Role, TlsMaterial};
 use kraken_transport::bandwidth::BandwidthLimiter;
 use kraken_transport::grpc::{GrpcServer, GrpcServerLimits};
+use kraken_transport::observe::ObservedChannel;
 use kraken_transport::quic::{PeerEndpoint, QuicTuning};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// The cluster CA of one test, issuing certificates by role.
@@ -48,7 +48,7 @@ impl Pki {
     }
 
     /// An `AgentService` client presenting a certificate of `role`.
-    pub(crate) fn client(&self, role: Role, agent: &Agent) -> AgentServiceClient<Channel> {
+    pub(crate) fn client(&self, role: Role, agent: &Agent) -> AgentServiceClient<ObservedChannel> {
         let channel = kraken_transport::grpc::channel(
             &self.tls(role),
             &agent.grpc_addr().to_string(),
@@ -411,7 +411,7 @@ pub(crate) fn get_blob(namespace: &str, digest: &Digest) -> GetBlobRequest {
 
 /// Reads a GetBlob stream to its end; the error if it ends with one.
 pub(crate) async fn read_all(
-    client: &mut AgentServiceClient<Channel>,
+    client: &mut AgentServiceClient<ObservedChannel>,
     request: GetBlobRequest,
 ) -> Result<Vec<u8>, Status> {
     let mut stream = client.get_blob(request).await?.into_inner();

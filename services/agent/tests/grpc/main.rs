@@ -152,7 +152,7 @@ async fn partly_seeded(
 
 /// The first message of a GetBlob stream.
 async fn first_chunk(
-    client: &mut AgentServiceClient<tonic::transport::Channel>,
+    client: &mut AgentServiceClient<kraken_transport::observe::ObservedChannel>,
     digest: &Digest,
 ) -> (tonic::Streaming<GetBlobResponse>, Vec<u8>) {
     let mut stream = within(30, client.get_blob(get_blob(NS, digest)))

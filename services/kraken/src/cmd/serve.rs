@@ -17,13 +17,13 @@ pub(crate) struct Running {
     _telemetry: TelemetryGuard,
 }
 
-/// Starts telemetry for `component` and, when configured, the Prometheus endpoint.
+/// Starts telemetry for `component` and, unless disabled, the Prometheus endpoint.
 pub(crate) async fn start(component: &str, telemetry: Telemetry<'_>) -> anyhow::Result<Running> {
     let guard = kraken_telemetry::init(component, telemetry.log, telemetry.tracing)
         .context("starting logging and tracing")?;
     let shutdown = kraken_telemetry::shutdown_on_signal();
     let handle = kraken_telemetry::install_metrics_recorder();
-    if let Some(addr) = telemetry.metrics.listen {
+    if let Some(addr) = telemetry.metrics.listen_for(component) {
         let bound = kraken_telemetry::serve_metrics(addr, handle, shutdown.clone().wait_owned())
             .await
             .context("starting the metrics endpoint")?;

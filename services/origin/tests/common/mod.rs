@@ -45,7 +45,7 @@ pub(crate) async fn put_in_backend(
 /// returns both refusals (a test of who may not do either), panicking if one is accepted.
 pub(crate) async fn delete_and_duplicate_refusals(
     raw: &mut kraken_proto::origin::v1::blob_service_client::BlobServiceClient<
-        tonic::transport::Channel,
+        kraken_transport::observe::ObservedChannel,
     >,
     namespace: &Namespace,
     digest: &kraken_core::Digest,

@@ -114,6 +114,10 @@ pub struct SwarmStats {
     pub queue_timeouts: u64,
     /// Pieces received from origins.
     pub pieces_from_origins: u64,
+    /// Bytes of the pieces kept (first copies only) that came from origins.
+    pub bytes_from_origins: u64,
+    /// Bytes of the pieces kept that came from other agents: the swarm's share of the work.
+    pub bytes_from_peers: u64,
 }
 
 /// Download state of one blob.
@@ -322,8 +326,12 @@ impl Swarm {
             return;
         }
         self.stats.pieces_received += 1;
+        let len = self.piece_len(piece);
         if from_origin {
             self.stats.pieces_from_origins += 1;
+            self.stats.bytes_from_origins += len;
+        } else {
+            self.stats.bytes_from_peers += len;
         }
         self.have.set(piece, true);
         // Release every request for this piece; the other holders are told to stop sending.
@@ -515,9 +523,14 @@ impl Swarm {
         self.actions.push_back(Action::Request { link, piece });
     }
 
-    fn timeout_for(&self, piece: u32) -> Duration {
+    /// The length of `piece` (the last one may be short).
+    fn piece_len(&self, piece: u32) -> u64 {
         let offset = u64::from(piece) * self.piece_length;
-        let len = self.piece_length.min(self.length.saturating_sub(offset));
+        self.piece_length.min(self.length.saturating_sub(offset))
+    }
+
+    fn timeout_for(&self, piece: u32) -> Duration {
+        let len = self.piece_len(piece);
         let per_mb =
             self.config.piece_request_timeout_per_mb.as_secs_f64() * len as f64 / (1024.0 * 1024.0);
         self.config
@@ -635,6 +648,33 @@ mod tests {
             }
         }
         assert_eq!(reqs.iter().filter(|(l, _)| *l == LinkId(9)).count(), 5);
+    }
+
+    #[test]
+    fn bytes_are_counted_by_source_once_per_piece_with_the_short_last_piece() {
+        let now = Instant::now();
+        // 25 bytes in pieces of 10: the last is 5 long.
+        let mut swarm = Swarm::new(config(), 25, 10, Bitfield::new(3));
+        swarm.add_peer(LinkId(1), Bitfield::full(3), false, now);
+        swarm.add_peer(LinkId(9), Bitfield::full(3), true, now);
+        drain(&mut swarm);
+        swarm.piece_received(LinkId(1), 0, true, now);
+        swarm.piece_received(LinkId(9), 2, true, now);
+        swarm.piece_received(LinkId(9), 0, true, now);
+        swarm.piece_received(LinkId(1), 1, false, now);
+        let stats = swarm.stats();
+        assert_eq!(
+            stats.bytes_from_peers, 10,
+            "piece 0 from the agent; the bad piece is not counted"
+        );
+        assert_eq!(
+            stats.bytes_from_origins, 5,
+            "the short last piece from the origin"
+        );
+        assert_eq!(
+            stats.duplicate_pieces, 1,
+            "the origin's late copy of piece 0"
+        );
     }
 
     #[test]

@@ -759,7 +759,17 @@ impl Torrent {
     fn on_committed(&mut self, result: Result<(), StoreError>) {
         match result {
             Ok(()) => {
-                tracing::info!(digest = %self.digest, "download complete and verified");
+                // One line per download, saying where its bytes came from: the answer to
+                // "is P2P working?" for this blob.
+                let stats = self.swarm.as_ref().map(Swarm::stats).unwrap_or_default();
+                tracing::info!(
+                    digest = %self.digest,
+                    bytes_from_peers = stats.bytes_from_peers,
+                    bytes_from_origins = stats.bytes_from_origins,
+                    pieces = stats.pieces_received,
+                    duplicate_pieces = stats.duplicate_pieces,
+                    "download complete and verified"
+                );
                 metrics::counter!(crate::metrics::DOWNLOADS_COMPLETED).increment(1);
                 if let Some(swarm) = &self.swarm {
                     record_swarm_stats(swarm);
@@ -1062,6 +1072,10 @@ fn record_swarm_stats(swarm: &Swarm) {
     metrics::counter!(crate::metrics::REQUEST_TIMEOUTS).increment(stats.timeouts);
     metrics::counter!(crate::metrics::REQUEST_QUEUE_TIMEOUTS).increment(stats.queue_timeouts);
     metrics::counter!(crate::metrics::PIECES_FROM_ORIGINS).increment(stats.pieces_from_origins);
+    metrics::counter!(crate::metrics::DOWNLOADED_BYTES, "source" => "origin")
+        .increment(stats.bytes_from_origins);
+    metrics::counter!(crate::metrics::DOWNLOADED_BYTES, "source" => "peer")
+        .increment(stats.bytes_from_peers);
 }
 
 fn message(kind: Kind) -> pb::Message {

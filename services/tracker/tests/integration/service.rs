@@ -13,7 +13,7 @@ use kraken_tracker::{
     HandoutPolicy, MemoryPeerStore, OriginError, RETRY_AFTER_MS, Tracker, TrackerSettings,
 };
 use kraken_transport::grpc::{GrpcServer, GrpcServerLimits};
-use tonic::transport::Channel;
+use kraken_transport::observe::ObservedChannel;
 
 use crate::support::{
     FakeOrigins, Pki, ServerGuard, metainfo_of, peer, tracker_client, tracker_client_with, wire,
@@ -56,7 +56,7 @@ impl Fixture {
         Self { pki, fake, server }
     }
 
-    fn client(&self, role: Role) -> TrackerServiceClient<Channel> {
+    fn client(&self, role: Role) -> TrackerServiceClient<ObservedChannel> {
         tracker_client(&self.pki, role, self.server.addr)
     }
 }
@@ -488,7 +488,7 @@ async fn concurrent_metainfo_requests_share_one_origin_call() {
 
 /// The hand-out a fresh leecher gets, as (peer id, ip, port) of the non-origin peers.
 async fn handed_agents(
-    client: &mut TrackerServiceClient<Channel>,
+    client: &mut TrackerServiceClient<ObservedChannel>,
     blob: &Digest,
     me: u8,
 ) -> Vec<(PeerId, String, u32)> {

@@ -15,9 +15,9 @@ use kraken_proto::common::v1 as pb;
 use kraken_proto::tracker::v1::tracker_service_client::TrackerServiceClient;
 use kraken_tls::{DevCa, DevPki, DevPkiOptions, LeafOptions, Role, TlsMaterial, generate_dev_pki};
 use kraken_tracker::{Clock, OriginDirectory, OriginError};
+use kraken_transport::observe::ObservedChannel;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
 
 // ---------------------------------------------------------------------------------------------
 // redis-server
@@ -294,7 +294,7 @@ pub(crate) fn tracker_client(
     pki: &Pki,
     role: Role,
     addr: SocketAddr,
-) -> TrackerServiceClient<Channel> {
+) -> TrackerServiceClient<ObservedChannel> {
     tracker_client_with(&pki.tls(role), addr)
 }
 
@@ -302,7 +302,7 @@ pub(crate) fn tracker_client(
 pub(crate) fn tracker_client_with(
     tls: &TlsMaterial,
     addr: SocketAddr,
-) -> TrackerServiceClient<Channel> {
+) -> TrackerServiceClient<ObservedChannel> {
     let channel =
         kraken_transport::grpc::channel(tls, &addr.to_string(), Some("localhost"), Role::Tracker)
             .unwrap();
