@@ -48,5 +48,7 @@ pub use pki::{
     DEFAULT_LEAF_VALIDITY, DevCa, DevPki, DevPkiOptions, IssuedCert, LeafOptions, generate_dev_pki,
 };
 pub use provider::{crypto_provider, install_crypto_provider};
-pub use role::{ParseRoleError, PeerIdentity, ROLE_URI_PREFIX, Role, role_of};
+pub use role::{
+    ParseRoleError, PeerIdentity, ROLE_URI_PREFIX, Role, Validity, role_of, validity_of,
+};
 pub use trust::{Caller, Trust, TrustDomains, caller_from_verified_chain};

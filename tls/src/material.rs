@@ -252,6 +252,11 @@ impl TlsMaterial {
         crate::role::role_of(self.leaf())
     }
 
+    /// When our own certificate is valid.
+    pub fn validity(&self) -> Result<crate::Validity, TlsError> {
+        crate::role::validity_of(self.leaf())
+    }
+
     /// Our own identity, as peers will see it.
     pub fn identity(&self) -> Result<PeerIdentity, TlsError> {
         PeerIdentity::from_cert(self.leaf())

@@ -128,6 +128,34 @@ pub fn role_of(cert: &CertificateDer<'_>) -> Result<Role, TlsError> {
     role_of_parsed(&parsed)
 }
 
+/// When a certificate is valid: `[not_before, not_after]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: std::time::SystemTime,
+    pub not_after: std::time::SystemTime,
+}
+
+/// The validity window of `cert`.
+pub fn validity_of(cert: &CertificateDer<'_>) -> Result<Validity, TlsError> {
+    let parsed = parse_cert(cert)?;
+    let at = |time: x509_parser::time::ASN1Time| {
+        let seconds = time.timestamp();
+        let magnitude = std::time::Duration::from_secs(seconds.unsigned_abs());
+        // Out of `SystemTime`'s range only for absurd dates; the epoch is as good an answer.
+        let time = if seconds >= 0 {
+            std::time::UNIX_EPOCH.checked_add(magnitude)
+        } else {
+            std::time::UNIX_EPOCH.checked_sub(magnitude)
+        };
+        time.unwrap_or(std::time::UNIX_EPOCH)
+    };
+    let validity = parsed.validity();
+    Ok(Validity {
+        not_before: at(validity.not_before),
+        not_after: at(validity.not_after),
+    })
+}
+
 pub(crate) fn parse_cert<'a>(
     cert: &'a CertificateDer<'_>,
 ) -> Result<x509_parser::certificate::X509Certificate<'a>, TlsError> {

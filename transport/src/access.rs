@@ -112,6 +112,7 @@ pub const ACCESS: &[(&str, &[Role])] = &[
     ("/kraken.agent.v1.AgentService/Stat", AGENT_READERS),
     ("/kraken.agent.v1.AgentService/GetBlob", AGENT_READERS),
     ("/kraken.agent.v1.AgentService/Evict", HOST_TOOLS),
+    ("/kraken.agent.v1.AgentService/GetStatus", HOST_TOOLS),
     // Proxy: `kraken.proxy.v1.ProxyService`.
     ("/kraken.proxy.v1.ProxyService/Prefetch", ANYONE),
     // Every server.

@@ -139,8 +139,15 @@ pub(crate) struct Fetcher {
     /// Metainfo lookups in flight: concurrent requests for a blob share one, so a burst of
     /// readers costs the tracker one request (and one wait while the origin fetches).
     lookups: Arc<Mutex<HashMap<(Namespace, Digest), MetaInfoLookup>>>,
+    /// How long the last lookups waited for their metainfo, newest last, for
+    /// `kraken agent status` (bounded: [`METAINFO_WAITS_KEPT`]).
+    metainfo_waits: Arc<Mutex<std::collections::VecDeque<(Digest, Duration)>>>,
     shutdown: CancellationToken,
 }
+
+/// How many metainfo waits [`Fetcher::metainfo_wait`] remembers: a few more than the
+/// scheduler's recent downloads, which they are shown beside.
+const METAINFO_WAITS_KEPT: usize = kraken_scheduler::RECENT_DOWNLOADS * 2;
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -172,8 +179,18 @@ impl Fetcher {
             scheduler,
             tracker,
             lookups: Arc::default(),
+            metainfo_waits: Arc::default(),
             shutdown,
         }
+    }
+
+    /// How long the last lookup of `digest`'s metainfo waited, if it is still remembered.
+    pub(crate) fn metainfo_wait(&self, digest: &Digest) -> Option<Duration> {
+        lock(&self.metainfo_waits)
+            .iter()
+            .rev()
+            .find(|(d, _)| d == digest)
+            .map(|(_, wait)| *wait)
     }
 
     pub(crate) fn store(&self) -> &BlobStore {
@@ -425,18 +442,27 @@ impl Fetcher {
         let lookup = lock(&self.lookups)
             .entry(key.clone())
             .or_insert_with(|| {
-                let (tracker, lookups, shutdown) = (
+                let (tracker, lookups, waits, shutdown) = (
                     self.tracker.clone(),
                     self.lookups.clone(),
+                    self.metainfo_waits.clone(),
                     self.shutdown.clone(),
                 );
                 // In the first caller's span: its trace goes on to the tracker and origin.
                 let task = tokio::spawn(
                     async move {
+                        let started = Instant::now();
                         let result = tokio::select! {
                             result = tracker.get_metainfo(&key.0, &key.1) => result,
                             _ = shutdown.cancelled() => Err(TrackerError::LookupAborted),
                         };
+                        if result.is_ok() {
+                            let mut waits = lock(&waits);
+                            if waits.len() == METAINFO_WAITS_KEPT {
+                                waits.pop_front();
+                            }
+                            waits.push_back((key.1, started.elapsed()));
+                        }
                         lock(&lookups).remove(&key);
                         result
                     }

@@ -7,8 +7,9 @@ use futures::stream::{self, BoxStream, StreamExt};
 use kraken_core::{Digest, Namespace};
 use kraken_oci::TaggedName;
 use kraken_proto::agent::v1::{
-    EvictRequest, EvictResponse, GetBlobRequest, GetBlobResponse, PreloadProgress, PreloadRequest,
-    StatRequest, StatResponse, agent_service_server::AgentService, preload_request::Target,
+    EvictRequest, EvictResponse, GetBlobRequest, GetBlobResponse, GetStatusRequest,
+    GetStatusResponse, PreloadProgress, PreloadRequest, RecentDownload, StatRequest, StatResponse,
+    agent_service_server::AgentService, preload_request::Target,
 };
 use kraken_store::DownloadState;
 use tokio::sync::{mpsc, oneshot};
@@ -182,6 +183,48 @@ impl AgentService for AgentGrpc {
         }
         tracing::info!(%digest, "blob evicted");
         Ok(Response::new(EvictResponse {}))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<GetStatusRequest>,
+    ) -> Result<Response<GetStatusResponse>, Status> {
+        let scheduler = self.fetcher.scheduler();
+        let stats = scheduler.stats();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let downloads = scheduler
+            .recent_downloads()
+            .into_iter()
+            .map(|report| RecentDownload {
+                namespace: report.namespace.to_string(),
+                digest: report.digest.to_string(),
+                size: report.size,
+                bytes_from_peers: report.bytes_from_peers,
+                bytes_from_origins: report.bytes_from_origins,
+                duration_ms: millis(report.duration),
+                finished_unix_ms: report
+                    .finished
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(millis)
+                    .unwrap_or_default(),
+                metainfo_wait_ms: self
+                    .fetcher
+                    .metainfo_wait(&report.digest)
+                    .map(millis)
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let store = self.fetcher.store();
+        Ok(Response::new(GetStatusResponse {
+            downloads,
+            torrents: u32::try_from(stats.torrents).unwrap_or(u32::MAX),
+            connected_peers: u32::try_from(stats.links).unwrap_or(u32::MAX),
+            blacklisted_peers: stats.blacklisted_peers,
+            bytes_down: stats.bytes_received,
+            bytes_up: stats.bytes_sent,
+            stored_blobs: store.list().len() as u64,
+            stored_bytes: store.stored_bytes(),
+        }))
     }
 }
 

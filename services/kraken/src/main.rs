@@ -44,6 +44,10 @@ enum Command {
     Pull(cmd::blob::PullArgs),
     /// Have an origin fetch a blob from its storage backend ahead of use.
     Prefetch(cmd::blob::PrefetchArgs),
+    /// Check this node: agent config and certificate, the agent, trackers and build-index over
+    /// mutual TLS, the P2P port as peers reach it, the runtime's mirror config. Prints a fix for
+    /// each failure; exits non-zero if any check fails.
+    Doctor(cmd::doctor::DoctorArgs),
     /// Ask a component's gRPC health service (over mTLS) whether it serves; exit 0 if so.
     Health(cmd::health::HealthArgs),
     /// Make this node's container runtime (containerd, podman, CRI-O, Docker) pull through
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Push(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::push(args))),
         Command::Pull(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::pull(args))),
         Command::Prefetch(args) => runtime().and_then(|rt| rt.block_on(cmd::blob::prefetch(args))),
+        Command::Doctor(args) => runtime().and_then(|rt| rt.block_on(cmd::doctor::run(args))),
         Command::Health(args) => runtime().and_then(|rt| rt.block_on(cmd::health::run(args))),
         Command::MirrorConfig(args) => cmd::mirror_config::run(args),
         Command::Replication(command) => {

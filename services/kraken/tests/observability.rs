@@ -7,7 +7,8 @@
 //!   tracker, the tracker's call to the origin and the origin's answer carry one trace id
 //!   across three processes, each span pointing at its caller's.
 //! - Every RPC is counted on both ends, by method and status code, with a latency histogram,
-//!   scraped from the running binaries; so are a download's bytes by source (origin or peer).
+//!   scraped from the running binaries; so are a download's bytes by source (origin or peer),
+//!   which `kraken agent status` also shows per download.
 
 // Test helpers outside `#[test]` functions: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -245,6 +246,32 @@ fn one_pull_is_one_trace_across_agent_tracker_and_origin_and_every_rpc_is_counte
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(from_origin, data.len() as f64);
+
+    // `kraken agent status` tells the same story, per download, from the host's own tools.
+    let agent_status = |extra: &[&str]| {
+        let agent = agent_grpc.to_string();
+        let mut args = vec!["agent", "status", "--agent", &agent, "--pki", &pki];
+        args.extend_from_slice(extra);
+        ok(kraken(&args))
+    };
+    let status: Value = serde_json::from_str(&agent_status(&["--json"])).unwrap();
+    let download = &status["downloads"][0];
+    assert_eq!(download["digest"], digest, "{status}");
+    assert_eq!(download["namespace"], "trace/app", "{status}");
+    assert_eq!(download["size"], data.len(), "{status}");
+    assert_eq!(download["bytes_from_origins"], data.len(), "{status}");
+    assert_eq!(download["bytes_from_peers"], 0, "{status}");
+    assert!(
+        status["bytes_down"].as_u64().unwrap() >= data.len() as u64,
+        "{status}"
+    );
+    assert_eq!(status["stored_blobs"], 1, "{status}");
+    let table = agent_status(&[]);
+    let line = table
+        .lines()
+        .find(|l| l.contains(&digest[..19]))
+        .unwrap_or_else(|| panic!("no line for the download:\n{table}"));
+    assert!(line.contains("0%") && line.contains("100%"), "{table}");
 
     // Stop every process: each flushes its last spans on the way out.
     herd.stop();

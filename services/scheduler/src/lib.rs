@@ -17,6 +17,6 @@ mod metrics;
 
 pub use driver::{
     AnnounceError, AnnounceReply, Announcer, BindError, BlobState, Download, DownloadError,
-    DriverConfig, Faults, PeerReports, RevealPolicy, Scheduler, SchedulerError, SchedulerStats,
-    Status, SwarmMember, TorrentState,
+    DownloadReport, DriverConfig, Faults, PeerReports, RECENT_DOWNLOADS, RevealPolicy, Scheduler,
+    SchedulerError, SchedulerStats, Status, SwarmMember, TorrentState,
 };

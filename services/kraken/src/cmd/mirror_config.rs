@@ -38,21 +38,29 @@ pub(crate) struct MirrorConfigArgs {
     /// (`http://10.0.0.5:5000` for a plain-HTTP registry). Repeat for several.
     #[arg(long = "upstream", required = true)]
     upstreams: Vec<String>,
-    /// containerd: the directory of `hosts.toml` trees (containerd's `config_path`).
-    #[arg(long, default_value = "/etc/containerd/certs.d")]
-    config_path: PathBuf,
-    /// podman / CRI-O: the registries.conf drop-in to write.
-    #[arg(
-        long,
-        default_value = "/etc/containers/registries.conf.d/50-kraken-mirror.conf"
-    )]
-    registries_conf: PathBuf,
+    #[command(flatten)]
+    paths: RuntimePaths,
     /// Print what would be written instead of writing it.
     #[arg(long)]
     dry_run: bool,
     /// Replace files this command did not write.
     #[arg(long)]
     force: bool,
+}
+
+/// Where the runtimes read their mirror configuration (written here, checked by
+/// `kraken doctor`).
+#[derive(Args, Debug)]
+pub(crate) struct RuntimePaths {
+    /// containerd: the directory of `hosts.toml` trees (containerd's `config_path`).
+    #[arg(long, default_value = "/etc/containerd/certs.d")]
+    pub(crate) config_path: PathBuf,
+    /// podman / CRI-O: the registries.conf drop-in.
+    #[arg(
+        long,
+        default_value = "/etc/containers/registries.conf.d/50-kraken-mirror.conf"
+    )]
+    pub(crate) registries_conf: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -270,8 +278,8 @@ pub(crate) fn run(args: MirrorConfigArgs) -> anyhow::Result<()> {
         args.runtime,
         &args.agent,
         &upstreams,
-        &args.config_path,
-        &args.registries_conf,
+        &args.paths.config_path,
+        &args.paths.registries_conf,
     )?;
     match output {
         Output::Print(text) => println!("{text}"),
@@ -292,8 +300,8 @@ pub(crate) fn run(args: MirrorConfigArgs) -> anyhow::Result<()> {
                 println!(
                     "containerd reads these when its CRI plugin's registry.config_path is {} \
                      (no restart needed once it is); ctr: --hosts-dir {}",
-                    args.config_path.display(),
-                    args.config_path.display()
+                    args.paths.config_path.display(),
+                    args.paths.config_path.display()
                 );
             }
         }

@@ -6,6 +6,7 @@ pub(crate) mod build_index;
 pub(crate) mod certs;
 pub(crate) mod config;
 pub(crate) mod devcluster;
+pub(crate) mod doctor;
 pub(crate) mod health;
 pub(crate) mod mirror_config;
 pub(crate) mod origin;

@@ -228,7 +228,7 @@ fn task_json(task: &ReplicationTask) -> serde_json::Value {
 }
 
 /// `sha256:` and the first 12 hex digits: enough to tell digests apart on a screen.
-fn short_digest(digest: &str) -> String {
+pub(crate) fn short_digest(digest: &str) -> String {
     match digest.split_once(':') {
         // By characters: the text comes from the server.
         Some((algorithm, hex)) if hex.chars().count() > 12 => {

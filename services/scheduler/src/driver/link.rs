@@ -218,6 +218,7 @@ pub(super) async fn accept_pieces(inner: Arc<Inner>, connection: Connection) {
             match quic::read_piece_payload(&mut stream, &header, expected, &inner.limiter).await {
                 Ok(data) => {
                     metrics::counter!(crate::metrics::RECEIVED_BYTES).increment(data.len() as u64);
+                    inner.count_received(data.len() as u64);
                     let event = Event::PieceArrived {
                         connection_id,
                         piece: header.piece,

@@ -423,6 +423,28 @@ pub struct SchedulerStats {
     /// What the `scheduler.conn.bandwidth` caps passed and imposed (`None` per direction when
     /// uncapped).
     pub bandwidth: BandwidthStats,
+    /// Piece payload bytes received from peers since start.
+    pub bytes_received: u64,
+    /// Piece payload bytes sent to peers since start.
+    pub bytes_sent: u64,
+}
+
+/// How many finished downloads [`Scheduler::recent_downloads`] remembers.
+pub const RECENT_DOWNLOADS: usize = 32;
+
+/// A finished, verified download: where its bytes came from and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadReport {
+    pub namespace: Namespace,
+    pub digest: Digest,
+    pub size: u64,
+    /// Bytes of the pieces kept that came from other agents.
+    pub bytes_from_peers: u64,
+    /// Bytes of the pieces kept that came from origins.
+    pub bytes_from_origins: u64,
+    /// From the torrent's start to the verified blob.
+    pub duration: Duration,
+    pub finished: std::time::SystemTime,
 }
 
 /// The P2P scheduler of one process (agent or origin). Cloning shares it.
@@ -452,9 +474,28 @@ pub(crate) struct Inner {
     bad_pieces: AtomicU64,
     blacklisted_peers: AtomicU64,
     expired_links: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    /// The last [`RECENT_DOWNLOADS`] finished downloads, oldest first.
+    recent: Mutex<std::collections::VecDeque<DownloadReport>>,
     shutdown: CancellationToken,
     /// Every task the driver spawns; [`Scheduler::shutdown`] waits for all of them.
     tasks: TaskTracker,
+}
+
+impl Inner {
+    /// Remembers a finished download, forgetting the oldest beyond [`RECENT_DOWNLOADS`].
+    pub(crate) fn record_download(&self, report: DownloadReport) {
+        let mut recent = lock(&self.recent);
+        if recent.len() == RECENT_DOWNLOADS {
+            recent.pop_front();
+        }
+        recent.push_back(report);
+    }
+
+    pub(crate) fn count_received(&self, bytes: u64) {
+        self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -577,6 +618,9 @@ impl Scheduler {
             bad_pieces: AtomicU64::new(0),
             blacklisted_peers: AtomicU64::new(0),
             expired_links: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_DOWNLOADS)),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -667,7 +711,14 @@ impl Scheduler {
             blacklisted_peers: self.inner.blacklisted_peers.load(Ordering::Relaxed),
             expired_links: self.inner.expired_links.load(Ordering::Relaxed),
             bandwidth: self.inner.limiter.stats(),
+            bytes_received: self.inner.bytes_received.load(Ordering::Relaxed),
+            bytes_sent: self.inner.bytes_sent.load(Ordering::Relaxed),
         }
+    }
+
+    /// The last [`RECENT_DOWNLOADS`] finished downloads, newest first.
+    pub fn recent_downloads(&self) -> Vec<DownloadReport> {
+        lock(&self.inner.recent).iter().rev().cloned().collect()
     }
 
     /// Stops every task and closes every connection; returns once every task the scheduler
@@ -905,6 +956,7 @@ async fn upload_worker(inner: Arc<Inner>) {
             Ok(bytes) => {
                 metrics::counter!(crate::metrics::PIECES_SENT).increment(1);
                 metrics::counter!(crate::metrics::SENT_BYTES).increment(bytes);
+                inner.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 let event = Event::PieceSent {
                     link: next.link,
                     piece: next.piece,

@@ -123,6 +123,8 @@ pub(super) struct Torrent {
     events: mpsc::Receiver<Event>,
     status: watch::Sender<Status>,
     last_activity: Instant,
+    /// When the torrent started: a download's duration runs from here.
+    started: Instant,
     last_piece: Instant,
     committing: bool,
     announce_at: Instant,
@@ -198,6 +200,7 @@ impl Torrent {
             events,
             status,
             last_activity: now,
+            started: now,
             last_piece: now,
             committing: false,
             announce_at: now,
@@ -774,6 +777,15 @@ impl Torrent {
                 if let Some(swarm) = &self.swarm {
                     record_swarm_stats(swarm);
                 }
+                self.inner.record_download(super::DownloadReport {
+                    namespace: self.namespace.clone(),
+                    digest: self.digest,
+                    size: self.metainfo.length(),
+                    bytes_from_peers: stats.bytes_from_peers,
+                    bytes_from_origins: stats.bytes_from_origins,
+                    duration: self.started.elapsed(),
+                    finished: std::time::SystemTime::now(),
+                });
                 self.swarm = None;
                 self.download = None;
                 self.status.send_replace(Status::Complete);
