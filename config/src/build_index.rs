@@ -242,6 +242,16 @@ pub struct TagStoreConfig {
     pub dir: PathBuf,
     /// Write a tag to its backend before acknowledging the write (otherwise it is queued).
     pub write_through: bool,
+    /// Tags of a `registry_tag` namespace (pull-through): how long an answer from the
+    /// upstream registry is used before the upstream is asked again. `0s` asks on every
+    /// lookup.
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// Tags of a `registry_tag` namespace: while the upstream cannot be reached, its last
+    /// answer is served up to this old (counted from when the upstream last confirmed it);
+    /// older, the lookup fails. `0s` never serves a stale tag.
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
 }
 
 impl Default for TagStoreConfig {
@@ -249,6 +259,8 @@ impl Default for TagStoreConfig {
         Self {
             dir: PathBuf::from("/var/lib/kraken/tags"),
             write_through: true,
+            tag_ttl: Duration::from_secs(5 * 60),
+            max_stale: Duration::from_secs(24 * 60 * 60),
         }
     }
 }

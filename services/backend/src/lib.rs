@@ -329,6 +329,133 @@ pub struct NoBackend {
     pub namespace: Namespace,
 }
 
+/// Builds rule `index` of `backends:` as a blob store.
+fn blob_backend(
+    index: usize,
+    config: &BackendConfig,
+    auth: &AuthConfig,
+    origins: usize,
+) -> Result<Arc<dyn Backend>, BackendConfigError> {
+    let kind = config.backend.name();
+    let setup = |source| BackendConfigError::Setup {
+        index,
+        kind,
+        source,
+    };
+    let backend: Arc<dyn Backend> = match &config.backend {
+        BackendKind::Fs(fs) => Arc::new(FsBackend::new(&fs.root)),
+        BackendKind::S3(s3) => Arc::new(S3Backend::from_config(s3, auth).map_err(setup)?),
+        BackendKind::Gcs(gcs) => Arc::new(GcsBackend::from_config(gcs, auth).map_err(setup)?),
+        BackendKind::Hdfs(hdfs) => Arc::new(HdfsBackend::new(hdfs).map_err(setup)?),
+        BackendKind::Http(http) => Arc::new(HttpBackend::new(http).map_err(setup)?),
+        BackendKind::RegistryBlob(registry) => {
+            Arc::new(RegistryBlobBackend::new(registry).map_err(setup)?)
+        }
+        BackendKind::RegistryTag(_) => {
+            return Err(BackendConfigError::TagsNotBlobs { index });
+        }
+    };
+    let backend = if config.bandwidth.enable {
+        BandwidthLimited::for_cluster(backend, &config.bandwidth, origins)
+    } else {
+        backend
+    };
+    tracing::debug!(
+        index,
+        kind,
+        namespace = config.namespace.as_str(),
+        bandwidth_limited = config.bandwidth.enable,
+        "storage backend configured"
+    );
+    Ok(backend)
+}
+
+/// The target of the first rule whose regex matches `namespace`.
+fn first_match<'a, T>(
+    rules: &'a [(Pattern, T)],
+    namespace: &Namespace,
+) -> Result<&'a T, NoBackend> {
+    rules
+        .iter()
+        .find(|(pattern, _)| pattern.is_match(namespace.as_str()))
+        .map(|(_, target)| target)
+        .ok_or_else(|| NoBackend {
+            namespace: namespace.clone(),
+        })
+}
+
+/// Where the build-index keeps or finds a namespace's tags.
+#[derive(Debug, Clone)]
+pub enum TagRoute {
+    /// Tags are ours: written through to (and recovered from) this store.
+    Store(Arc<dyn Backend>),
+    /// Tags are an upstream registry's (pull-through): resolved there, never written.
+    Upstream(Arc<RegistryTagBackend>),
+}
+
+/// The build-index's namespace → tag route table: ordered rules, the first matching regex
+/// wins, as for [`Backends`].
+#[derive(Debug, Clone, Default)]
+pub struct TagRoutes {
+    rules: Vec<(Pattern, TagRoute)>,
+}
+
+impl From<Backends> for TagRoutes {
+    /// Every rule a store.
+    fn from(backends: Backends) -> Self {
+        Self {
+            rules: backends
+                .rules
+                .into_iter()
+                .map(|(pattern, backend)| (pattern, TagRoute::Store(backend)))
+                .collect(),
+        }
+    }
+}
+
+impl TagRoutes {
+    /// Routes with explicit rules (tests).
+    pub fn new(rules: impl IntoIterator<Item = (Pattern, TagRoute)>) -> Self {
+        Self {
+            rules: rules.into_iter().collect(),
+        }
+    }
+
+    /// Builds every rule of a build-index's `backends:`: `registry_tag` as an upstream, every
+    /// other kind as a store.
+    pub fn from_config(
+        configs: &[BackendConfig],
+        auth: &AuthConfig,
+    ) -> Result<Self, BackendConfigError> {
+        let mut rules = Vec::with_capacity(configs.len());
+        for (index, config) in configs.iter().enumerate() {
+            let route = match &config.backend {
+                BackendKind::RegistryTag(registry) => {
+                    TagRoute::Upstream(Arc::new(RegistryTagBackend::new(registry).map_err(
+                        |source| BackendConfigError::Setup {
+                            index,
+                            kind: config.backend.name(),
+                            source,
+                        },
+                    )?))
+                }
+                _ => TagRoute::Store(blob_backend(index, config, auth, 1)?),
+            };
+            rules.push((config.namespace.clone(), route));
+        }
+        Ok(Self { rules })
+    }
+
+    /// The route of `namespace`: the first rule whose regex matches it.
+    pub fn route_for(&self, namespace: &Namespace) -> Result<&TagRoute, NoBackend> {
+        first_match(&self.rules, namespace)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
 /// The namespace → backend routing table: ordered rules, the first matching regex wins.
 #[derive(Debug, Clone, Default)]
 pub struct Backends {
@@ -357,39 +484,7 @@ impl Backends {
     ) -> Result<Self, BackendConfigError> {
         let mut rules = Vec::with_capacity(configs.len());
         for (index, config) in configs.iter().enumerate() {
-            let kind = config.backend.name();
-            let setup = |source| BackendConfigError::Setup {
-                index,
-                kind,
-                source,
-            };
-            let backend: Arc<dyn Backend> = match &config.backend {
-                BackendKind::Fs(fs) => Arc::new(FsBackend::new(&fs.root)),
-                BackendKind::S3(s3) => Arc::new(S3Backend::from_config(s3, auth).map_err(setup)?),
-                BackendKind::Gcs(gcs) => {
-                    Arc::new(GcsBackend::from_config(gcs, auth).map_err(setup)?)
-                }
-                BackendKind::Hdfs(hdfs) => Arc::new(HdfsBackend::new(hdfs).map_err(setup)?),
-                BackendKind::Http(http) => Arc::new(HttpBackend::new(http).map_err(setup)?),
-                BackendKind::RegistryBlob(registry) => {
-                    Arc::new(RegistryBlobBackend::new(registry).map_err(setup)?)
-                }
-                BackendKind::RegistryTag(_) => {
-                    return Err(BackendConfigError::TagsNotBlobs { index });
-                }
-            };
-            let backend = if config.bandwidth.enable {
-                BandwidthLimited::for_cluster(backend, &config.bandwidth, origins)
-            } else {
-                backend
-            };
-            tracing::debug!(
-                index,
-                kind,
-                namespace = config.namespace.as_str(),
-                bandwidth_limited = config.bandwidth.enable,
-                "storage backend configured"
-            );
+            let backend = blob_backend(index, config, auth, origins)?;
             rules.push((config.namespace.clone(), backend));
         }
         Ok(Self { rules })
@@ -397,13 +492,7 @@ impl Backends {
 
     /// The backend of `namespace`: the first rule whose regex matches it.
     pub fn backend_for(&self, namespace: &Namespace) -> Result<&Arc<dyn Backend>, NoBackend> {
-        self.rules
-            .iter()
-            .find(|(pattern, _)| pattern.is_match(namespace.as_str()))
-            .map(|(_, backend)| backend)
-            .ok_or_else(|| NoBackend {
-                namespace: namespace.clone(),
-            })
+        first_match(&self.rules, namespace)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -233,6 +233,11 @@ impl RegistryTagBackend {
         TAG_KIND
     }
 
+    /// The registry's base URL, for messages.
+    pub fn address(&self) -> &str {
+        self.client.base.as_str()
+    }
+
     /// The digest of the manifest `reference` points at, `None` if the registry has no such
     /// tag. Taken from `Docker-Content-Digest` of a HEAD; a registry that omits the header
     /// gets a GET, and the manifest's bytes are hashed.

@@ -63,8 +63,13 @@ pub enum TagError {
     Origins(#[source] OriginsError),
     #[error(transparent)]
     NoBackend(#[from] NoBackend),
-    #[error("writing the tag to its storage backend")]
+    #[error("the tag's storage backend or upstream registry failed")]
     Backend(#[source] BackendError),
+    #[error(
+        "{tag} is pulled through from the upstream registry {upstream} (a `registry_tag` \
+         namespace): push it there, not here"
+    )]
+    UpstreamTag { tag: String, upstream: String },
     #[error("the tag record in the storage backend is unreadable: {0}")]
     CorruptBackendRecord(String),
     #[error("the local tag store failed")]
@@ -98,7 +103,7 @@ impl TagError {
             }
             Self::Origins(OriginsError::NotFound { .. }) => Code::FailedPrecondition,
             Self::Origins(_) | Self::Backend(_) => Code::Unavailable,
-            Self::NoBackend(_) => Code::FailedPrecondition,
+            Self::NoBackend(_) | Self::UpstreamTag { .. } => Code::FailedPrecondition,
             Self::CorruptBackendRecord(_) | Self::Store(_) | Self::Queue(_) => Code::Internal,
         }
     }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use kraken_backend::{BackendConfigError, Backends};
+use kraken_backend::{BackendConfigError, TagRoutes};
 use kraken_config::build_index::BuildIndexConfig;
 use kraken_originclient::OriginClusterClient;
 use kraken_proto::buildindex::v1::replication_service_server::ReplicationServiceServer;
@@ -43,11 +43,10 @@ pub struct BuildIndex {
     executor: Option<JoinHandle<()>>,
 }
 
-/// The tag backends of `backends:`; the one place build-index builds them from config.
-pub fn backends_from_config(config: &BuildIndexConfig) -> Result<Backends, BackendConfigError> {
-    // Bandwidth caps are shared by the origins; tags are a few hundred bytes each, so this
-    // host counts as one.
-    Backends::from_config(&config.backends, &config.auth, 1)
+/// The tag routes of `backends:` (stores, and `registry_tag` upstreams for pull-through); the
+/// one place build-index builds them from config.
+pub fn backends_from_config(config: &BuildIndexConfig) -> Result<TagRoutes, BackendConfigError> {
+    TagRoutes::from_config(&config.backends, &config.auth)
 }
 
 impl BuildIndex {
@@ -69,11 +68,12 @@ impl BuildIndex {
         config: BuildIndexConfig,
         tls: TlsMaterial,
         listener: TcpListener,
-        backends: Backends,
+        backends: impl Into<TagRoutes>,
     ) -> Result<BuildIndex, BuildIndexError> {
+        let routes: TagRoutes = backends.into();
         kraken_tls::install_crypto_provider();
         let addr = listener.local_addr().map_err(BuildIndexError::Listener)?;
-        if backends.is_empty() {
+        if routes.is_empty() {
             tracing::warn!(
                 "no tag backends are configured: tags live only on this build-index's disk"
             );
@@ -91,7 +91,7 @@ impl BuildIndex {
         let limits = GrpcServerLimits::from(&config.limits.grpc);
         let tags = Arc::new(Tags {
             store,
-            backends,
+            routes,
             origins,
             config,
             writers: TagWriters::new(),

@@ -20,7 +20,9 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Cursor;
 use std::sync::Arc;
 
-use kraken_backend::{BackendError, Backends, UploadSource};
+use kraken_backend::{
+    Backend, BackendError, RegistryTagBackend, TagReference, TagRoute, TagRoutes, UploadSource,
+};
 use kraken_config::build_index::{BuildIndexConfig, TagType};
 use kraken_core::{Digest, Namespace};
 use kraken_oci::TaggedName;
@@ -52,7 +54,8 @@ struct BackendRecord {
 #[derive(Debug)]
 pub(crate) struct Tags {
     pub(crate) store: TagStore,
-    pub(crate) backends: Backends,
+    /// Where each namespace's tags are kept (a store) or found (an upstream registry).
+    pub(crate) routes: TagRoutes,
     pub(crate) origins: OriginClusterClient,
     pub(crate) config: BuildIndexConfig,
     /// One writer per tag (striped): see the module doc.
@@ -98,6 +101,12 @@ impl Tags {
         replicate: bool,
         version: Option<u64>,
     ) -> Result<PutOutcome, TagError> {
+        if let Some(upstream) = self.upstream_for(&name.repository) {
+            return Err(TagError::UpstreamTag {
+                tag: name.to_string(),
+                upstream: upstream.address().to_owned(),
+            });
+        }
         // A late replicated put is answered before its dependencies are looked for: they may
         // be long gone, and the answer would not change.
         if let Some(superseded) = self.superseded(name, &digest, version) {
@@ -123,7 +132,7 @@ impl Tags {
             version: version.unwrap_or_else(|| self.store.next_version(name)),
         };
         let write_through = self.config.tag_store.write_through;
-        if write_through && !self.backends.is_empty() {
+        if write_through && !self.routes.is_empty() {
             self.write_backend(name, &record).await?;
         }
         let outcome = self.store.put_versioned(name, record).await?;
@@ -131,7 +140,7 @@ impl Tags {
             // Only a restore from the backend can get in: a newer record another host wrote.
             return Ok(outcome);
         };
-        if !write_through && !self.backends.is_empty() {
+        if !write_through && !self.routes.is_empty() {
             // Not durable in the backend until this succeeds: without a retry queue (not
             // built yet), a failure is only logged; the local copy still serves the tag.
             let (tags, name, record) = (Arc::clone(self), name.clone(), record.clone());
@@ -231,11 +240,14 @@ impl Tags {
     /// The tag's record: from the local store, else from the backend (then kept locally, so a
     /// build-index that lost its disk recovers tag by tag).
     pub(crate) async fn get(&self, name: &TaggedName) -> Result<Option<TagRecord>, TagError> {
+        if let Some(upstream) = self.upstream_for(&name.repository) {
+            return self.get_upstream(name, &upstream).await;
+        }
         if let Some(record) = self.store.get(name) {
             metrics::counter!(m::LOOKUPS, "source" => "local").increment(1);
             return Ok(Some(record));
         }
-        if self.backends.is_empty() {
+        if self.routes.is_empty() {
             metrics::counter!(m::LOOKUPS, "source" => "none").increment(1);
             return Ok(None);
         }
@@ -296,7 +308,7 @@ impl Tags {
 
     async fn write_backend(&self, name: &TaggedName, record: &TagRecord) -> Result<(), TagError> {
         let namespace = &name.repository;
-        let backend = self.backends.backend_for(namespace)?;
+        let backend = self.store_for(name)?;
         let body = serde_json::to_vec(&BackendRecord {
             tag: name.clone(),
             digest: record.digest,
@@ -317,7 +329,7 @@ impl Tags {
 
     async fn read_backend(&self, name: &TaggedName) -> Result<Option<BackendRecord>, TagError> {
         let namespace: &Namespace = &name.repository;
-        let backend = self.backends.backend_for(namespace)?;
+        let backend = self.store_for(name)?;
         let blob = match backend.download(namespace, &backend_key(name)).await {
             Ok(blob) => blob,
             Err(BackendError::NotFound { .. }) => return Ok(None),
@@ -347,7 +359,167 @@ impl Tags {
     }
 }
 
+impl Tags {
+    /// The upstream registry whose tags `namespace` mirrors, if its rule is `registry_tag`.
+    fn upstream_for(&self, namespace: &Namespace) -> Option<std::sync::Arc<RegistryTagBackend>> {
+        match self.routes.route_for(namespace) {
+            Ok(TagRoute::Upstream(upstream)) => Some(Arc::clone(upstream)),
+            _ => None,
+        }
+    }
+
+    /// The store `name`'s tag is written to and recovered from.
+    fn store_for(&self, name: &TaggedName) -> Result<&Arc<dyn Backend>, TagError> {
+        match self.routes.route_for(&name.repository)? {
+            TagRoute::Store(backend) => Ok(backend),
+            TagRoute::Upstream(upstream) => Err(TagError::UpstreamTag {
+                tag: name.to_string(),
+                upstream: upstream.address().to_owned(),
+            }),
+        }
+    }
+
+    /// A pull-through tag: the local answer while fresh, else the upstream's (kept locally);
+    /// the last answer while the upstream is down, up to `max_stale`. One lookup per tag asks
+    /// the upstream at a time; the others wait and take its answer.
+    async fn get_upstream(
+        &self,
+        name: &TaggedName,
+        upstream: &RegistryTagBackend,
+    ) -> Result<Option<TagRecord>, TagError> {
+        let (ttl, max_stale) = (
+            self.config.tag_store.tag_ttl,
+            self.config.tag_store.max_stale,
+        );
+        let fresh = |record: &Option<TagRecord>| {
+            record.as_ref().is_some_and(|r| {
+                freshness(r.updated_unix_ms, now_ms(), ttl, max_stale) == Freshness::Fresh
+            })
+        };
+        let local = self.store.get(name);
+        if fresh(&local) {
+            metrics::counter!(m::LOOKUPS, "source" => "local").increment(1);
+            return Ok(local);
+        }
+        let _writer = self.writers.lock(name).await;
+        // Another lookup may have asked the upstream while this one waited.
+        let local = self.store.get(name);
+        if fresh(&local) {
+            metrics::counter!(m::LOOKUPS, "source" => "local").increment(1);
+            return Ok(local);
+        }
+        let reference = TagReference {
+            repository: name.repository.clone(),
+            tag: name.tag.to_string(),
+        };
+        match upstream.resolve(&reference).await {
+            Ok(Some(digest)) => {
+                metrics::counter!(m::LOOKUPS, "source" => "upstream").increment(1);
+                let version = match &local {
+                    Some(record) if record.digest == digest => record.version,
+                    _ => self.store.next_version(name),
+                };
+                if local.as_ref().is_some_and(|r| r.digest != digest) {
+                    tracing::info!(tag = %name, %digest, "the upstream re-pointed the tag");
+                }
+                let record = TagRecord {
+                    digest,
+                    replicate: false,
+                    updated_unix_ms: now_ms(),
+                    version,
+                };
+                let outcome = self.store.put_versioned(name, record).await?;
+                metrics::gauge!(m::TAGS).set(self.store.len() as f64);
+                Ok(Some(outcome.record().clone()))
+            }
+            Ok(None) => {
+                // The upstream is the authority: a tag it no longer has is gone here too.
+                metrics::counter!(m::LOOKUPS, "source" => "none").increment(1);
+                Ok(None)
+            }
+            Err(error) => match local {
+                Some(record)
+                    if freshness(record.updated_unix_ms, now_ms(), ttl, max_stale)
+                        == Freshness::Stale =>
+                {
+                    metrics::counter!(m::LOOKUPS, "source" => "stale").increment(1);
+                    tracing::warn!(
+                        tag = %name,
+                        error = %kraken_core::error_chain(&error),
+                        age_ms = now_ms().saturating_sub(record.updated_unix_ms),
+                        "the upstream registry cannot be reached: serving its last answer"
+                    );
+                    Ok(Some(record))
+                }
+                _ => Err(TagError::Backend(error)),
+            },
+        }
+    }
+}
+
+/// How usable a pull-through tag's last upstream answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    /// Younger than `tag_ttl`: served without asking the upstream.
+    Fresh,
+    /// Older, but within `max_stale`: the upstream is asked, and this is served if it is down.
+    Stale,
+    /// Too old to serve even while the upstream is down.
+    Expired,
+}
+
+/// The freshness of an answer the upstream gave at `updated_ms`, at `now_ms`.
+fn freshness(
+    updated_ms: u64,
+    now_ms: u64,
+    ttl: std::time::Duration,
+    max_stale: std::time::Duration,
+) -> Freshness {
+    let age = std::time::Duration::from_millis(now_ms.saturating_sub(updated_ms));
+    if age < ttl {
+        Freshness::Fresh
+    } else if age <= max_stale {
+        Freshness::Stale
+    } else {
+        Freshness::Expired
+    }
+}
+
 /// Where a tag lives in its repository's backend namespace.
 fn backend_key(name: &TaggedName) -> Digest {
     Digest::of(name.to_string().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn an_upstream_answer_is_fresh_then_stale_then_expired() {
+        let (ttl, max_stale) = (Duration::from_secs(60), Duration::from_secs(3_600));
+        let at = 1_000_000;
+        assert_eq!(freshness(at, at, ttl, max_stale), Freshness::Fresh);
+        assert_eq!(freshness(at, at + 59_999, ttl, max_stale), Freshness::Fresh);
+        assert_eq!(freshness(at, at + 60_000, ttl, max_stale), Freshness::Stale);
+        assert_eq!(
+            freshness(at, at + 3_600_000, ttl, max_stale),
+            Freshness::Stale
+        );
+        assert_eq!(
+            freshness(at, at + 3_600_001, ttl, max_stale),
+            Freshness::Expired
+        );
+        // A clock that stepped back does not make an answer older.
+        assert_eq!(freshness(at, at - 5_000, ttl, max_stale), Freshness::Fresh);
+        // `tag_ttl: 0s` asks every time; `max_stale: 0s` never serves a stale answer.
+        assert_eq!(
+            freshness(at, at, Duration::ZERO, max_stale),
+            Freshness::Stale
+        );
+        assert_eq!(
+            freshness(at, at + 1, Duration::ZERO, Duration::ZERO),
+            Freshness::Expired
+        );
+    }
 }
