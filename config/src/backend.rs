@@ -404,11 +404,22 @@ pub struct RegistrySecurityConfig {
     pub tls: RegistryTlsConfig,
     /// Basic authentication; an empty username means anonymous.
     pub basic: BasicAuthConfig,
+    /// A Docker `config.json` (as `docker login` writes it) whose `auths` entry for this
+    /// registry's host gives the credentials, instead of `basic`. Only that entry is read:
+    /// the credentials go to this registry (and the token realm its challenge names), never
+    /// to another host of the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_config: Option<PathBuf>,
 }
 
 impl Validate for RegistrySecurityConfig {
     fn validate(&self) -> Result<(), ValidationError> {
-        nested("basic", &self.basic)
+        nested("basic", &self.basic)?;
+        ensure(
+            self.docker_config.is_none() || self.basic.username.is_empty(),
+            "docker_config",
+            "set either `basic` or `docker_config`, not both",
+        )
     }
 }
 

@@ -300,6 +300,80 @@ impl RegistryTagBackend {
     }
 }
 
+/// The credentials `docker login` stored in the Docker `config.json` at `path` for the
+/// registry at `address` (`host[:port]`). Docker Hub's entry goes by several names
+/// (`https://index.docker.io/v1/`, `docker.io`, …); any of them matches any other.
+fn docker_config_credentials(
+    path: &std::path::Path,
+    address: &str,
+) -> Result<(String, Option<Secret>), SetupError> {
+    let unusable = |why: String| {
+        SetupError::MissingCredentials(format!("docker_config {}: {why}", path.display()))
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| unusable(format!("cannot read it: {e}")))?;
+    let file: DockerConfigFile = serde_json::from_str(&text)
+        .map_err(|e| unusable(format!("not a Docker config.json: {e}")))?;
+    let wanted = registry_host(address);
+    let entry = file
+        .auths
+        .iter()
+        .find(|(key, _)| registry_host(key) == wanted)
+        .map(|(_, entry)| entry)
+        .ok_or_else(|| unusable(format!("no `auths` entry for {address}")))?;
+    if let (Some(user), Some(password)) = (&entry.username, &entry.password) {
+        return Ok((user.clone(), Some(Secret::new(password.clone()))));
+    }
+    let encoded = entry
+        .auth
+        .as_deref()
+        .ok_or_else(|| unusable(format!("the entry for {address} has no `auth`")))?;
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| {
+            unusable(format!(
+                "the `auth` of {address} is not base64 of user:password"
+            ))
+        })?;
+    let (user, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| unusable(format!("the `auth` of {address} is not user:password")))?;
+    Ok((user.to_owned(), Some(Secret::new(password.to_owned()))))
+}
+
+/// A registry's host as `config.json` keys and `address` name it: no scheme, no path, Docker
+/// Hub's aliases as one.
+fn registry_host(key: &str) -> String {
+    let rest = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let host = rest.split('/').next().unwrap_or(rest).to_ascii_lowercase();
+    match host.as_str() {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_owned()
+        }
+        _ => host,
+    }
+}
+
+/// The part of a Docker `config.json` read here.
+#[derive(Deserialize)]
+struct DockerConfigFile {
+    #[serde(default)]
+    auths: HashMap<String, DockerAuthEntry>,
+}
+
+#[derive(Deserialize)]
+struct DockerAuthEntry {
+    auth: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
 fn header_digest(headers: &HeaderMap) -> Option<Result<Digest, String>> {
     let value = headers.get("docker-content-digest")?;
     Some(
@@ -388,8 +462,11 @@ impl RegistryClient {
             builder = builder.tls_certs_merge(certs);
         }
         let basic = &config.security.basic;
-        let password = basic.password()?;
-        if !tls && !basic.username.is_empty() {
+        let (username, password) = match &config.security.docker_config {
+            Some(path) => docker_config_credentials(path, &config.address)?,
+            None => (basic.username.clone(), basic.password()?),
+        };
+        if !tls && !username.is_empty() {
             tracing::warn!(
                 registry = %config.address,
                 "basic credentials for this registry travel over plain HTTP \
@@ -400,7 +477,7 @@ impl RegistryClient {
             kind,
             base,
             http: build_client(builder)?,
-            username: basic.username.clone(),
+            username,
             password,
             auth: Mutex::new(AuthState::default()),
         })

@@ -265,6 +265,7 @@ impl Registry {
                     password: None,
                     password_file: (!username.is_empty()).then_some(password_file),
                 },
+                docker_config: None,
             },
         }
     }
@@ -318,6 +319,59 @@ async fn registry_blob_pulls_through_from_docker_registry_with_basic_auth() {
         .await
         .unwrap_err();
     assert!(matches!(error, BackendError::ReadOnly { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn credentials_come_from_a_docker_config_json_entry_for_that_registry_only() {
+    use base64::Engine as _;
+    let registry = Registry::start(false);
+    let namespace = ns("library/app");
+    let data = blob(1 << 20, 9);
+    let digest = registry.push_blob(namespace.as_str(), &data).await;
+
+    // As `docker login` writes it: this registry's entry, and another host's.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    let auth = |user: &str, password: &str| {
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    };
+    std::fs::write(
+        &file,
+        serde_json::json!({"auths": {
+            format!("http://{}/v2/", registry.address()): {"auth": auth(USER, PASSWORD)},
+            "https://index.docker.io/v1/": {"auth": auth("someone", "else")},
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let mut config = registry.backend_config("", "");
+    config.security.docker_config = Some(file.clone());
+    let backend = pull_through(config.clone(), &namespace);
+    let bytes = read_all(backend.download(&namespace, &digest).await.unwrap()).await;
+    assert!(bytes == data, "pulled with the entry's credentials");
+
+    // A registry the file has no entry for is a setup error naming the file and the host.
+    let mut elsewhere = config.clone();
+    elsewhere.address = "registry.example.com:5000".to_owned();
+    let error = RegistryBlobBackend::new(&elsewhere).unwrap_err();
+    let message = chain(&error);
+    assert!(
+        message.contains("config.json")
+            && message.contains("no `auths` entry for registry.example.com:5000"),
+        "{message}"
+    );
+    // Docker Hub's entry answers to its other names.
+    let mut hub = config;
+    hub.address = "registry-1.docker.io".to_owned();
+    assert!(RegistryBlobBackend::new(&hub).is_ok());
+    // A file that is not a Docker config is named as such.
+    std::fs::write(&file, "not json").unwrap();
+    let error = RegistryBlobBackend::new(&elsewhere).unwrap_err();
+    assert!(
+        chain(&error).contains("not a Docker config.json"),
+        "{}",
+        chain(&error)
+    );
 }
 
 #[tokio::test]
@@ -506,6 +560,7 @@ async fn bearer_tokens_are_fetched_with_basic_credentials_and_cached() {
                 password: None,
                 password_file: Some(password_file),
             },
+            docker_config: None,
         },
     };
     let backend = RegistryBlobBackend::new(&config).unwrap();

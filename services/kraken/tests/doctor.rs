@@ -1,6 +1,7 @@
 //! `kraken doctor` on a node of a real cluster: a tracker, a build-index and an agent, each its
 //! own `kraken` process from `config/examples`, and containerd's mirror config written by
-//! `kraken mirror-config`. Healthy, every check passes and it exits 0; then each breakage an
+//! `kraken mirror-config`. Healthy, every check passes (the clock too, against the servers'
+//! answers) and it exits 0; then each breakage an
 //! operator meets (mirror config missing, an expired certificate, the tracker down) fails the
 //! check that names it, with a fix, and a non-zero exit.
 
@@ -53,8 +54,10 @@ fn doctor_passes_a_healthy_node_and_names_each_breakage_with_a_fix() {
     let mut ports = FreePorts::default();
     let (tracker, build_index) = (ports.tcp(), ports.tcp());
     let (registry, p2p, grpc) = (ports.tcp(), ports.udp(), ports.tcp());
+    // Metrics on reserved ports too: a process binding port 0 could be handed one of the
+    // ports above between their release and their owner's bind.
+    let metrics: Vec<_> = (0..3).map(|_| ports.tcp()).collect();
     ports.release();
-    let any_port = "127.0.0.1:0".to_owned();
     let mut env = vec![
         ("KRAKEN_DIR".to_owned(), root.display().to_string()),
         ("TRACKER_GRPC".to_owned(), tracker.to_string()),
@@ -63,8 +66,8 @@ fn doctor_passes_a_healthy_node_and_names_each_breakage_with_a_fix() {
         ("AGENT_P2P".to_owned(), p2p.to_string()),
         ("AGENT_GRPC".to_owned(), grpc.to_string()),
     ];
-    for role in ["TRACKER", "BUILD_INDEX", "AGENT"] {
-        env.push((format!("{role}_METRICS"), any_port.clone()));
+    for (role, addr) in ["TRACKER", "BUILD_INDEX", "AGENT"].iter().zip(&metrics) {
+        env.push((format!("{role}_METRICS"), addr.to_string()));
     }
     let mut herd = Herd {
         members: Vec::new(),
@@ -111,6 +114,8 @@ fn doctor_passes_a_healthy_node_and_names_each_breakage_with_a_fix() {
         &format!("ok    tracker {tracker}: SERVING"),
         &format!("ok    build-index {build_index}: SERVING"),
         &format!("ok    peer port: 127.0.0.1:{} ", p2p.port()),
+        // The tracker's and build-index's answers carry their time: one clock here.
+        "ok    clock: within 30s of 2 server(s)",
         "ok    mirror config (containerd)",
         "checks passed",
     ] {

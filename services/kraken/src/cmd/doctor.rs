@@ -8,6 +8,7 @@
 //! - the agent itself answers gRPC health over mutual TLS;
 //! - every tracker and build-index answers gRPC health over mutual TLS, and a refused
 //!   handshake is told apart from an unreachable host;
+//! - this host's clock is within `--max-skew` of the servers' (the `date` of their answers);
 //! - the P2P port answers a QUIC handshake at the address the tracker hands to other peers;
 //! - with `--runtime`, the container runtime's mirror config points at the agent.
 //!
@@ -48,6 +49,9 @@ pub(crate) struct DoctorArgs {
     /// Warn when the certificate expires within this many days.
     #[arg(long, default_value_t = 30)]
     warn_days: u64,
+    /// Most this host's clock may differ from the tracker's and build-index's.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    max_skew: Duration,
     /// How long each network check may take.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -134,8 +138,13 @@ async fn diagnose(args: &DoctorArgs) -> Vec<Check> {
     };
     if let Some(tls) = &tls {
         checks.push(certificate(tls, args.warn_days, SystemTime::now()));
-        checks.push(health("agent", &local(config.listen.grpc), Role::Agent, tls, args).await);
-        checks.extend(upstreams("tracker", &config.tracker.hosts, Role::Tracker, tls, args).await);
+        let mut times = Vec::new();
+        let (agent, _) = health("agent", &local(config.listen.grpc), Role::Agent, tls, args).await;
+        checks.push(agent);
+        let (tracker, tracker_times) =
+            upstreams("tracker", &config.tracker.hosts, Role::Tracker, tls, args).await;
+        checks.extend(tracker);
+        times.extend(tracker_times);
         if config.build_index.hosts.is_empty() {
             checks.push(Check {
                 name: "build-index".into(),
@@ -144,17 +153,18 @@ async fn diagnose(args: &DoctorArgs) -> Vec<Check> {
                 ),
             });
         } else {
-            checks.extend(
-                upstreams(
-                    "build-index",
-                    &config.build_index.hosts,
-                    Role::BuildIndex,
-                    tls,
-                    args,
-                )
-                .await,
-            );
+            let (build_index, build_index_times) = upstreams(
+                "build-index",
+                &config.build_index.hosts,
+                Role::BuildIndex,
+                tls,
+                args,
+            )
+            .await;
+            checks.extend(build_index);
+            times.extend(build_index_times);
         }
+        checks.push(clock(&times, args.max_skew));
         checks.push(peer_port(&config, tls, args.timeout).await);
     }
     if let Some(runtime) = args.runtime {
@@ -241,14 +251,14 @@ fn certificate(tls: &TlsMaterial, warn_days: u64, now: SystemTime) -> Check {
     }
 }
 
-/// One health check per host of `hosts`.
+/// One health check per host of `hosts`, with the clocks of those that answered.
 async fn upstreams(
     what: &str,
     hosts: &HostList,
     role: Role,
     tls: &TlsMaterial,
     args: &DoctorArgs,
-) -> Vec<Check> {
+) -> (Vec<Check>, Vec<ServerTime>) {
     let mut addresses: Vec<String> = hosts.static_hosts.clone();
     if let Some(dns) = &hosts.dns {
         let resolved = resolve_hosts(&HostList {
@@ -257,28 +267,102 @@ async fn upstreams(
         })
         .await;
         if resolved.is_empty() {
-            return vec![Check::fail(
+            let check = Check::fail(
                 format!("{what} {dns}"),
                 "the name does not resolve",
                 format!("check DNS for {dns}, or list the {what} hosts under `static`"),
-            )];
+            );
+            return (vec![check], Vec::new());
         }
         addresses.extend(resolved.iter().map(ToString::to_string));
     }
-    let mut checks = Vec::new();
+    let (mut checks, mut times) = (Vec::new(), Vec::new());
     for address in addresses {
-        checks.push(health(what, &address, role, tls, args).await);
+        let (check, time) = health(what, &address, role, tls, args).await;
+        checks.push(check);
+        times.extend(time);
     }
-    checks
+    (checks, times)
 }
 
-/// gRPC health of `address` over mutual TLS, refusing a server of another role.
+/// This host's clock against the servers' (their answers' `date`, whole seconds): certificates
+/// and tokens are judged by clocks, and a host far off fails handshakes it should not.
+fn clock(times: &[ServerTime], max_skew: Duration) -> Check {
+    const NAME: &str = "clock";
+    let skew = |t: &ServerTime| {
+        // The date is rounded down to the second: up to 1 s of apparent lag is no skew.
+        match t.received.duration_since(t.said) {
+            Ok(behind) => behind.saturating_sub(Duration::from_secs(1)),
+            Err(ahead) => ahead.duration(),
+        }
+    };
+    let Some(worst) = times.iter().max_by_key(|t| skew(t)) else {
+        return Check {
+            name: NAME.into(),
+            outcome: Outcome::Warn("no server answered with its time; not checked".into()),
+        };
+    };
+    let off = skew(worst);
+    let direction = if worst.received >= worst.said {
+        "ahead of"
+    } else {
+        "behind"
+    };
+    if off > max_skew {
+        Check::fail(
+            NAME,
+            format!(
+                "this host is {}s {direction} {} (more than {}s)",
+                off.as_secs(),
+                worst.server,
+                max_skew.as_secs()
+            ),
+            "sync this host's clock (chrony/NTP, `timedatectl`); certificates are checked \
+             against it",
+        )
+    } else {
+        Check::pass(
+            NAME,
+            format!(
+                "within {}s of {} server(s) (largest gap {}s, {})",
+                max_skew.as_secs(),
+                times.len(),
+                off.as_secs(),
+                worst.server
+            ),
+        )
+    }
+}
+
+/// gRPC health of `address` over mutual TLS, refusing a server of another role; with the
+/// time the server's answer carried (its HTTP `date`), when it answered.
 async fn health(
     what: &str,
     address: &str,
     role: Role,
     tls: &TlsMaterial,
     args: &DoctorArgs,
+) -> (Check, Option<ServerTime>) {
+    let mut server_time = None;
+    let check = health_check(what, address, role, tls, args, &mut server_time).await;
+    (check, server_time)
+}
+
+/// A server's clock as its answer showed it, and when we received the answer.
+#[derive(Debug, Clone)]
+struct ServerTime {
+    server: String,
+    said: SystemTime,
+    received: SystemTime,
+}
+
+async fn health_check(
+    what: &str,
+    address: &str,
+    role: Role,
+    tls: &TlsMaterial,
+    args: &DoctorArgs,
+    server_time: &mut Option<ServerTime>,
 ) -> Check {
     let name = format!("{what} {address}");
     let unreachable_fix = if role == Role::Agent {
@@ -300,7 +384,19 @@ async fn health(
     let answer =
         tokio::time::timeout(args.timeout, HealthClient::new(channel).check(request)).await;
     let status = match answer {
-        Ok(Ok(answer)) => answer.into_inner().status,
+        Ok(Ok(answer)) => {
+            *server_time = answer
+                .metadata()
+                .get("date")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|text| httpdate::parse_http_date(text).ok())
+                .map(|said| ServerTime {
+                    server: format!("{what} {address}"),
+                    said,
+                    received: SystemTime::now(),
+                });
+            answer.into_inner().status
+        }
         Ok(Err(status)) => {
             // A bare transport error may hide a refused certificate (TLS 1.3 reports the
             // alert after the handshake): ask the server directly.
@@ -517,6 +613,30 @@ mod tests {
             matches!(&check.outcome, Outcome::Fail { problem, .. } if problem.contains("origin role")),
             "{check:?}"
         );
+    }
+
+    #[test]
+    fn a_clock_far_from_the_servers_fails_and_a_close_one_passes() {
+        let now = SystemTime::now();
+        let at = |server: &str, offset: i64| ServerTime {
+            server: server.into(),
+            said: if offset >= 0 {
+                now + Duration::from_secs(offset.unsigned_abs())
+            } else {
+                now - Duration::from_secs(offset.unsigned_abs())
+            },
+            received: now,
+        };
+        let limit = Duration::from_secs(30);
+        let close = clock(&[at("tracker a", 1), at("tracker b", -1)], limit);
+        assert!(matches!(close.outcome, Outcome::Pass(_)), "{close:?}");
+        let far = clock(&[at("tracker a", 0), at("build-index b", -120)], limit);
+        let Outcome::Fail { problem, fix } = far.outcome else {
+            panic!("a clock 2 minutes off passed");
+        };
+        assert!(problem.contains("ahead of build-index b"), "{problem}");
+        assert!(fix.contains("NTP"), "{fix}");
+        assert!(matches!(clock(&[], limit).outcome, Outcome::Warn(_)));
     }
 
     #[test]
