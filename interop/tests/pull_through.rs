@@ -15,10 +15,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use kraken_config::Pattern;
-use kraken_config::backend::{
-    BackendBandwidthConfig, BackendConfig, BackendKind, RegistryBackendConfig,
-    RegistrySecurityConfig, RegistryTlsClientConfig, RegistryTlsConfig,
-};
 use kraken_devcluster::{ConfigHooks, DevCluster};
 use kraken_interop::oci_layout::write_single;
 use kraken_interop::servers::DockerRegistry;
@@ -26,25 +22,6 @@ use kraken_interop::{have, run, run_ok};
 use kraken_tls::Role;
 
 const REPO: &str = "pt/app";
-
-/// A rule sending `^pt/` to the upstream registry at `address` (plain HTTP, anonymous).
-fn upstream_rule(address: &str, kind: fn(RegistryBackendConfig) -> BackendKind) -> BackendConfig {
-    BackendConfig {
-        namespace: Pattern::new("^pt/").unwrap(),
-        backend: kind(RegistryBackendConfig {
-            address: address.to_owned(),
-            timeout: Duration::from_secs(30),
-            security: RegistrySecurityConfig {
-                tls: RegistryTlsConfig {
-                    client: RegistryTlsClientConfig { disabled: true },
-                    ..RegistryTlsConfig::default()
-                },
-                ..RegistrySecurityConfig::default()
-            },
-        }),
-        bandwidth: BackendBandwidthConfig::default(),
-    }
-}
 
 fn skopeo_push(layout: &Path, dest: &str) {
     run_ok(
@@ -102,19 +79,13 @@ async fn an_upstream_image_is_pulled_through_the_swarm_and_its_tag_follows_the_u
             .unwrap();
     }
 
-    let (blobs_from, tags_from) = (up.clone(), up.clone());
     let cluster = DevCluster::builder(dir.join("cluster"))
         .origins(1)
         .agents(2)
         .max_replica(1)
-        .configure_origins(move |_, config| {
-            let rule = upstream_rule(&blobs_from, BackendKind::RegistryBlob);
-            config.backends.insert(0, rule);
-        })
+        .pull_through(Pattern::new("^pt/").unwrap(), up.clone())
         .configure(ConfigHooks {
-            build_index: Some(std::sync::Arc::new(move |config| {
-                let rule = upstream_rule(&tags_from, BackendKind::RegistryTag);
-                config.backends.insert(0, rule);
+            build_index: Some(std::sync::Arc::new(|config| {
                 // Ask the upstream on every lookup; serve its last answer for an hour while
                 // it is down.
                 config.tag_store.tag_ttl = Duration::ZERO;

@@ -18,7 +18,7 @@ use kraken_backend::Backends;
 use kraken_buildindex::BuildIndex;
 use kraken_config::Pattern;
 use kraken_config::agent::AgentConfig;
-use kraken_config::backend::{BackendConfig, BackendKind, FsBackendConfig};
+use kraken_config::backend::{BackendConfig, BackendKind, FsBackendConfig, RegistryBackendConfig};
 use kraken_config::build_index::{BuildIndexConfig, BuildIndexRemote};
 use kraken_config::cluster::{HostList, UpstreamConfig};
 use kraken_config::origin::{OriginConfig, OriginRemote};
@@ -241,6 +241,8 @@ pub struct DevClusterBuilder {
     name: Option<String>,
     remotes: Vec<(String, RemoteSpec)>,
     trusted: Vec<(String, PathBuf)>,
+    /// Namespaces pulled through an upstream registry (`host:port`, plain HTTP).
+    pull_through: Vec<(Pattern, String)>,
 }
 
 /// Where [`DevClusterBuilder::secure_registry`] keeps the registry login, under the data
@@ -328,11 +330,40 @@ impl DevCluster {
             name: None,
             remotes: Vec::new(),
             trusted: Vec::new(),
+            pull_through: Vec::new(),
         }
     }
 }
 
+/// A rule sending `namespace` to the plain-HTTP, anonymous registry at `upstream`, as `kind`
+/// (`registry_blob` for origins, `registry_tag` for the build-index).
+fn pull_through_rule(
+    namespace: &Pattern,
+    upstream: &str,
+    kind: fn(RegistryBackendConfig) -> BackendKind,
+) -> BackendConfig {
+    let mut registry = RegistryBackendConfig {
+        address: upstream.to_owned(),
+        ..RegistryBackendConfig::default()
+    };
+    registry.security.tls.client.disabled = true;
+    BackendConfig {
+        namespace: namespace.clone(),
+        backend: kind(registry),
+        bandwidth: Default::default(),
+    }
+}
+
 impl DevClusterBuilder {
+    /// Pulls the namespaces `namespace` matches through the registry at `upstream`
+    /// (`host:port`, plain HTTP, anonymous): origins fetch their blobs with `registry_blob`,
+    /// the build-index resolves their tags with `registry_tag`. The rules go before every
+    /// other; repeat for several upstreams.
+    pub fn pull_through(mut self, namespace: Pattern, upstream: impl Into<String>) -> Self {
+        self.pull_through.push((namespace, upstream.into()));
+        self
+    }
+
     pub fn origins(mut self, n: usize) -> Self {
         self.origins = n.max(1);
         self
@@ -631,6 +662,10 @@ impl DevClusterBuilder {
                 },
             );
         }
+        for (index, (namespace, upstream)) in self.pull_through.iter().enumerate() {
+            let rule = pull_through_rule(namespace, upstream, BackendKind::RegistryTag);
+            config.backends.insert(index, rule);
+        }
         if let Some(hook) = &self.hooks.build_index {
             hook(&mut config);
         }
@@ -677,6 +712,10 @@ impl DevClusterBuilder {
             config
                 .trusted_remotes
                 .insert(name.clone(), TrustedRemote { ca: ca.clone() });
+        }
+        for (rule, (namespace, upstream)) in self.pull_through.iter().enumerate() {
+            let rule_config = pull_through_rule(namespace, upstream, BackendKind::RegistryBlob);
+            config.backends.insert(rule, rule_config);
         }
         if let Some(hook) = &self.origin_setup.hook {
             hook(index, &mut config);

@@ -9,6 +9,9 @@
 //!   upstream.
 //! - `mirror/z:v1` exists only upstream and the agent is stopped: the runtime goes on to the
 //!   upstream.
+//! - `pt/w:v1` and `pt/u:v1` exist only upstream, in a namespace the cluster pulls through:
+//!   containerd and podman get them from the agent (which then holds them), the cluster having
+//!   fetched them from the upstream.
 //!
 //! containerd needs root; without it the test says so loudly and returns.
 
@@ -17,6 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kraken_config::Pattern;
 use kraken_devcluster::DevCluster;
 use kraken_interop::oci_layout::write_single;
 use kraken_interop::servers::{Containerd, DockerRegistry};
@@ -134,6 +138,8 @@ async fn containerd_and_podman_pull_through_the_agent_and_fall_back_to_the_upstr
     let app = write_single(&dir.join("app"), "v1", 1, 64 << 10).unwrap();
     let y = write_single(&dir.join("y"), "v1", 1, 65 << 10).unwrap();
     let z = write_single(&dir.join("z"), "v1", 2, 33 << 10).unwrap();
+    let w = write_single(&dir.join("w"), "v1", 1, 66 << 10).unwrap();
+    let u = write_single(&dir.join("u"), "v1", 1, 67 << 10).unwrap();
 
     let upstream = {
         let dir = dir.join("upstream");
@@ -146,6 +152,7 @@ async fn containerd_and_podman_pull_through_the_agent_and_fall_back_to_the_upstr
         .origins(1)
         .agents(1)
         .max_replica(1)
+        .pull_through(Pattern::new("^pt/").unwrap(), up.to_string())
         .start()
         .await
         .unwrap();
@@ -161,6 +168,8 @@ async fn containerd_and_podman_pull_through_the_agent_and_fall_back_to_the_upstr
             skopeo_push(&dir.join("app"), "v1", &format!("{proxy}/{REPO}:v1"));
             skopeo_push(&dir.join("y"), "v1", &format!("{up}/mirror/y:v1"));
             skopeo_push(&dir.join("z"), "v1", &format!("{up}/mirror/z:v1"));
+            skopeo_push(&dir.join("w"), "v1", &format!("{up}/pt/w:v1"));
+            skopeo_push(&dir.join("u"), "v1", &format!("{up}/pt/u:v1"));
             let (at_upstream, _, _) = run(
                 "skopeo",
                 &[
@@ -208,6 +217,10 @@ async fn containerd_and_podman_pull_through_the_agent_and_fall_back_to_the_upstr
 
     // With the agent up: what only the cluster has comes through the agent; what only the
     // upstream has comes from the upstream after the agent's 404.
+    let pulled_through = [
+        ("containerd", w.digest.clone()),
+        ("podman", u.digest.clone()),
+    ];
     let (containerd, podman, hosts) = tokio::task::spawn_blocking(move || {
         let through_agent = format!("{up}/{REPO}:v1");
         assert_eq!(ctr_pull(&containerd, &hosts, &through_agent), app.digest);
@@ -215,10 +228,24 @@ async fn containerd_and_podman_pull_through_the_agent_and_fall_back_to_the_upstr
         let not_in_cluster = format!("{up}/mirror/y:v1");
         assert_eq!(ctr_pull(&containerd, &hosts, &not_in_cluster), y.digest);
         assert_eq!(podman.pull(&not_in_cluster), y.digest);
+        // Pulled through: only upstream, yet served by the agent.
+        assert_eq!(
+            ctr_pull(&containerd, &hosts, &format!("{up}/pt/w:v1")),
+            w.digest
+        );
+        assert_eq!(podman.pull(&format!("{up}/pt/u:v1")), u.digest);
         (containerd, podman, hosts)
     })
     .await
     .unwrap();
+    let agent_store = cluster.agents[0].store();
+    for (runtime, digest) in pulled_through {
+        let digest: kraken_core::Digest = digest.parse().unwrap();
+        assert!(
+            agent_store.contains(&digest),
+            "{runtime}'s pull of a pulled-through image did not go through the agent"
+        );
+    }
 
     // With the agent down: the upstream directly.
     cluster.shutdown().await;
