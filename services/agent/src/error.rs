@@ -47,8 +47,6 @@ pub enum AgentError {
     Tracker(#[source] Box<TrackerError>),
     #[error("download of {digest} failed: {reason}")]
     DownloadFailed { digest: Digest, reason: String },
-    #[error("P2P scheduler")]
-    Scheduler(#[source] SchedulerError),
     #[error("blob store")]
     Store(#[from] StoreError),
     #[error("the agent is shutting down")]
@@ -96,7 +94,8 @@ impl From<SchedulerError> for AgentError {
                 reason: error_chain(&source),
             },
             SchedulerError::ShutDown => Self::ShuttingDown,
-            other => Self::Scheduler(other),
+            // The store's own words (e.g. no room on its disk) reach the caller.
+            SchedulerError::Store { source, .. } => Self::Store(source),
         }
     }
 }
@@ -136,9 +135,10 @@ impl AgentError {
             // The swarm may do better on a second try (another peer, a fixed origin).
             Self::DownloadFailed { .. } => Code::Aborted,
             Self::Store(error) if error.is_not_found() => Code::NotFound,
+            // This host's disk cannot take the blob: another host, or later, may do better.
+            Self::Store(error) if error.is_storage_full() => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
-            Self::Scheduler(_)
-            | Self::Store(_)
+            Self::Store(_)
             | Self::BindP2p { .. }
             | Self::Advertise(_)
             | Self::ListenerAddr(_)
@@ -206,6 +206,20 @@ mod tests {
                 Code::Aborted,
             ),
             (StoreError::NotFound(digest).into(), Code::NotFound),
+            (
+                SchedulerError::Store {
+                    digest,
+                    source: StoreError::NoSpace {
+                        digest,
+                        needed: 10,
+                        available: 1,
+                        reserved: 0,
+                        unevictable: 0,
+                    },
+                }
+                .into(),
+                Code::ResourceExhausted,
+            ),
             (AgentError::ShuttingDown, Code::Unavailable),
         ];
         for (error, code) in cases {

@@ -331,9 +331,12 @@ fn agent_error(error: AgentError) -> RegistryError {
         tonic::Code::NotFound => {
             RegistryError::new(ErrorCode::BlobUnknown, message).with_status(StatusCode::NOT_FOUND)
         }
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted => {
-            RegistryError::unavailable(message)
-        }
+        // A full disk on this host included: the runtime's mirror config falls back to the
+        // upstream on a 503.
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Aborted
+        | tonic::Code::ResourceExhausted => RegistryError::unavailable(message),
         tonic::Code::InvalidArgument => RegistryError::digest_invalid(message),
         _ => RegistryError::internal(message),
     }

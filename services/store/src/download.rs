@@ -74,6 +74,17 @@ pub(crate) struct DownloadShared {
     prefix: Mutex<PrefixHash>,
 }
 
+impl DownloadShared {
+    /// Bytes still to be written: the blob less its verified pieces (which are on disk).
+    pub(crate) fn remaining_bytes(&self) -> u64 {
+        let have = u64::from(self.progress.borrow().count());
+        let written = have
+            .saturating_mul(self.metainfo.piece_length())
+            .min(self.metainfo.length());
+        self.metainfo.length() - written
+    }
+}
+
 /// Hash state over pieces `0..next`.
 struct PrefixHash {
     hasher: Sha256Hasher,
@@ -98,6 +109,7 @@ impl BlobStore {
         if self.inner.index().contains(&digest) {
             return Err(StoreError::AlreadyExists(digest));
         }
+        self.inner.ensure_room(digest, metainfo.length()).await?;
         let now = self.inner.clock.now();
         let dir = self.inner.layout.download_dir(&digest);
         let (new_dir, new_metainfo) = (dir.clone(), metainfo.clone());

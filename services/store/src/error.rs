@@ -17,6 +17,19 @@ pub enum StoreError {
     NotFound(Digest),
     #[error("blob {0} is already in the store")]
     AlreadyExists(Digest),
+    #[error(
+        "no room for blob {digest} ({needed} bytes) on the store's disk: {available} bytes are \
+         free after evicting every blob that could go, other downloads in progress hold \
+         {reserved} more, and {unevictable} bytes of stored blobs are pinned (not yet written \
+         back) or in use"
+    )]
+    NoSpace {
+        digest: Digest,
+        needed: u64,
+        available: u64,
+        reserved: u64,
+        unevictable: u64,
+    },
     #[error("content does not match its digest: expected {expected}, computed {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error(
@@ -97,6 +110,7 @@ impl StoreError {
     /// "no space", not "internal error", and may retry elsewhere or later.
     pub fn is_storage_full(&self) -> bool {
         match self {
+            Self::NoSpace { .. } => true,
             Self::Io { source, .. } | Self::Rename { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded

@@ -18,3 +18,6 @@ pub(crate) fn record_totals(bytes: u64, blobs: usize) {
     metrics::gauge!(STORED_BYTES).set(bytes as f64);
     metrics::gauge!(STORED_BLOBS).set(blobs as f64);
 }
+/// Downloads refused before they started because the store's disk could not fit them, even
+/// after eviction.
+pub(crate) const REFUSED_DOWNLOADS: &str = "kraken_store_refused_downloads_total";

@@ -505,6 +505,13 @@ impl Inner {
         if capacity == 0 {
             return;
         }
+        self.evict_down_to(capacity, protect).await;
+    }
+
+    /// Evicts least recently used unpinned blobs until the stored total is at most `target`
+    /// (or nothing more can go), never `protect`.
+    pub(crate) async fn evict_down_to(&self, target: u64, protect: Option<Digest>) {
+        let capacity = target;
         let _pass = self.eviction.lock().await;
         let candidates = self.index().eviction_candidates(capacity, protect.as_ref());
         for digest in candidates {
@@ -536,10 +543,57 @@ impl Inner {
         if total > capacity {
             tracing::warn!(
                 total,
-                capacity,
-                "store is over capacity: the remaining blobs are pinned, in use or just stored"
+                target = capacity,
+                "the store cannot shrink further: the remaining blobs are pinned, in use or \
+                 just stored"
             );
         }
+    }
+
+    /// Makes room on the disk for a new download of `needed` bytes before any of it is
+    /// written, so a download that cannot fit is refused at once instead of failing midway:
+    /// the downloads in progress keep what they still need, and least recently used unpinned
+    /// blobs are evicted for the rest.
+    pub(crate) async fn ensure_room(&self, digest: Digest, needed: u64) -> Result<()> {
+        let reserved = self.reserved_by_downloads();
+        let free = self.free_disk_space()?;
+        let wanted = needed.saturating_add(reserved);
+        if free >= wanted {
+            return Ok(());
+        }
+        let shortfall = wanted - free;
+        let total = self.index().total_bytes();
+        self.evict_down_to(total.saturating_sub(shortfall), None)
+            .await;
+        let free = self.free_disk_space()?;
+        if free >= wanted {
+            return Ok(());
+        }
+        let unevictable = self.index().total_bytes();
+        metrics::counter!(m::REFUSED_DOWNLOADS).increment(1);
+        Err(StoreError::NoSpace {
+            digest,
+            needed,
+            available: free,
+            reserved,
+            unevictable,
+        })
+    }
+
+    /// Bytes the downloads in progress have still to write.
+    fn reserved_by_downloads(&self) -> u64 {
+        lock(&self.downloads)
+            .values()
+            .map(|download| download.remaining_bytes())
+            .sum()
+    }
+
+    /// Bytes an unprivileged writer may still use on the store's filesystem.
+    fn free_disk_space(&self) -> Result<u64> {
+        let root = &self.layout.root;
+        let stats = rustix::fs::statvfs(root)
+            .map_err(|errno| StoreError::io("statvfs", root)(std::io::Error::from(errno)))?;
+        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
     }
 
     /// Removes unpinned blobs not read since `now - tti`. Returns (blobs, bytes) removed.
