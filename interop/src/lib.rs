@@ -128,6 +128,21 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// Pushes the OCI layout at `layout`, tag `tag`, to `dest` (`host:port/repo:tag`, a plain-HTTP
+/// registry) with skopeo, digests unchanged (no recompression of the layers).
+pub fn skopeo_push(layout: &std::path::Path, tag: &str, dest: &str) {
+    run_ok(
+        "skopeo",
+        &[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://{dest}"),
+        ],
+    );
+}
+
 /// Sends SIGTERM to `child` and waits up to `patience` for it to exit: its exit status, or
 /// `None` if it is still running then (the caller decides what a hang means; nothing is
 /// killed here). Panics only if the signal cannot be sent.

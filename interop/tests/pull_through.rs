@@ -11,30 +11,16 @@
 // Test helpers outside `#[test]` functions: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::time::Duration;
 
 use kraken_config::Pattern;
 use kraken_devcluster::{ConfigHooks, DevCluster};
 use kraken_interop::oci_layout::write_single;
 use kraken_interop::servers::DockerRegistry;
-use kraken_interop::{have, run, run_ok};
+use kraken_interop::{have, run, run_ok, skopeo_push};
 use kraken_tls::Role;
 
 const REPO: &str = "pt/app";
-
-fn skopeo_push(layout: &Path, dest: &str) {
-    run_ok(
-        "skopeo",
-        &[
-            "copy",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:v1", layout.display()),
-            &format!("docker://{dest}"),
-        ],
-    );
-}
 
 /// The digest of the manifest `reference` (`host/repo:tag`) names, as skopeo reads it.
 fn manifest_digest(reference: &str) -> Result<String, String> {
@@ -74,7 +60,7 @@ async fn an_upstream_image_is_pulled_through_the_swarm_and_its_tag_follows_the_u
     let up = upstream.addr.to_string();
     {
         let (layout, dest) = (dir.join("v1"), format!("{up}/{REPO}:v1"));
-        tokio::task::spawn_blocking(move || skopeo_push(&layout, &dest))
+        tokio::task::spawn_blocking(move || skopeo_push(&layout, "v1", &dest))
             .await
             .unwrap();
     }
@@ -130,7 +116,7 @@ async fn an_upstream_image_is_pulled_through_the_swarm_and_its_tag_follows_the_u
     // The upstream re-points the tag: the next pull through an agent sees the new image.
     {
         let (layout, dest) = (dir.join("v2"), format!("{up}/{REPO}:v1"));
-        tokio::task::spawn_blocking(move || skopeo_push(&layout, &dest))
+        tokio::task::spawn_blocking(move || skopeo_push(&layout, "v1", &dest))
             .await
             .unwrap();
     }

@@ -24,7 +24,7 @@ use kraken_config::Pattern;
 use kraken_devcluster::DevCluster;
 use kraken_interop::oci_layout::write_single;
 use kraken_interop::servers::{Containerd, DockerRegistry};
-use kraken_interop::{have, run, run_ok};
+use kraken_interop::{have, run, skopeo_push};
 
 const REPO: &str = "mirror/app";
 
@@ -41,19 +41,6 @@ fn kraken(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
-}
-
-fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
-    run_ok(
-        "skopeo",
-        &[
-            "copy",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:{tag}", layout.display()),
-            &format!("docker://{dest}"),
-        ],
-    );
 }
 
 /// The manifest digest containerd recorded for `reference`.

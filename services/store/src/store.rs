@@ -511,11 +511,10 @@ impl Inner {
     /// Evicts least recently used unpinned blobs until the stored total is at most `target`
     /// (or nothing more can go), never `protect`.
     pub(crate) async fn evict_down_to(&self, target: u64, protect: Option<Digest>) {
-        let capacity = target;
         let _pass = self.eviction.lock().await;
-        let candidates = self.index().eviction_candidates(capacity, protect.as_ref());
+        let candidates = self.index().eviction_candidates(target, protect.as_ref());
         for digest in candidates {
-            if self.index().total_bytes() <= capacity {
+            if self.index().total_bytes() <= target {
                 break;
             }
             let Some(_guard) = self.locks.try_lock(digest) else {
@@ -540,10 +539,10 @@ impl Inner {
         }
         self.record_totals();
         let total = self.index().total_bytes();
-        if total > capacity {
+        if total > target {
             tracing::warn!(
                 total,
-                target = capacity,
+                target,
                 "the store cannot shrink further: the remaining blobs are pinned, in use or \
                  just stored"
             );

@@ -334,6 +334,14 @@ fn clock(times: &[ServerTime], max_skew: Duration) -> Check {
     }
 }
 
+/// A server's clock as its answer showed it, and when we received the answer.
+#[derive(Debug, Clone)]
+struct ServerTime {
+    server: String,
+    said: SystemTime,
+    received: SystemTime,
+}
+
 /// gRPC health of `address` over mutual TLS, refusing a server of another role; with the
 /// time the server's answer carried (its HTTP `date`), when it answered.
 async fn health(
@@ -343,27 +351,6 @@ async fn health(
     tls: &TlsMaterial,
     args: &DoctorArgs,
 ) -> (Check, Option<ServerTime>) {
-    let mut server_time = None;
-    let check = health_check(what, address, role, tls, args, &mut server_time).await;
-    (check, server_time)
-}
-
-/// A server's clock as its answer showed it, and when we received the answer.
-#[derive(Debug, Clone)]
-struct ServerTime {
-    server: String,
-    said: SystemTime,
-    received: SystemTime,
-}
-
-async fn health_check(
-    what: &str,
-    address: &str,
-    role: Role,
-    tls: &TlsMaterial,
-    args: &DoctorArgs,
-    server_time: &mut Option<ServerTime>,
-) -> Check {
     let name = format!("{what} {address}");
     let unreachable_fix = if role == Role::Agent {
         "start the agent (`systemctl start kraken-agent`), or correct listen.grpc".to_owned()
@@ -376,26 +363,26 @@ async fn health_check(
     };
     let channel = match kraken_transport::grpc::channel(tls, address, None, role) {
         Ok(channel) => channel,
-        Err(error) => return Check::fail(name, format!("{error}"), unreachable_fix),
+        Err(error) => return (Check::fail(name, format!("{error}"), unreachable_fix), None),
     };
     let request = HealthCheckRequest {
         service: String::new(),
     };
     let answer =
         tokio::time::timeout(args.timeout, HealthClient::new(channel).check(request)).await;
-    let status = match answer {
+    let (status, server_time) = match answer {
         Ok(Ok(answer)) => {
-            *server_time = answer
+            let server_time = answer
                 .metadata()
                 .get("date")
                 .and_then(|value| value.to_str().ok())
                 .and_then(|text| httpdate::parse_http_date(text).ok())
                 .map(|said| ServerTime {
-                    server: format!("{what} {address}"),
+                    server: name.clone(),
                     said,
                     received: SystemTime::now(),
                 });
-            answer.into_inner().status
+            (answer.into_inner().status, server_time)
         }
         Ok(Err(status)) => {
             // A bare transport error may hide a refused certificate (TLS 1.3 reports the
@@ -404,7 +391,7 @@ async fn health_check(
             if let Some(refusal) =
                 kraken_transport::remote::probe_handshake(tls, address, host, what).await
             {
-                return Check::fail(
+                let check = Check::fail(
                     name,
                     format!("TLS refused: {refusal}"),
                     format!(
@@ -412,22 +399,17 @@ async fn health_check(
                          valid and carry the agent role"
                     ),
                 );
+                return (check, None);
             }
-            return Check::fail(
-                name,
-                format!("{:?}: {}", status.code(), kraken_core::error_chain(&status)),
-                unreachable_fix,
-            );
+            let problem = format!("{:?}: {}", status.code(), kraken_core::error_chain(&status));
+            return (Check::fail(name, problem, unreachable_fix), None);
         }
         Err(_) => {
-            return Check::fail(
-                name,
-                format!("no answer within {:?}", args.timeout),
-                unreachable_fix,
-            );
+            let problem = format!("no answer within {:?}", args.timeout);
+            return (Check::fail(name, problem, unreachable_fix), None);
         }
     };
-    match ServingStatus::try_from(status) {
+    let check = match ServingStatus::try_from(status) {
         Ok(ServingStatus::Serving) => Check::pass(name, "SERVING over mutual TLS"),
         other => Check::fail(
             name,
@@ -437,7 +419,8 @@ async fn health_check(
             ),
             format!("it is starting or draining; see the {what}'s log"),
         ),
-    }
+    };
+    (check, server_time)
 }
 
 /// A QUIC handshake, with this node's own certificate, to the address the tracker hands to
